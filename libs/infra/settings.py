@@ -1,0 +1,28 @@
+"""Service settings: environment variables only (prefix ACCRUE_), laptop-friendly defaults."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What every gRPC service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ACCRUE_", extra="ignore")
+
+    # postgresql+psycopg://user@host:port/db; each service has its own database.
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/accrue"
+    nats_url: str = "nats://127.0.0.1:4222"
+    grpc_host: str = "127.0.0.1"
+    # 0 asks the OS for a free port; the bound port is logged and written to port_file.
+    grpc_port: int = 50051
+    # When set, the bound port is written here once serving (used by the local runner).
+    port_file: str | None = None
+    log_level: str = "INFO"
+    migrate_on_start: bool = True
+    # The relay publishes committed outbox rows; off only in fault-injection tests.
+    outbox_relay_enabled: bool = True
+    db_pool_size: int = 10
+    # OTLP/HTTP traces endpoint; traces are only exported when set.
+    otel_exporter_otlp_endpoint: str | None = None
+    shutdown_grace_seconds: float = 5.0
