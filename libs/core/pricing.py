@@ -25,9 +25,10 @@ is only "touched" by units it actually holds, so zero usage costs nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, DecimalException, localcontext
+from functools import partial
 from typing import Final, Literal
 
 from libs.core.errors import InvalidArgument
@@ -161,7 +162,11 @@ def validate_tiers(
         if up_to is None:
             if index != last:
                 later = next(
-                    (j for j in range(index + 1, len(tiers)) if tiers[j].up_to is None),
+                    (
+                        j
+                        for j in range(index + 1, len(tiers))
+                        if getattr(tiers[j], "up_to", 0) is None
+                    ),
                     None,
                 )
                 if later is not None:
@@ -367,7 +372,7 @@ Steps = list[CalculationStep]
 
 
 def _multiply(
-    units: Decimal, unit_price: int, what: str
+    units: Decimal, unit_price: int, what: str, fmt: _Formatter
 ) -> tuple[Decimal, CalculationStep]:
     amount = units * unit_price
     return amount, CalculationStep(
@@ -378,8 +383,12 @@ def _multiply(
     )
 
 
-def _standard(price: StandardPrice, quantity: Decimal, fmt: _Formatter) -> tuple[Decimal, Steps]:
-    amount, step = _multiply(quantity, price.unit_price_atomic, "quantity x unit price")
+def _standard(
+    price: StandardPrice, quantity: Decimal, fmt: _Formatter
+) -> tuple[Decimal, Steps]:
+    amount, step = _multiply(
+        quantity, price.unit_price_atomic, "quantity x unit price", fmt
+    )
     return amount, [step]
 
 
@@ -394,7 +403,9 @@ def _select_band(tiers: Sequence[Tier], quantity: Decimal) -> tuple[int, Decimal
     raise AssertionError("tier ladder has no open-ended band")
 
 
-def _volume(price: VolumePrice, quantity: Decimal, fmt: _Formatter) -> tuple[Decimal, Steps]:
+def _volume(
+    price: VolumePrice, quantity: Decimal, fmt: _Formatter
+) -> tuple[Decimal, Steps]:
     index, floor = _select_band(price.tiers, quantity)
     tier = price.tiers[index]
     upper = "no upper bound" if tier.up_to is None else f"up to {_plain(tier.up_to)}"
@@ -417,7 +428,7 @@ def _volume(price: VolumePrice, quantity: Decimal, fmt: _Formatter) -> tuple[Dec
         )
     ]
     amount, step = _multiply(
-        quantity, tier.unit_price_atomic, f"all units at band {index}"
+        quantity, tier.unit_price_atomic, f"all units at band {index}", fmt
     )
     steps.append(step)
     if tier.flat_fee_atomic:
@@ -437,7 +448,9 @@ def _volume(price: VolumePrice, quantity: Decimal, fmt: _Formatter) -> tuple[Dec
     return amount, steps
 
 
-def _graduated(price: GraduatedPrice, quantity: Decimal, fmt: _Formatter) -> tuple[Decimal, Steps]:
+def _graduated(
+    price: GraduatedPrice, quantity: Decimal, fmt: _Formatter
+) -> tuple[Decimal, Steps]:
     steps: Steps = []
     band_amounts: dict[str, str] = {}
     total = Decimal(0)
@@ -487,7 +500,9 @@ def _graduated(price: GraduatedPrice, quantity: Decimal, fmt: _Formatter) -> tup
     return total, steps
 
 
-def _package(price: PackagePrice, quantity: Decimal, fmt: _Formatter) -> tuple[Decimal, Steps]:
+def _package(
+    price: PackagePrice, quantity: Decimal, fmt: _Formatter
+) -> tuple[Decimal, Steps]:
     # Decimal // and % are exact here (the context traps Inexact) and, with both
     # operands non-negative, // is the floor.
     whole, leftover = divmod(quantity, price.package_size)

@@ -44,5 +44,7 @@ def run_env() -> None:
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=cfg.attributes["target_metadata"])
         with context.begin_transaction():
+            # replicas starting together migrate one at a time
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('accrue-alembic'))"))
             context.run_migrations()
     engine.dispose()

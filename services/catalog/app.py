@@ -1,0 +1,32 @@
+"""Composition root of the catalog service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from accrue.catalog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
+from libs.infra.service import Runtime, ServiceDefinition, main
+from services.catalog.server import SUBJECT_PREFIX, CatalogServicer
+from services.catalog.store import metadata
+
+SERVICE_NAME = catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
+STREAM = "ACCRUE_CATALOG"
+
+
+def register(server: grpc.aio.Server, runtime: Runtime) -> None:
+    catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(runtime.db, runtime.clock), server)
+
+
+DEFINITION = ServiceDefinition(
+    name="catalog",
+    grpc_services=[SERVICE_NAME],
+    metadata=metadata,
+    migrations_dir=Path(__file__).parent / "migrations",
+    register=register,
+    streams={STREAM: [f"{SUBJECT_PREFIX}.>"]},
+)
+
+if __name__ == "__main__":
+    main(DEFINITION)

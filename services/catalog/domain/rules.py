@@ -1,0 +1,433 @@
+"""The catalog's validation rules, pure: plain values in, normalized values out.
+
+Every rule raises InvalidArgument naming the field in its REST spelling, so the merchant
+sees exactly what to fix and nothing is written. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from libs.core import money
+from libs.core.errors import InvalidArgument
+from libs.core.pricing import GraduatedPrice, PackagePrice, StandardPrice, Tier, VolumePrice, validate_tiers
+
+AGGREGATIONS = ("SUM", "COUNT", "AVG", "MIN", "MAX", "UNIQUE_COUNT", "LATEST")
+AGGREGATIONS_NEEDING_VALUE = ("SUM", "AVG", "MIN", "MAX", "LATEST")
+FEATURE_TYPES = ("boolean", "static", "metered")
+PAYMENT_TERMS = ("in_advance", "in_arrears")
+PRICE_MODELS = ("standard", "volume", "graduated", "package")
+RATE_TYPES = ("amount", "proportion")
+SUPPLY_SCOPES = ("IN_SCOPE", "OUTSIDE_SCOPE")
+PLAN_CADENCES = ("P1M", "P3M", "P1Y")
+INTERVAL_TO_CADENCE = {"monthly": "P1M", "quarterly": "P3M", "yearly": "P1Y", "annual": "P1Y"}
+CADENCE_TO_INTERVAL = {"P1M": "monthly", "P3M": "quarterly", "P1Y": "yearly"}
+TAX_BEHAVIORS = ("exclusive", "inclusive")
+EFFECTIVE_DATES = ("end_of_current_period", "immediate")
+ENTITLEMENT_TEMPLATE_KEYS = (
+    "usagePeriod",
+    "issueAfterReset",
+    "isSoftLimit",
+    "resetMaxRollover",
+    "resetMinRollover",
+    "preserveOverageAtReset",
+)
+# Tier bounds and band prices: at most 6 decimal places (Paygentic's rule).
+TIER_PLACES = 6
+MAX_NAME = 255
+MAX_DESCRIPTION = 5000
+
+_JSONPATH = re.compile(r"\$(\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\]|\['[^']+'\])+")
+_FEATURE_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_LINE_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_DURATION = re.compile(r"P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?")
+
+
+def one_of(value: str, allowed: tuple[str, ...], field_name: str) -> str:
+    if value not in allowed:
+        raise InvalidArgument(
+            field_name, f"{field_name} must be one of {', '.join(allowed)}; got {value!r}", reason="INVALID_ENUM_VALUE"
+        )
+    return value
+
+
+def required_text(value: str, field_name: str, *, max_length: int = MAX_NAME) -> str:
+    text = value.strip()
+    if not text:
+        raise InvalidArgument(field_name, f"{field_name} is required", reason="REQUIRED")
+    if len(text) > max_length:
+        raise InvalidArgument(field_name, f"{field_name} is longer than {max_length} characters", reason="TOO_LONG")
+    return text
+
+
+def optional_text(value: str, field_name: str, *, max_length: int = MAX_DESCRIPTION) -> str:
+    if len(value) > max_length:
+        raise InvalidArgument(field_name, f"{field_name} is longer than {max_length} characters", reason="TOO_LONG")
+    return value
+
+
+def jsonpath(value: str, field_name: str) -> str:
+    if not _JSONPATH.fullmatch(value):
+        raise InvalidArgument(
+            field_name,
+            f"{field_name} must be a JSONPath starting with '$.' such as '$.tokens'; got {value!r}",
+            reason="INVALID_JSONPATH",
+        )
+    return value
+
+
+def metric_value_property(aggregation: str, value_property: str | None) -> str | None:
+    if value_property is not None and value_property != "":
+        return jsonpath(value_property, "valueProperty")
+    if aggregation in AGGREGATIONS_NEEDING_VALUE:
+        raise InvalidArgument(
+            "valueProperty", f"valueProperty is required for {aggregation} aggregation", reason="REQUIRED"
+        )
+    return None
+
+
+def group_by(mapping: dict[str, str]) -> dict[str, str]:
+    for name, path in mapping.items():
+        if not name.strip():
+            raise InvalidArgument("groupBy", "groupBy dimension names must not be empty", reason="REQUIRED")
+        jsonpath(path, f"groupBy.{name}")
+    return dict(mapping)
+
+
+def feature_key(value: str) -> str:
+    if not _FEATURE_KEY.fullmatch(value):
+        raise InvalidArgument(
+            "key",
+            f"key must be 1-64 lowercase letters, digits and hyphens, starting with a letter or digit; got {value!r}",
+            reason="INVALID_KEY",
+        )
+    return value
+
+
+def line_key(value: str, field_name: str) -> str:
+    if not _LINE_KEY.fullmatch(value):
+        raise InvalidArgument(
+            field_name,
+            f"{field_name} must start with [a-z0-9], then [a-z0-9_-], at most 64 characters; got {value!r}",
+            reason="INVALID_KEY",
+        )
+    return value
+
+
+def duration(value: str, field_name: str) -> str:
+    """ISO-8601 calendar durations of whole days, weeks, months and years (P0D = one-time)."""
+    match = _DURATION.fullmatch(value)
+    if not match or not any(group is not None for group in match.groups()):
+        raise InvalidArgument(
+            field_name, f"{field_name} must be an ISO-8601 duration such as P1M, P1Y or P0D; got {value!r}", reason="INVALID_DURATION"
+        )
+    return value
+
+
+def currency(value: str) -> str:
+    if not money.is_known_currency(value):
+        raise InvalidArgument(
+            "currency", f"currency must be an ISO 4217 code such as USD; got {value!r}", reason="UNKNOWN_CURRENCY"
+        )
+    return value
+
+
+def page(limit: int | None, offset: int | None) -> tuple[int, int]:
+    size = 10 if limit is None else limit
+    skip = 0 if offset is None else offset
+    if not 1 <= size <= 100:
+        raise InvalidArgument("limit", f"limit must be between 1 and 100; got {size}", reason="OUT_OF_RANGE")
+    if skip < 0:
+        raise InvalidArgument("offset", f"offset must be 0 or more; got {skip}", reason="OUT_OF_RANGE")
+    return size, skip
+
+
+# --- prices -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PriceProperties:
+    """A price's properties as stored: atomic integers for money, exact strings for
+    quantities. ``stored`` is the JSONB document; ``model`` the price-maths object."""
+
+    stored: dict[str, Any]
+    model: StandardPrice | VolumePrice | GraduatedPrice | PackagePrice
+
+
+def _only_keys(props: dict[str, Any], allowed: tuple[str, ...], model: str) -> None:
+    for key in props:
+        if key not in allowed:
+            raise InvalidArgument(
+                f"properties.{key}",
+                f"properties.{key} is not a property of the {model} model (allowed: {', '.join(allowed)})",
+                reason="UNKNOWN_PROPERTY",
+            )
+
+
+def _money(props: dict[str, Any], key: str, field_name: str, *, allow_negative: bool, max_places: int | None = 9) -> int:
+    if key not in props:
+        raise InvalidArgument(field_name, f"{field_name} is required", reason="REQUIRED")
+    value = money.parse_decimal(props[key], field_name, max_places=max_places, allow_negative=allow_negative)
+    return money.major_to_atomic(value, field_name)
+
+
+def _tiers(props: dict[str, Any], model: str) -> tuple[Tier, ...]:
+    raw = props.get("tiers")
+    if not isinstance(raw, list) or not raw:
+        raise InvalidArgument("properties.tiers", f"properties.tiers is required for the {model} model", reason="REQUIRED")
+    tiers = []
+    for index, item in enumerate(raw):
+        here = f"properties.tiers[{index}]"
+        if not isinstance(item, dict):
+            raise InvalidArgument(here, f"{here} must be an object {{upTo, unitPrice}}", reason="INVALID_TIER")
+        allowed = ("upTo", "unitPrice", "flatFee") if model == "graduated" or model == "volume" else ("upTo", "unitPrice")
+        for key in item:
+            if key not in allowed:
+                raise InvalidArgument(f"{here}.{key}", f"{here}.{key} is not a tier field", reason="UNKNOWN_PROPERTY")
+        if "upTo" not in item:
+            raise InvalidArgument(f"{here}.upTo", f"{here}.upTo is required (null on the last band)", reason="REQUIRED")
+        up_to = None
+        if item["upTo"] is not None:
+            up_to = money.parse_decimal(item["upTo"], f"{here}.upTo", max_places=TIER_PLACES, allow_negative=False)
+        unit_price = _money(item, "unitPrice", f"{here}.unitPrice", allow_negative=False, max_places=TIER_PLACES)
+        flat_fee = 0
+        if item.get("flatFee") is not None:
+            flat_fee = _money(item, "flatFee", f"{here}.flatFee", allow_negative=False)
+        tiers.append(Tier(up_to=up_to, unit_price_atomic=unit_price, flat_fee_atomic=flat_fee))
+    validate_tiers(tiers, "properties.tiers")
+    return tuple(tiers)
+
+
+def price_properties(model: str, props: dict[str, Any], *, metered: bool) -> PriceProperties:
+    """Parse REST properties for a model into stored form, or name what is wrong."""
+    if model == "standard":
+        _only_keys(props, ("unitPrice",), model)
+        unit = _money(props, "unitPrice", "properties.unitPrice", allow_negative=metered)
+        return PriceProperties({"unitPriceAtomic": unit}, StandardPrice(unit))
+    if model in ("volume", "graduated"):
+        _only_keys(props, ("tiers",), model)
+        tiers = _tiers(props, model)
+        stored = {
+            "tiers": [
+                {
+                    "upTo": None if t.up_to is None else str(t.up_to),
+                    "unitPriceAtomic": t.unit_price_atomic,
+                    "flatFeeAtomic": t.flat_fee_atomic,
+                }
+                for t in tiers
+            ]
+        }
+        return PriceProperties(stored, VolumePrice(tiers) if model == "volume" else GraduatedPrice(tiers))
+    if model == "package":
+        _only_keys(props, ("unitPrice", "packageSize", "rounding"), model)
+        unit = _money(props, "unitPrice", "properties.unitPrice", allow_negative=False)
+        if "packageSize" not in props:
+            raise InvalidArgument("properties.packageSize", "properties.packageSize is required", reason="REQUIRED")
+        size = money.parse_decimal(props["packageSize"], "properties.packageSize", max_places=TIER_PLACES, positive=True)
+        rounding = props.get("rounding", "up")
+        if rounding not in ("up", "down"):
+            raise InvalidArgument(
+                "properties.rounding", f"properties.rounding must be up or down; got {rounding!r}", reason="INVALID_ENUM_VALUE"
+            )
+        stored = {"unitPriceAtomic": unit, "packageSize": str(size), "rounding": rounding}
+        return PriceProperties(stored, PackagePrice(size, unit, rounding))
+    raise InvalidArgument("model", f"model must be one of {', '.join(PRICE_MODELS)}; got {model!r}", reason="INVALID_ENUM_VALUE")
+
+
+def render_properties(model: str, stored: dict[str, Any]) -> dict[str, Any]:
+    """Stored properties back to the REST shape (decimal strings in major units)."""
+    if model in ("volume", "graduated"):
+        tiers = []
+        for t in stored["tiers"]:
+            tier: dict[str, Any] = {"upTo": t["upTo"], "unitPrice": money.format_major(int(t["unitPriceAtomic"]))}
+            if model == "graduated" or int(t.get("flatFeeAtomic", 0)):
+                tier["flatFee"] = money.format_major(int(t.get("flatFeeAtomic", 0)))
+            tiers.append(tier)
+        return {"tiers": tiers}
+    rendered: dict[str, Any] = {"unitPrice": money.format_major(int(stored["unitPriceAtomic"]))}
+    if model == "package":
+        rendered["packageSize"] = stored["packageSize"]
+        rendered["rounding"] = stored["rounding"]
+    return rendered
+
+
+@dataclass
+class PriceDraft:
+    """A price's settable fields, validated as a whole by ``validate_price``."""
+
+    billable_metric_id: str | None
+    fee_id: str | None
+    invoice_display_name: str
+    invoice_display_group: str | None
+    payment_term: str
+    model: str | None
+    properties: dict[str, Any]
+    billing_cadence: str | None
+    grant_discount_enabled: bool
+    is_obligation: bool
+    rate_type: str | None
+    supply_scope: str
+    outside_scope_label: str | None
+    quantity: int | None
+    pricing_unit_id: str | None
+    feature_id: str | None
+    entitlement_template: dict[str, Any] | None = field(default=None)
+
+
+@dataclass(frozen=True)
+class ValidPrice:
+    model: str
+    quantity: int
+    properties: PriceProperties
+
+
+def validate_price(draft: PriceDraft) -> ValidPrice:
+    metered = draft.billable_metric_id is not None
+    if (draft.billable_metric_id is None) == (draft.fee_id is None):
+        raise InvalidArgument(
+            "billableMetricId", "exactly one of billableMetricId or feeId is required", reason="METRIC_XOR_FEE"
+        )
+    required_text(draft.invoice_display_name, "invoiceDisplayName")
+    one_of(draft.payment_term, PAYMENT_TERMS, "paymentTerm")
+    if metered and draft.payment_term != "in_arrears":
+        raise InvalidArgument(
+            "paymentTerm", "metered prices are billed in_arrears: usage is known only when the period closes", reason="METERED_IN_ADVANCE"
+        )
+    if draft.model is None:
+        if metered:
+            raise InvalidArgument("model", "model is required for metric prices", reason="REQUIRED")
+        model = "standard"
+    else:
+        model = one_of(draft.model, PRICE_MODELS, "model")
+    if not metered and model != "standard":
+        raise InvalidArgument("model", "fee prices use the standard model", reason="FEE_MODEL_NOT_STANDARD")
+    if draft.pricing_unit_id is not None:
+        raise InvalidArgument("pricingUnitId", "pricing units (credit pools) are not supported yet", reason="NOT_SUPPORTED")
+    properties = price_properties(model, draft.properties, metered=metered)
+    negative = model == "standard" and int(properties.stored["unitPriceAtomic"]) < 0
+    if draft.billing_cadence is not None:
+        duration(draft.billing_cadence, "billingCadence")
+    elif not metered:
+        raise InvalidArgument("billingCadence", "billingCadence is required for fee prices (P0D = one-time)", reason="REQUIRED")
+    if draft.invoice_display_group is not None and model != "standard":
+        raise InvalidArgument("invoiceDisplayGroup", "invoiceDisplayGroup is only for the standard model", reason="NOT_ALLOWED")
+    if draft.is_obligation and metered:
+        raise InvalidArgument("isObligation", "isObligation is not allowed on metered prices", reason="NOT_ALLOWED")
+    if draft.grant_discount_enabled and (not metered or model != "standard" or negative):
+        raise InvalidArgument(
+            "grantDiscountEnabled",
+            "grantDiscountEnabled needs a standard metered price with a non-negative unitPrice",
+            reason="NOT_ALLOWED",
+        )
+    if draft.rate_type is not None:
+        one_of(draft.rate_type, RATE_TYPES, "rateType")
+    one_of(draft.supply_scope, SUPPLY_SCOPES, "tax.supplyScope")
+    if draft.supply_scope == "OUTSIDE_SCOPE":
+        if draft.outside_scope_label != "CASHBACK":
+            raise InvalidArgument(
+                "tax.outsideScopeLabel", "tax.outsideScopeLabel must be CASHBACK when supplyScope is OUTSIDE_SCOPE", reason="REQUIRED"
+            )
+        if model != "standard" or int(properties.stored["unitPriceAtomic"]) > 0:
+            raise InvalidArgument(
+                "tax.outsideScopeLabel", "CASHBACK needs the standard model with unitPrice <= 0", reason="NOT_ALLOWED"
+            )
+    elif draft.outside_scope_label is not None:
+        raise InvalidArgument(
+            "tax.outsideScopeLabel", "tax.outsideScopeLabel is only allowed with OUTSIDE_SCOPE", reason="NOT_ALLOWED"
+        )
+    quantity = 1
+    if draft.quantity is not None:
+        if metered and draft.quantity != 1:
+            raise InvalidArgument("quantity", "quantity is for fee prices only", reason="NOT_ALLOWED")
+        if draft.quantity < 1:
+            raise InvalidArgument("quantity", f"quantity must be 1 or more; got {draft.quantity}", reason="OUT_OF_RANGE")
+        quantity = draft.quantity
+    if draft.entitlement_template is not None:
+        entitlement_template(draft.entitlement_template)
+    return ValidPrice(model=model, quantity=quantity, properties=properties)
+
+
+def entitlement_template(template: dict[str, Any]) -> dict[str, Any]:
+    for key, value in template.items():
+        name = f"feature.entitlementTemplate.{key}"
+        if key not in ENTITLEMENT_TEMPLATE_KEYS:
+            raise InvalidArgument(
+                name, f"{name} is not a template field (allowed: {', '.join(ENTITLEMENT_TEMPLATE_KEYS)})", reason="UNKNOWN_PROPERTY"
+            )
+        if key in ("isSoftLimit", "preserveOverageAtReset") and not isinstance(value, bool):
+            raise InvalidArgument(name, f"{name} must be true or false", reason="INVALID_TYPE")
+        if key in ("issueAfterReset", "resetMaxRollover", "resetMinRollover"):
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)) or Decimal(str(value)) < 0:
+                raise InvalidArgument(name, f"{name} must be a number of 0 or more", reason="INVALID_TYPE")
+        if key == "usagePeriod":
+            if not isinstance(value, dict) or not isinstance(value.get("interval"), str):
+                raise InvalidArgument(name, f"{name} must be an object with an ISO-8601 interval", reason="INVALID_TYPE")
+            duration(value["interval"], f"{name}.interval")
+    return template
+
+
+# --- plans ----------------------------------------------------------------------------
+
+
+def plan_cadence(billing_cadence: str | None, billing_interval: str | None) -> str:
+    if billing_cadence is not None:
+        return one_of(billing_cadence, PLAN_CADENCES, "billingCadence")
+    if billing_interval is not None:
+        return INTERVAL_TO_CADENCE[one_of(billing_interval, tuple(INTERVAL_TO_CADENCE), "billingInterval")]
+    return "P1M"
+
+
+def renewal_reminder_days(days: int) -> int:
+    if not 1 <= days <= 30:
+        raise InvalidArgument("renewalReminderDays", f"renewalReminderDays must be 1-30; got {days}", reason="OUT_OF_RANGE")
+    return days
+
+
+def tax_rate(rate: float) -> Decimal:
+    # A JSON number on the wire (the SDK sends 0.0); its shortest repr is what was typed.
+    value = Decimal(repr(rate))
+    if not Decimal(0) <= value <= Decimal(100):
+        raise InvalidArgument("defaultTaxRate", f"defaultTaxRate must be a percentage 0-100; got {value}", reason="OUT_OF_RANGE")
+    return value
+
+
+@dataclass(frozen=True)
+class PlanLine:
+    price_id: str
+    key: str
+
+
+def plan_lines(values: list[Any], field_name: str = "prices") -> list[PlanLine]:
+    """``prices`` entries: a bare price id, or {priceId, key}. Keys default to the price id."""
+    lines: list[PlanLine] = []
+    seen_keys: set[str] = set()
+    seen_prices: set[str] = set()
+    for index, value in enumerate(values):
+        here = f"{field_name}[{index}]"
+        if isinstance(value, str):
+            price_id, key = value, None
+        elif isinstance(value, dict):
+            for extra in value:
+                if extra not in ("priceId", "key"):
+                    raise InvalidArgument(f"{here}.{extra}", f"{here}.{extra} is not a plan line field", reason="UNKNOWN_PROPERTY")
+            price_id, key = value.get("priceId"), value.get("key")
+            if not isinstance(price_id, str):
+                raise InvalidArgument(f"{here}.priceId", f"{here}.priceId is required", reason="REQUIRED")
+            if key is not None and not isinstance(key, str):
+                raise InvalidArgument(f"{here}.key", f"{here}.key must be a string", reason="INVALID_TYPE")
+        else:
+            raise InvalidArgument(here, f"{here} must be a price id or {{priceId, key}}", reason="INVALID_TYPE")
+        if not price_id:
+            raise InvalidArgument(here, f"{here} needs a price id", reason="REQUIRED")
+        line_key_value = line_key(key, f"{here}.key") if key is not None else price_id.lower()
+        if line_key_value in seen_keys:
+            raise InvalidArgument(f"{here}.key", f"{here}.key {line_key_value!r} is used twice", reason="DUPLICATE_KEY")
+        if price_id in seen_prices:
+            raise InvalidArgument(here, f"{here}: price {price_id} is listed twice", reason="DUPLICATE_PRICE")
+        seen_keys.add(line_key_value)
+        seen_prices.add(price_id)
+        lines.append(PlanLine(price_id=price_id, key=line_key_value))
+    return lines

@@ -1,0 +1,243 @@
+"""Catalog rows -> protobuf resources. Pure functions of already-loaded rows."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from accrue.catalog.v1 import catalog_resources_pb2 as res
+from services.catalog.domain import rules
+
+
+def ts(value: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(value)
+    return out
+
+
+def _tidy_numbers(value: Any) -> Any:
+    # Struct numbers are doubles; whole ones go back to ints so JSONB and JSON stay tidy.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _tidy_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tidy_numbers(v) for v in value]
+    return value
+
+
+def from_struct(value: struct_pb2.Struct) -> dict[str, Any]:
+    result: dict[str, Any] = _tidy_numbers(json_format.MessageToDict(value))
+    return result
+
+
+def from_value(value: struct_pb2.Value) -> Any:
+    return _tidy_numbers(json_format.MessageToDict(value))
+
+
+_CAMEL = re.compile(r"_([a-z])")
+
+
+def camel(path: str) -> str:
+    return _CAMEL.sub(lambda m: m.group(1).upper(), path)
+
+
+def product(row: Any) -> res.Product:
+    return res.Product(
+        id=row.id,
+        object="product",
+        merchant_id=row.merchant_id,
+        name=row.name,
+        description=row.description,
+        metadata=row.metadata,
+        create_time=ts(row.created_at),
+        update_time=ts(row.updated_at),
+    )
+
+
+def billable_metric(row: Any) -> res.BillableMetric:
+    out = res.BillableMetric(
+        id=row.id,
+        object="billableMetric",
+        merchant_id=row.merchant_id,
+        product_id=row.product_id,
+        name=row.name,
+        description=row.description,
+        unit=row.unit,
+        aggregation=row.aggregation,
+        event_type=row.event_type,
+        group_by=row.group_by,
+        create_time=ts(row.created_at),
+        update_time=ts(row.updated_at),
+    )
+    if row.value_property is not None:
+        out.value_property = row.value_property
+    if row.item_id is not None:
+        out.item_id = row.item_id
+    if row.event_from is not None:
+        out.event_from_time.CopyFrom(ts(row.event_from))
+    return out
+
+
+def feature(row: Any) -> res.Feature:
+    return res.Feature(
+        id=row.id,
+        object="feature",
+        merchant_id=row.merchant_id,
+        product_id=row.product_id,
+        key=row.key,
+        name=row.name,
+        type=row.type,
+        metadata=row.metadata,
+        create_time=ts(row.created_at),
+        update_time=ts(row.updated_at),
+    )
+
+
+def fee(row: Any) -> res.Fee:
+    out = res.Fee(
+        id=row.id,
+        object="fee",
+        merchant_id=row.merchant_id,
+        product_id=row.product_id,
+        name=row.name,
+        description=row.description,
+        create_time=ts(row.created_at),
+        update_time=ts(row.updated_at),
+    )
+    if row.item_id is not None:
+        out.item_id = row.item_id
+    return out
+
+
+def _price_features(row: Any, features: dict[str, Any]) -> list[res.PriceFeature]:
+    if row.feature_id is None:
+        return []
+    attached = res.PriceFeature(
+        id=row.price_feature_id,
+        feature_id=row.feature_id,
+        entitlement_template=to_struct(row.entitlement_template or {}),
+    )
+    feat = features.get(row.feature_id)
+    if feat is not None:
+        attached.feature.CopyFrom(res.PriceFeatureSummary(key=feat.key, name=feat.name, type=feat.type))
+    return [attached]
+
+
+def _tax(row: Any) -> res.PriceTax:
+    tax = res.PriceTax(supply_scope=row.supply_scope)
+    if row.outside_scope_label is not None:
+        tax.outside_scope_label = row.outside_scope_label
+    return tax
+
+
+def price(row: Any, features: dict[str, Any]) -> res.Price:
+    out = res.Price(
+        id=row.id,
+        object="price",
+        merchant_id=row.merchant_id,
+        invoice_display_name=row.invoice_display_name,
+        payment_term=row.payment_term,
+        model=row.model,
+        properties=to_struct(rules.render_properties(row.model, row.properties)),
+        features=_price_features(row, features),
+        grant_discount_enabled=row.grant_discount_enabled,
+        is_obligation=row.is_obligation,
+        tax=_tax(row),
+        quantity=row.quantity,
+        create_time=ts(row.created_at),
+        update_time=ts(row.updated_at),
+    )
+    for name in ("billable_metric_id", "fee_id", "invoice_display_group", "billing_cadence", "rate_type"):
+        value = getattr(row, name)
+        if value is not None:
+            setattr(out, name, value)
+    return out
+
+
+def plan_version_slot(key: str, row: Any, currency: str, features: dict[str, Any]) -> res.PlanVersionPriceSlot:
+    p = price(row, features)
+    slot = res.PlanVersionPriceSlot(
+        id=p.id,
+        object="price",
+        merchant_id=p.merchant_id,
+        invoice_display_name=p.invoice_display_name,
+        model=p.model,
+        payment_term=p.payment_term,
+        properties=p.properties,
+        currency=currency,
+        tax=p.tax,
+        quantity=p.quantity,
+        features=p.features,
+        key=key,
+        price_deleted=row.deleted_at is not None,
+        create_time=p.create_time,
+        update_time=p.update_time,
+    )
+    for name in ("billable_metric_id", "fee_id", "billing_cadence"):
+        if p.HasField(name):
+            setattr(slot, name, getattr(p, name))
+    return slot
+
+
+def plan_version(
+    row: Any, lines: list[tuple[str, Any]], *, currency: str, default_version_id: str | None, features: dict[str, Any]
+) -> res.PlanVersion:
+    out = res.PlanVersion(
+        id=row.id,
+        object="plan_version",
+        plan_id=row.plan_id,
+        version_number=row.version_number,
+        status=row.status,
+        is_default=row.id == default_version_id,
+        subscription_count=row.subscription_count,
+        publish_time=ts(row.published_at),
+        prices=[plan_version_slot(key, price_row, currency, features) for key, price_row in lines],
+        create_time=ts(row.created_at),
+        update_time=ts(row.updated_at),
+    )
+    if row.based_on_version_id is not None:
+        out.based_on_version_id = row.based_on_version_id
+    return out
+
+
+def plan(row: Any, lines: list[tuple[str, Any]], features: dict[str, Any]) -> res.Plan:
+    out = res.Plan(
+        id=row.id,
+        object="plan",
+        merchant_id=row.merchant_id,
+        product_id=row.product_id,
+        name=row.name,
+        currency=row.currency,
+        billing_cadence=row.billing_cadence,
+        billing_interval=rules.CADENCE_TO_INTERVAL[row.billing_cadence],
+        default_tax_code=row.default_tax_code,
+        default_tax_rate=float(row.default_tax_rate),
+        tax_behavior=row.tax_behavior,
+        renewal_reminder_enabled=row.renewal_reminder_enabled,
+        renewal_reminder_days=row.renewal_reminder_days,
+        billing_version=row.billing_version,
+        stable_price_ids=row.stable_price_ids,
+        version_transition=res.VersionTransition(effective_date=row.version_effective_date, proration="none"),
+        prices=[price(price_row, features) for _, price_row in lines if price_row.deleted_at is None],
+        create_time=ts(row.created_at),
+        update_time=ts(row.updated_at),
+    )
+    for name in ("description", "invoice_display_name", "default_version_id"):
+        value = getattr(row, name)
+        if value is not None:
+            setattr(out, name, value)
+    if row.billing_anchor is not None:
+        out.billing_anchor_time.CopyFrom(ts(row.billing_anchor))
+    if row.deleted_at is not None:
+        out.delete_time.CopyFrom(ts(row.deleted_at))
+    return out

@@ -1,0 +1,119 @@
+"""REST routes derived from the protos' google.api.http annotations (generic transcoding).
+
+No route is written by hand: every RPC with an http rule becomes a route, its success
+status comes from the accrue.api.v1.http_success_code option, and its backend is the
+service that owns the proto package.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+
+from accrue.api.v1 import annotations_pb2 as accrue_annotations
+from accrue.catalog.v1 import catalog_service_pb2
+from accrue.entitlement.v1 import entitlement_service_pb2
+from accrue.invoicing.v1 import invoicing_service_pb2
+from accrue.metering.v1 import metering_service_pb2
+from accrue.payment.v1 import payment_service_pb2
+from accrue.subscription.v1 import subscription_service_pb2
+
+# backend name (settings: ACCRUE_<NAME>_ADDR) -> the proto service it serves
+SERVICES: dict[str, ServiceDescriptor] = {
+    "catalog": catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"],
+    "subscription": subscription_service_pb2.DESCRIPTOR.services_by_name["SubscriptionService"],
+    "metering": metering_service_pb2.DESCRIPTOR.services_by_name["MeteringService"],
+    "invoicing": invoicing_service_pb2.DESCRIPTOR.services_by_name["InvoicingService"],
+    "payment": payment_service_pb2.DESCRIPTOR.services_by_name["PaymentService"],
+    "entitlement": entitlement_service_pb2.DESCRIPTOR.services_by_name["EntitlementService"],
+}
+
+_VAR = re.compile(r"\{([a-z_][a-z0-9_.]*)(?:=[^}]*)?\}")
+
+
+@dataclass(frozen=True)
+class Route:
+    backend: str
+    http_method: str
+    template: str
+    pattern: re.Pattern[str]
+    path_fields: tuple[str, ...]
+    body: str
+    success_code: int
+    grpc_path: str
+    method: MethodDescriptor
+    request_class: type[Message]
+    response_class: type[Message]
+
+    @property
+    def openapi_path(self) -> str:
+        """The template with each variable in the REST (JSON) spelling: {versionNumber}."""
+        fields = self.method.input_type.fields_by_name
+        return _VAR.sub(lambda m: "{" + fields[m.group(1)].json_name + "}", self.template)
+
+
+def _rule_of(method: MethodDescriptor) -> http_pb2.HttpRule | None:
+    options = method.GetOptions()
+    if not options.HasExtension(annotations_pb2.http):
+        return None
+    rule: http_pb2.HttpRule = options.Extensions[annotations_pb2.http]
+    return rule
+
+
+def build_routes(services: dict[str, ServiceDescriptor] | None = None) -> list[Route]:
+    routes: list[Route] = []
+    for backend, service in (services or SERVICES).items():
+        for method in service.methods:
+            rule = _rule_of(method)
+            if rule is None:
+                continue
+            verb = rule.WhichOneof("pattern")
+            if verb is None or verb == "custom":
+                continue
+            template = getattr(rule, verb)
+            fields = tuple(_VAR.findall(template))
+            regex = "^" + _VAR.sub(lambda m: f"(?P<{m.group(1).replace('.', '__')}>[^/]+)", template) + "$"
+            options = method.GetOptions()
+            code = options.Extensions[accrue_annotations.http_success_code] or 200
+            routes.append(
+                Route(
+                    backend=backend,
+                    http_method=verb.upper(),
+                    template=template,
+                    pattern=re.compile(regex),
+                    path_fields=fields,
+                    body=rule.body,
+                    success_code=code,
+                    grpc_path=f"/{service.full_name}/{method.name}",
+                    method=method,
+                    request_class=message_factory.GetMessageClass(method.input_type),
+                    response_class=message_factory.GetMessageClass(method.output_type),
+                )
+            )
+    # literal segments beat variables: /v0/plans/available before /v0/plans/{id}
+    routes.sort(key=lambda r: (r.template.count("{"), -len(r.template)))
+    return routes
+
+
+class Router:
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.routes = list(routes)
+
+    def match(self, http_method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
+        """(route, path variables, whether the path exists under another method)."""
+        path_known = False
+        for route in self.routes:
+            found = route.pattern.match(path)
+            if found is None:
+                continue
+            if route.http_method != http_method:
+                path_known = True
+                continue
+            return route, {k.replace("__", "."): v for k, v in found.groupdict().items()}, True
+        return None, {}, path_known
