@@ -63,12 +63,12 @@ class Mesh:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         (self.state_dir / "ports").mkdir(exist_ok=True)
-        self.postgres_url = os.environ.get("ACCRUE_POSTGRES_URL", "")
+        self.postgres_url = self.postgres_url or os.environ.get("ACCRUE_POSTGRES_URL", "")
         if not self.postgres_url:
             self.pg = EmbeddedPostgres(self.state_dir / "pgdata", durable=self.durable)
             self.pg.start()
             self.postgres_url = self.pg.url
-        self.nats_url = os.environ.get("ACCRUE_NATS_URL", "")
+        self.nats_url = self.nats_url or os.environ.get("ACCRUE_NATS_URL", "")
         if not self.nats_url:
             self.nats = EmbeddedNats(self.state_dir / "nats")
             self.nats.start()
