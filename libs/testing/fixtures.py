@@ -93,3 +93,20 @@ def merchant_a(mesh: Mesh) -> MerchantClient:
 def merchant_b(mesh: Mesh) -> MerchantClient:
     merchant_id, api_key = mesh.create_merchant("Merchant B")
     return _client(mesh, merchant_id, api_key)
+
+
+@pytest.fixture(scope="session")
+def span_exporter() -> Any:
+    """An in-memory span exporter on the global tracer provider (installed once)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter

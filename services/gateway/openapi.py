@@ -57,7 +57,7 @@ class _Schemas:
             value_field = field.message_type.fields_by_name["value"]
             return {"type": "object", "additionalProperties": self._single(value_field)}
         schema = self._single(field)
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             return {"type": "array", "items": schema}
         return schema
 

@@ -39,7 +39,7 @@ def _is_map(field: FieldDescriptor) -> bool:
 def _fill_nulls(message: Message, out: dict[str, Any]) -> None:
     for field in message.DESCRIPTOR.fields:
         key = field.json_name
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             if field.message_type is not None and not _is_map(field) and field.message_type.full_name not in _OPAQUE:
                 for item, rendered in zip(getattr(message, field.name), out.get(key, []), strict=False):
                     _fill_nulls(item, rendered)
@@ -78,7 +78,7 @@ def normalize_timestamps(descriptor: Descriptor, value: Any) -> Any:
             if isinstance(item, str) and not _HAS_OFFSET.search(item):
                 value[key] = item + "Z"
         elif name not in _OPAQUE:
-            if field.label == FieldDescriptor.LABEL_REPEATED and isinstance(item, list):
+            if field.is_repeated and isinstance(item, list):
                 for element in item:
                     normalize_timestamps(field.message_type, element)
             else:
@@ -128,7 +128,7 @@ def query_to_json(descriptor: Descriptor, query: list[tuple[str, str]]) -> dict[
         value: Any = raw
         if field.type == FieldDescriptor.TYPE_BOOL:
             value = raw.lower() in ("true", "1")
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             out.setdefault(field.json_name, []).append(value)
         else:
             out[field.json_name] = value
