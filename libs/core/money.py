@@ -155,9 +155,7 @@ _DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.([0-9]+))?")
 _MAX_DECIMAL_TEXT = 200
 
 
-def _invalid(
-    field: str, message: str, reason: str = "INVALID_DECIMAL"
-) -> InvalidArgument:
+def _invalid(field: str, message: str, reason: str = "INVALID_DECIMAL") -> InvalidArgument:
     return InvalidArgument(field, f"{field} {message}", reason=reason)
 
 
@@ -213,15 +211,11 @@ def parse_decimal(
     if value.is_zero():
         value = value.copy_abs()
     if value.copy_abs() >= MAX_ABS_DECIMAL:
-        raise _invalid(
-            field, "must be less than 1e65 in absolute value", "DECIMAL_OUT_OF_RANGE"
-        )
+        raise _invalid(field, "must be less than 1e65 in absolute value", "DECIMAL_OUT_OF_RANGE")
     if positive and value <= 0:
         raise _invalid(field, f"must be greater than 0, got {text}", "MUST_BE_POSITIVE")
     if not allow_negative and value < 0:
-        raise _invalid(
-            field, f"must not be negative, got {text}", "MUST_NOT_BE_NEGATIVE"
-        )
+        raise _invalid(field, f"must not be negative, got {text}", "MUST_NOT_BE_NEGATIVE")
     return value
 
 
@@ -251,9 +245,7 @@ def major_to_atomic(amount: Decimal, field: str) -> int:
     if not isinstance(amount, Decimal) or not amount.is_finite():
         raise _invalid(field, f"must be a finite decimal amount, got {amount!r}")
     if amount.copy_abs() >= MAX_ABS_DECIMAL:
-        raise _invalid(
-            field, "must be less than 1e65 in absolute value", "DECIMAL_OUT_OF_RANGE"
-        )
+        raise _invalid(field, "must be less than 1e65 in absolute value", "DECIMAL_OUT_OF_RANGE")
     scaled = amount.scaleb(ATOMIC_PLACES, context=exact_context())
     if scaled != scaled.to_integral_value():
         raise _invalid(
@@ -267,9 +259,7 @@ def major_to_atomic(amount: Decimal, field: str) -> int:
 def _require_int(value: object, name: str) -> int:
     # bool is an int subclass; True dollars is always a bug.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name} must be an int of atomic units, got {type(value).__name__}"
-        )
+        raise TypeError(f"{name} must be an int of atomic units, got {type(value).__name__}")
     return value
 
 
@@ -308,13 +298,9 @@ def round_to_minor(amount_atomic: Decimal | int, currency: str) -> int:
     elif isinstance(amount_atomic, Decimal) and amount_atomic.is_finite():
         amount = amount_atomic
     else:
-        raise TypeError(
-            f"amount_atomic must be an int or finite Decimal, got {amount_atomic!r}"
-        )
+        raise TypeError(f"amount_atomic must be an int or finite Decimal, got {amount_atomic!r}")
     ctx = exact_context()
-    minor_units = amount.scaleb(
-        -(ATOMIC_PLACES - currency_exponent(currency)), context=ctx
-    )
+    minor_units = amount.scaleb(-(ATOMIC_PLACES - currency_exponent(currency)), context=ctx)
     rounded = minor_units.to_integral_value(rounding=ROUND_HALF_EVEN, context=ctx)
     return int(rounded) * unit
 

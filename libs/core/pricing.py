@@ -131,14 +131,10 @@ def _require_int(value: object, name: str) -> None:
     # Prices are atomic integers by the time they reach a model; a Decimal or float
     # here means a conversion was skipped upstream, which is a bug, not bad input.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name} must be an int of atomic units, got {type(value).__name__}"
-        )
+        raise TypeError(f"{name} must be an int of atomic units, got {type(value).__name__}")
 
 
-def validate_tiers(
-    tiers: Sequence[Tier], field_prefix: str = "properties.tiers"
-) -> None:
+def validate_tiers(tiers: Sequence[Tier], field_prefix: str = "properties.tiers") -> None:
     """Reject a ladder that could price some quantity ambiguously or not at all.
 
     Errors name the exact element (``properties.tiers[2].upTo``) because a ladder is
@@ -162,18 +158,13 @@ def validate_tiers(
         if up_to is None:
             if index != last:
                 later = next(
-                    (
-                        j
-                        for j in range(index + 1, len(tiers))
-                        if getattr(tiers[j], "up_to", 0) is None
-                    ),
+                    (j for j in range(index + 1, len(tiers)) if getattr(tiers[j], "up_to", 0) is None),
                     None,
                 )
                 if later is not None:
                     raise InvalidArgument(
                         f"{field_prefix}[{later}].upTo",
-                        f"{field_prefix}[{later}].upTo: only one tier may be open-ended "
-                        f"(upTo null); {bound} already is",
+                        f"{field_prefix}[{later}].upTo: only one tier may be open-ended (upTo null); {bound} already is",
                         reason="MULTIPLE_OPEN_ENDED_TIERS",
                     )
                 raise InvalidArgument(
@@ -210,8 +201,7 @@ def validate_tiers(
             if index == last:
                 raise InvalidArgument(
                     bound,
-                    f"{bound} must be null: the last tier has no upper bound, so every "
-                    "quantity has a price",
+                    f"{bound} must be null: the last tier has no upper bound, so every quantity has a price",
                     reason="MISSING_OPEN_ENDED_TIER",
                 )
             previous = up_to
@@ -361,9 +351,7 @@ def _check_quantity(quantity: object) -> Decimal:
             reason="NEGATIVE_QUANTITY",
         )
     if value >= MAX_ABS_DECIMAL:
-        raise InvalidArgument(
-            "quantity", "quantity must be less than 1e65", reason="DECIMAL_OUT_OF_RANGE"
-        )
+        raise InvalidArgument("quantity", "quantity must be less than 1e65", reason="DECIMAL_OUT_OF_RANGE")
     # -0 would otherwise print as "-0" in provenance.
     return value.copy_abs()
 
@@ -371,9 +359,7 @@ def _check_quantity(quantity: object) -> Decimal:
 Steps = list[CalculationStep]
 
 
-def _multiply(
-    units: Decimal, unit_price: int, what: str, fmt: _Formatter
-) -> tuple[Decimal, CalculationStep]:
+def _multiply(units: Decimal, unit_price: int, what: str, fmt: _Formatter) -> tuple[Decimal, CalculationStep]:
     amount = units * unit_price
     return amount, CalculationStep(
         kind="multiply",
@@ -383,12 +369,8 @@ def _multiply(
     )
 
 
-def _standard(
-    price: StandardPrice, quantity: Decimal, fmt: _Formatter
-) -> tuple[Decimal, Steps]:
-    amount, step = _multiply(
-        quantity, price.unit_price_atomic, "quantity x unit price", fmt
-    )
+def _standard(price: StandardPrice, quantity: Decimal, fmt: _Formatter) -> tuple[Decimal, Steps]:
+    amount, step = _multiply(quantity, price.unit_price_atomic, "quantity x unit price", fmt)
     return amount, [step]
 
 
@@ -403,9 +385,7 @@ def _select_band(tiers: Sequence[Tier], quantity: Decimal) -> tuple[int, Decimal
     raise AssertionError("tier ladder has no open-ended band")
 
 
-def _volume(
-    price: VolumePrice, quantity: Decimal, fmt: _Formatter
-) -> tuple[Decimal, Steps]:
+def _volume(price: VolumePrice, quantity: Decimal, fmt: _Formatter) -> tuple[Decimal, Steps]:
     index, floor = _select_band(price.tiers, quantity)
     tier = price.tiers[index]
     upper = "no upper bound" if tier.up_to is None else f"up to {_plain(tier.up_to)}"
@@ -414,8 +394,7 @@ def _volume(
         CalculationStep(
             kind="select_band",
             description=(
-                f"quantity {_plain(quantity)} falls in band {index} ({lower}, {upper}); "
-                "its unit price applies to every unit"
+                f"quantity {_plain(quantity)} falls in band {index} ({lower}, {upper}); its unit price applies to every unit"
             ),
             inputs={"quantity": _plain(quantity)},
             outputs={
@@ -427,9 +406,7 @@ def _volume(
             },
         )
     ]
-    amount, step = _multiply(
-        quantity, tier.unit_price_atomic, f"all units at band {index}", fmt
-    )
+    amount, step = _multiply(quantity, tier.unit_price_atomic, f"all units at band {index}", fmt)
     steps.append(step)
     if tier.flat_fee_atomic:
         total = amount + tier.flat_fee_atomic
@@ -448,9 +425,7 @@ def _volume(
     return amount, steps
 
 
-def _graduated(
-    price: GraduatedPrice, quantity: Decimal, fmt: _Formatter
-) -> tuple[Decimal, Steps]:
+def _graduated(price: GraduatedPrice, quantity: Decimal, fmt: _Formatter) -> tuple[Decimal, Steps]:
     steps: Steps = []
     band_amounts: dict[str, str] = {}
     total = Decimal(0)
@@ -468,11 +443,7 @@ def _graduated(
                 description=(
                     f"band {index}: {_plain(units)} units above {_plain(floor)} "
                     f"at {fmt(tier.unit_price_atomic)}"
-                    + (
-                        f" plus flat fee {fmt(tier.flat_fee_atomic)}"
-                        if tier.flat_fee_atomic
-                        else ""
-                    )
+                    + (f" plus flat fee {fmt(tier.flat_fee_atomic)}" if tier.flat_fee_atomic else "")
                 ),
                 inputs={
                     "from": _plain(floor),
@@ -500,9 +471,7 @@ def _graduated(
     return total, steps
 
 
-def _package(
-    price: PackagePrice, quantity: Decimal, fmt: _Formatter
-) -> tuple[Decimal, Steps]:
+def _package(price: PackagePrice, quantity: Decimal, fmt: _Formatter) -> tuple[Decimal, Steps]:
     # Decimal // and % are exact here (the context traps Inexact) and, with both
     # operands non-negative, // is the floor.
     whole, leftover = divmod(quantity, price.package_size)
@@ -512,11 +481,7 @@ def _package(
             kind="package",
             description=(
                 f"{_plain(quantity)} units in packages of {_plain(price.package_size)}, "
-                + (
-                    "every started package counts"
-                    if price.rounding == "up"
-                    else "only completed packages count"
-                )
+                + ("every started package counts" if price.rounding == "up" else "only completed packages count")
             ),
             inputs={
                 "quantity": _plain(quantity),

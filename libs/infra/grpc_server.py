@@ -20,7 +20,7 @@ from libs.infra.logging import get_logger
 log = get_logger(__name__)
 
 
-class RequestContextInterceptor(grpc.aio.ServerInterceptor):
+class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Sets the merchant and idempotency key from metadata; maps domain errors to Status.
 
     One place for both, so handlers raise DomainError and never touch grpc.StatusCode.
@@ -70,7 +70,7 @@ class GrpcServer:
 
     def __init__(self, service_names: Sequence[str], host: str, port: int) -> None:
         self.server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), RequestContextInterceptor()],
+            interceptors=[aio_server_interceptor(), RequestContextInterceptor()],  # type: ignore[no-untyped-call]
             options=[("grpc.so_reuseport", 0)],
         )
         self.health = health.aio.HealthServicer()

@@ -117,9 +117,7 @@ class OutboxRelay:
                         {MSG_ID_HEADER: row.event_id, EVENT_TYPE_HEADER: row.event_type, MERCHANT_HEADER: row.merchant_id}
                     )
                     await self._js.publish(row.subject, row.payload, headers=headers)
-            await conn.execute(
-                o.update().where(o.c.seq.in_([r.seq for r in rows])).values(published_at=datetime.now(UTC))
-            )
+            await conn.execute(o.update().where(o.c.seq.in_([r.seq for r in rows])).values(published_at=datetime.now(UTC)))
             return len(rows)
 
 

@@ -27,7 +27,9 @@ async def consumer_database(database_url: str) -> Database:
 class CountingConsumer:
     """Runs an EventConsumer and records each event the handler committed for."""
 
-    def __init__(self, db: Database, nc: NatsClient, *, stream: str, filter_subject: str, accept: Callable[[messaging.ReceivedEvent], bool]):
+    def __init__(
+        self, db: Database, nc: NatsClient, *, stream: str, filter_subject: str, accept: Callable[[messaging.ReceivedEvent], bool]
+    ):
         self.handled: list[messaging.ReceivedEvent] = []
         self.seen = asyncio.Event()
 
@@ -37,7 +39,12 @@ class CountingConsumer:
                 self.seen.set()
 
         self.consumer = messaging.EventConsumer(
-            db, nc.jetstream(), stream=stream, durable=f"test-{uuid.uuid4().hex[:8]}", filter_subject=filter_subject, handler=handler
+            db,
+            nc.jetstream(),
+            stream=stream,
+            durable=f"test-{uuid.uuid4().hex[:8]}",
+            filter_subject=filter_subject,
+            handler=handler,
         )
         self.task: asyncio.Task[None] | None = None
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-
 from accrue.catalog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
+
 from libs.infra.service import Runtime, ServiceDefinition, main
 from services.catalog.server import SUBJECT_PREFIX, CatalogServicer
 from services.catalog.store import metadata

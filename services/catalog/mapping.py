@@ -6,9 +6,9 @@ import re
 from datetime import datetime
 from typing import Any
 
+from accrue.catalog.v1 import catalog_resources_pb2 as res
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from accrue.catalog.v1 import catalog_resources_pb2 as res
 from services.catalog.domain import rules
 
 

@@ -8,16 +8,16 @@ from typing import Any, TypeVar
 
 import grpc
 import sqlalchemy as sa
-from google.protobuf import empty_pb2
-from google.protobuf.message import Message
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from accrue.catalog.v1 import catalog_events_pb2 as ev
 from accrue.catalog.v1 import catalog_resources_pb2 as res
 from accrue.catalog.v1 import catalog_service_pb2 as svc
 from accrue.catalog.v1 import catalog_service_pb2_grpc
 from accrue.type.v1 import pagination_pb2
+from google.protobuf import empty_pb2
+from google.protobuf.message import Message
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from libs.core.clock import Clock, as_utc
 from libs.core.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from libs.core.ids import new_id

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +18,7 @@ from urllib.parse import parse_qsl
 
 import grpc
 import uvicorn
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -83,14 +83,15 @@ class Gateway:
         self.router = Router(build_routes())
         self.openapi = json.dumps(build_openapi(self.router.routes)).encode()
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
         self._keys: dict[str, tuple[str, float]] = {}
 
     async def start(self) -> None:
         for route in self.router.routes:
             if route.backend not in self._channels:
                 self._channels[route.backend] = grpc.aio.insecure_channel(
-                    self.settings.backend_address(route.backend), interceptors=aio_client_interceptors()
+                    self.settings.backend_address(route.backend),
+                    interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
                 )
             self._calls[route.grpc_path] = self._channels[route.backend].unary_unary(
                 route.grpc_path,
@@ -100,7 +101,7 @@ class Gateway:
 
     async def close(self) -> None:
         for channel in self._channels.values():
-            await channel.close()
+            await channel.close(grace=None)
 
     async def _merchant_for(self, authorization: str | None) -> str | None:
         if not authorization or not authorization.lower().startswith("bearer "):
@@ -145,7 +146,9 @@ class Gateway:
         route, path_vars, path_known = self.router.match(method, path)
         if route is None:
             if path_known:
-                return 405, _json(_error_body(405, f"{method} is not allowed on {path}", "method_not_allowed", "METHOD_NOT_ALLOWED"))
+                return 405, _json(
+                    _error_body(405, f"{method} is not allowed on {path}", "method_not_allowed", "METHOD_NOT_ALLOWED")
+                )
             return 404, _json(_error_body(404, f"no route for {method} {path}", "not_found", "ROUTE_NOT_FOUND"))
         merchant_id = await self._merchant_for(headers.get("authorization"))
         if merchant_id is None:
@@ -161,9 +164,7 @@ class Gateway:
         if idempotency_key:
             metadata.append((IDEMPOTENCY_METADATA_KEY, idempotency_key))
         try:
-            response = await self._calls[route.grpc_path](
-                request, metadata=metadata, timeout=self.settings.rpc_timeout_seconds
-            )
+            response = await self._calls[route.grpc_path](request, metadata=metadata, timeout=self.settings.rpc_timeout_seconds)
         except grpc.aio.AioRpcError as exc:
             decoded = decode_rpc_error(exc)
             status, category = HTTP_OF_CODE.get(decoded.code, (500, "internal_error"))
@@ -177,7 +178,7 @@ class Gateway:
 
     async def _build_request(self, route: Route, scope: Scope, receive: Receive, path_vars: dict[str, str]) -> Message:
         request = route.request_class()
-        descriptor = request.DESCRIPTOR
+        descriptor: Descriptor = request.DESCRIPTOR  # type: ignore[assignment]
         payload: dict[str, Any] = {}
         body_fields: list[str] = []
         if route.body:
@@ -186,7 +187,9 @@ class Gateway:
                 try:
                     parsed = json.loads(raw)
                 except json.JSONDecodeError as exc:
-                    raise InvalidArgument("body", f"the body is not valid JSON: {exc.msg} at position {exc.pos}", reason="INVALID_JSON") from exc
+                    raise InvalidArgument(
+                        "body", f"the body is not valid JSON: {exc.msg} at position {exc.pos}", reason="INVALID_JSON"
+                    ) from exc
                 if not isinstance(parsed, dict):
                     raise InvalidArgument("body", "the body must be a JSON object", reason="INVALID_JSON")
                 payload = parsed
@@ -234,9 +237,12 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 async def _respond(send: Send, status: int, body: bytes | None) -> None:
-    headers = [(b"content-type", b"application/json")] if body is not None else []
+    payload = body or b""
+    headers = [(b"content-length", str(len(payload)).encode())]
+    if body is not None:
+        headers.append((b"content-type", b"application/json"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body or b""})
+    await send({"type": "http.response.body", "body": payload})
 
 
 class GatewayHost:
@@ -264,7 +270,6 @@ class GatewayHost:
             self.gateway, log_config=None, access_log=False, lifespan="on", http="httptools", loop="none", backlog=2048
         )
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._task.done():
@@ -273,6 +278,11 @@ class GatewayHost:
         if s.port_file:
             Path(s.port_file).write_text(str(self.port))
         log.info("gateway_started", port=self.port)
+
+    async def wait(self) -> None:
+        """Until the server exits (uvicorn stops itself on SIGINT/SIGTERM)."""
+        if self._task is not None:
+            await self._task
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
@@ -285,12 +295,8 @@ class GatewayHost:
 
 async def _serve(settings: GatewaySettings) -> None:
     host = GatewayHost(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await host.start()
-    await stop.wait()
+    await host.wait()
     await host.stop()
 
 

@@ -74,7 +74,7 @@ class _Schemas:
             if field.name == "update_mask":
                 continue
             schema = self._field(field)
-            if field.has_presence and field.label != FieldDescriptor.LABEL_REPEATED:
+            if field.has_presence and not field.is_repeated:
                 schema = {"anyOf": [schema, {"type": "null"}]}
             properties[field.json_name] = schema
         return {"type": "object", "properties": properties}
@@ -106,25 +106,34 @@ def build_openapi(routes: list[Route], *, title: str = "Accrue API", version: st
         fields = route.method.input_type.fields_by_name
         for path_field in route.path_fields:
             op["parameters"].append(
-                {"name": fields[path_field].json_name, "in": "path", "required": True, "schema": schemas._single(fields[path_field])}
+                {
+                    "name": fields[path_field].json_name,
+                    "in": "path",
+                    "required": True,
+                    "schema": schemas._single(fields[path_field]),
+                }
             )
         if route.body:
             op["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": schemas.ref(route.method.input_type)}},
             }
-            op["parameters"].append(
-                {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
-            )
+            op["parameters"].append({"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}})
         else:
             for field in route.method.input_type.fields:
                 if field.name in route.path_fields:
                     continue
-                op["parameters"].append({"name": field.json_name, "in": "query", "required": False, "schema": schemas._field(field)})
+                op["parameters"].append(
+                    {"name": field.json_name, "in": "query", "required": False, "schema": schemas._field(field)}
+                )
         paths.setdefault(route.openapi_path, {})[route.http_method.lower()] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version, "description": "Paygentic-compatible REST API served by the Accrue gateway."},
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "Paygentic-compatible REST API served by the Accrue gateway.",
+        },
         "components": {
             "schemas": schemas.components,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},

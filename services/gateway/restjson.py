@@ -13,11 +13,13 @@ import re
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from libs.core.errors import InvalidArgument
 
+# Descriptor parameters are typed Any: protobuf hands out either the pure-Python or the
+# upb descriptor classes, which the stubs model as unrelated types.
 # Well-known types print as JSON scalars/objects of their own; never walk into them.
 _OPAQUE = {
     "google.protobuf.Struct",
@@ -32,7 +34,7 @@ _HAS_OFFSET = re.compile(r"(Z|z|[+-]\d\d:?\d\d)$")
 _TS = "google.protobuf.Timestamp"
 
 
-def _is_map(field: FieldDescriptor) -> bool:
+def _is_map(field: Any) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
@@ -58,14 +60,14 @@ def message_to_json(message: Message) -> dict[str, Any]:
     return out
 
 
-def _field_for_key(descriptor: Descriptor, key: str) -> FieldDescriptor | None:
+def _field_for_key(descriptor: Any, key: str) -> Any:
     for field in descriptor.fields:
         if field.json_name == key or field.name == key:
             return field
     return None
 
 
-def normalize_timestamps(descriptor: Descriptor, value: Any) -> Any:
+def normalize_timestamps(descriptor: Any, value: Any) -> Any:
     """Give offset-less date-time strings a Z, at every Timestamp field of the message."""
     if not isinstance(value, dict):
         return value
@@ -108,7 +110,7 @@ def parse_into(message: Message, value: dict[str, Any]) -> None:
         raise InvalidArgument(field, f"{field} has the wrong type or format: {text}", reason="INVALID_FIELD") from exc
 
 
-def mask_paths(descriptor: Descriptor, body: dict[str, Any]) -> list[str]:
+def mask_paths(descriptor: Any, body: dict[str, Any]) -> list[str]:
     """Top-level JSON keys sent in a PATCH body, as proto field names (AIP-134)."""
     paths = []
     for key in body:
@@ -118,7 +120,7 @@ def mask_paths(descriptor: Descriptor, body: dict[str, Any]) -> list[str]:
     return paths
 
 
-def query_to_json(descriptor: Descriptor, query: list[tuple[str, str]]) -> dict[str, Any]:
+def query_to_json(descriptor: Any, query: list[tuple[str, str]]) -> dict[str, Any]:
     """Query parameters to the JSON object json_format expects (repeated keys -> lists)."""
     out: dict[str, Any] = {}
     for key, raw in query:

@@ -11,11 +11,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from google.api import annotations_pb2, http_pb2
-from google.protobuf import message_factory
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from google.protobuf.message import Message
-
 from accrue.api.v1 import annotations_pb2 as accrue_annotations
 from accrue.catalog.v1 import catalog_service_pb2
 from accrue.entitlement.v1 import entitlement_service_pb2
@@ -23,6 +18,10 @@ from accrue.invoicing.v1 import invoicing_service_pb2
 from accrue.metering.v1 import metering_service_pb2
 from accrue.payment.v1 import payment_service_pb2
 from accrue.subscription.v1 import subscription_service_pb2
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
 
 # backend name (settings: ACCRUE_<NAME>_ADDR) -> the proto service it serves
 SERVICES: dict[str, ServiceDescriptor] = {

@@ -58,7 +58,12 @@ def test_quickstart_catalog_flow_round_trips(merchant_a: MerchantClient) -> None
         value_property="$.tokens",
     )
     assert metric.id.startswith("bm_")
-    assert (metric.aggregation, metric.event_type, metric.value_property, metric.item_id) == ("SUM", "ai.inference", "$.tokens", None)
+    assert (metric.aggregation, metric.event_type, metric.value_property, metric.item_id) == (
+        "SUM",
+        "ai.inference",
+        "$.tokens",
+        None,
+    )
     assert sdk.billable_metrics.get(id=metric.id) == metric
     metrics = sdk.billable_metrics.list(merchant_id=merchant_id, product_id=product.id)
     assert [m.id for m in metrics.data] == [metric.id]
@@ -95,7 +100,9 @@ def test_quickstart_catalog_flow_round_trips(merchant_a: MerchantClient) -> None
     assert usage_price.features[0].entitlement_template == template
     assert usage_price.features[0].feature.key == feature.key
 
-    fee = sdk.fees.create(merchant_id=merchant_id, product_id=product.id, name="Platform fee", description="Monthly platform access")
+    fee = sdk.fees.create(
+        merchant_id=merchant_id, product_id=product.id, name="Platform fee", description="Monthly platform access"
+    )
     assert fee.item_id is None
     assert sdk.fees.get(id=fee.id) == fee
     fee_price = sdk.prices.create(
@@ -113,7 +120,12 @@ def test_quickstart_catalog_flow_round_trips(merchant_a: MerchantClient) -> None
     assert [p.id for p in prices.data] == [usage_price.id]
 
     plan = sdk.plans.create(
-        merchant_id=merchant_id, product_id=product.id, name="Pro", currency="USD", billing_cadence="P1M", prices=[usage_price.id, fee_price.id]
+        merchant_id=merchant_id,
+        product_id=product.id,
+        name="Pro",
+        currency="USD",
+        billing_cadence="P1M",
+        prices=[usage_price.id, fee_price.id],
     )
     assert plan.id.startswith("plan_")
     assert (plan.currency, plan.billing_cadence, plan.billing_interval, plan.billing_version) == ("USD", "P1M", "monthly", 1)
@@ -152,7 +164,9 @@ def test_volume_and_graduated_prices_round_trip(merchant_a: MerchantClient) -> N
             "paymentTerm": "in_arrears",
             "model": "graduated",
             "billableMetricId": metric.id,
-            "properties": {"tiers": [{"upTo": "1000", "unitPrice": "0.01"}, {"upTo": None, "unitPrice": "0.005", "flatFee": "2"}]},
+            "properties": {
+                "tiers": [{"upTo": "1000", "unitPrice": "0.01"}, {"upTo": None, "unitPrice": "0.005", "flatFee": "2"}]
+            },
         },
         headers=merchant_a.headers,
     )
@@ -220,7 +234,9 @@ def test_updates_and_deletes(merchant_a: MerchantClient) -> None:
         sdk.fees.get(id=fee.id)
     assert fee_gone.value.status_code == 404
 
-    plan = sdk.plans.create(merchant_id=merchant_id, product_id=product.id, name="Storage", currency="EUR", billing_interval="yearly")
+    plan = sdk.plans.create(
+        merchant_id=merchant_id, product_id=product.id, name="Storage", currency="EUR", billing_interval="yearly"
+    )
     assert (plan.billing_cadence, plan.billing_interval) == ("P1Y", "yearly")
     plan2 = sdk.plans.update(id=plan.id, name="Storage plan", renewal_reminder_days=7, description="GB stored")
     assert (plan2.name, plan2.renewal_reminder_days, plan2.description) == ("Storage plan", 7, "GB stored")
@@ -240,10 +256,16 @@ def test_plan_versions_mint_default_rollback_archive(merchant_a: MerchantClient)
 
     p1, p2 = fee_price("10.00"), fee_price("12.00")
     plan = sdk.plans.create(
-        merchant_id=merchant_id, product_id=product.id, name="Base", currency="USD", prices=[models.PlanLineInput(price_id=p1, key="base")]
+        merchant_id=merchant_id,
+        product_id=product.id,
+        name="Base",
+        currency="USD",
+        prices=[models.PlanLineInput(price_id=p1, key="base")],
     )
     v1_id = plan.default_version_id
-    v2 = sdk.plans.mint_plan_version(id=plan.id, prices=[models.MintPlanLineInput(price_id=p2, key="base")], based_on_version_id=v1_id)
+    v2 = sdk.plans.mint_plan_version(
+        id=plan.id, prices=[models.MintPlanLineInput(price_id=p2, key="base")], based_on_version_id=v1_id
+    )
     assert (v2.version_number, v2.is_default, v2.status, v2.based_on_version_id) == (2, True, "published", v1_id)
     assert [(s.key, s.id, s.currency) for s in v2.prices] == [("base", p2, "USD")]
     assert [p.id for p in sdk.plans.get(id=plan.id).prices] == [p2]
@@ -274,7 +296,9 @@ def test_plan_versions_mint_default_rollback_archive(merchant_a: MerchantClient)
     assert archived.status_code == 200, archived.text
     assert archived.json()["status"] == "archived"
     assert models.PlanVersion.model_validate(archived.json()).status == "archived"
-    refused = httpx.patch(f"{merchant_a.base_url}/v0/plans/{plan.id}/versions/2", json={"default": True}, headers=merchant_a.headers)
+    refused = httpx.patch(
+        f"{merchant_a.base_url}/v0/plans/{plan.id}/versions/2", json={"default": True}, headers=merchant_a.headers
+    )
     assert refused.status_code == 409
     assert refused.json()["code"] == "DEFAULT_VERSION_ARCHIVE"
     sdk.prices.delete(id=p2)

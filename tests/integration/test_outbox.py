@@ -8,15 +8,15 @@ import uuid
 import grpc
 import psycopg
 import pytest
-from sqlalchemy.engine import make_url
-
 from accrue.catalog.v1 import catalog_service_pb2 as svc
 from accrue.catalog.v1 import catalog_service_pb2_grpc
+from sqlalchemy.engine import make_url
+
 from libs.infra import messaging
 from libs.infra.context import MERCHANT_METADATA_KEY
 from libs.infra.runner import Mesh
-from libs.infra.settings import ServiceSettings
 from libs.infra.service import ServiceHost
+from libs.infra.settings import ServiceSettings
 from libs.testing.events import CountingConsumer, consumer_database, messages_on
 from libs.testing.fixtures import Infra
 from services.catalog.app import DEFINITION, STREAM

@@ -11,8 +11,8 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from libs.infra import messaging
-from libs.infra.settings import ServiceSettings
 from libs.infra.service import ServiceHost
+from libs.infra.settings import ServiceSettings
 from libs.testing.events import CountingConsumer, consumer_database
 from libs.testing.fixtures import Infra
 from services.catalog.app import DEFINITION, STREAM
@@ -25,10 +25,14 @@ SUBJECT = "accrue.catalog.v1.product.created"
 
 
 async def test_rest_create_is_one_trace_through_grpc_outbox_and_consumer(infra: Infra, span_exporter: Any) -> None:
-    catalog = ServiceHost(DEFINITION, ServiceSettings(database_url=infra.new_database_url("trace_catalog"), nats_url=infra.nats_url, grpc_port=0))
+    catalog = ServiceHost(
+        DEFINITION, ServiceSettings(database_url=infra.new_database_url("trace_catalog"), nats_url=infra.nats_url, grpc_port=0)
+    )
     await catalog.start()
     gateway = GatewayHost(
-        GatewaySettings(database_url=infra.new_database_url("trace_gateway"), http_port=0, catalog_addr=f"127.0.0.1:{catalog.port}")
+        GatewaySettings(
+            database_url=infra.new_database_url("trace_gateway"), http_port=0, catalog_addr=f"127.0.0.1:{catalog.port}"
+        )
     )
     await gateway.start()
     assert gateway.engine is not None

@@ -77,9 +77,7 @@ def test_unknown_or_withdrawn_or_non_monetary_code_is_unknown(code: str) -> None
     assert not is_known_currency(code)
 
 
-@pytest.mark.parametrize(
-    "code", ["usd", "Usd", "US", "USDD", "", " USD", "U5D", 840, None]
-)
+@pytest.mark.parametrize("code", ["usd", "Usd", "US", "USDD", "", " USD", "U5D", 840, None])
 def test_code_must_be_three_upper_case_letters(code: object) -> None:
     error = _raises(currency_exponent, code)
     assert error.field == "currency"
@@ -109,9 +107,7 @@ def test_minor_unit_in_atomic_units() -> None:
         ("9" * 65, Decimal("9" * 65)),
     ],
 )
-def test_parse_decimal_accepts_plain_decimal_strings(
-    text: str, expected: Decimal
-) -> None:
+def test_parse_decimal_accepts_plain_decimal_strings(text: str, expected: Decimal) -> None:
     value = parse_decimal(text, "unitPrice")
     assert type(value) is Decimal
     assert value == expected
@@ -122,9 +118,7 @@ def test_parse_decimal_keeps_every_digit() -> None:
     assert str(parse_decimal(text, "x")) == text
 
 
-@pytest.mark.parametrize(
-    "value", [49.0, 0.1, 49, 0, True, False, None, ["1"], {"a": 1}, b"1"]
-)
+@pytest.mark.parametrize("value", [49.0, 0.1, 49, 0, True, False, None, ["1"], {"a": 1}, b"1"])
 def test_parse_decimal_rejects_non_strings(value: object) -> None:
     error = _raises(parse_decimal, value, "properties.unitPrice")
     assert error.field == "properties.unitPrice"
@@ -188,9 +182,7 @@ def test_parse_decimal_rejects_overlong_text_before_parsing() -> None:
 def test_parse_decimal_max_places() -> None:
     assert parse_decimal("1.123456", "unitPrice", max_places=6) == Decimal("1.123456")
     # Trailing zeros add no precision, so they do not count against the limit.
-    assert parse_decimal("1.1234560000", "unitPrice", max_places=6) == Decimal(
-        "1.123456"
-    )
+    assert parse_decimal("1.1234560000", "unitPrice", max_places=6) == Decimal("1.123456")
     assert parse_decimal("5", "unitPrice", max_places=0) == 5
     error = _raises(parse_decimal, "1.1234567", "unitPrice", max_places=6)
     assert error.field == "unitPrice"
@@ -201,9 +193,7 @@ def test_parse_decimal_max_places() -> None:
     assert error.reason == "TOO_MANY_DECIMAL_PLACES"
 
 
-@pytest.mark.parametrize(
-    "text", ["1" + "0" * 65, "-1" + "0" * 65, "9" * 66, "1" + "0" * 65 + ".5"]
-)
+@pytest.mark.parametrize("text", ["1" + "0" * 65, "-1" + "0" * 65, "9" * 66, "1" + "0" * 65 + ".5"])
 def test_parse_decimal_rejects_values_of_1e65_and_beyond(text: str) -> None:
     error = _raises(parse_decimal, text, "upTo")
     assert error.field == "upTo"
@@ -256,9 +246,7 @@ def test_major_to_atomic_refuses_to_lose_precision() -> None:
     assert error.field == "unitPrice"
 
 
-@pytest.mark.parametrize(
-    "value", [Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity")]
-)
+@pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity")])
 def test_major_to_atomic_rejects_non_finite(value: Decimal) -> None:
     error = _raises(major_to_atomic, value, "amount")
     assert error.field == "amount"
@@ -337,9 +325,7 @@ def test_format_major_rejects_bad_arguments() -> None:
         (0, "EUR", 0),
     ],
 )
-def test_round_to_minor_half_to_even(
-    amount: Decimal | int, currency: str, rounded: int
-) -> None:
+def test_round_to_minor_half_to_even(amount: Decimal | int, currency: str, rounded: int) -> None:
     result = round_to_minor(amount, currency)
     assert type(result) is int
     assert result == rounded
@@ -462,9 +448,7 @@ def test_parse_decimal_only_ever_raises_invalid_argument(text: str) -> None:
     ),
     currency=currencies,
 )
-def test_round_to_minor_is_within_half_a_minor_unit(
-    amount: Decimal | int, currency: str
-) -> None:
+def test_round_to_minor_is_within_half_a_minor_unit(amount: Decimal | int, currency: str) -> None:
     unit = minor_unit_atomic(currency)
     rounded = round_to_minor(amount, currency)
     assert type(rounded) is int

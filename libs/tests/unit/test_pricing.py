@@ -58,9 +58,7 @@ def _assert_plain_decimal_strings(calc: PriceCalculation) -> None:
 # --- examples from the brief and the SDK ------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("quantity", "major"), [(100, 500), (101, 303), (1, 5), (250, 750)]
-)
+@pytest.mark.parametrize(("quantity", "major"), [(100, 500), (101, 303), (1, 5), (250, 750)])
 def test_volume_prices_every_unit_at_the_band_rate(quantity: int, major: int) -> None:
     calc = calculate(VolumePrice(LADDER), Decimal(quantity), "USD")
     assert calc.amount_atomic == major * MAJOR
@@ -81,9 +79,7 @@ def test_volume_band_selection_is_recorded() -> None:
     assert calc.steps[-1].outputs == {"amount": "303.00", "remainder": "0.00"}
 
 
-@pytest.mark.parametrize(
-    ("quantity", "major"), [(100, 500), (101, 503), (50, 250), (200, 800)]
-)
+@pytest.mark.parametrize(("quantity", "major"), [(100, 500), (101, 503), (50, 250), (200, 800)])
 def test_graduated_fills_bands_in_order(quantity: int, major: int) -> None:
     calc = calculate(GraduatedPrice(LADDER), Decimal(quantity), "USD")
     assert calc.amount_atomic == major * MAJOR
@@ -146,10 +142,7 @@ def test_fractional_atomic_amounts_stay_exact_until_the_round() -> None:
 
 
 def test_rounding_uses_the_currency_minor_unit() -> None:
-    assert (
-        calculate(StandardPrice(MAJOR // 2), Decimal(5), "JPY").amount_atomic
-        == 2 * MAJOR
-    )
+    assert calculate(StandardPrice(MAJOR // 2), Decimal(5), "JPY").amount_atomic == 2 * MAJOR
     kwd = calculate(StandardPrice(1_234_567), Decimal(1), "KWD")  # 0.001234567
     assert kwd.amount_atomic == 1_000_000
     assert kwd.steps[-1].inputs["scale"] == "3"
@@ -189,20 +182,11 @@ def test_volume_at_zero_is_in_the_first_band_and_pays_its_flat_fee() -> None:
 
 
 def test_graduated_adds_the_flat_fee_of_every_touched_band() -> None:
-    assert (
-        calculate(GraduatedPrice(FEE_LADDER), Decimal(5), "USD").amount_atomic
-        == 20 * MAJOR
-    )
+    assert calculate(GraduatedPrice(FEE_LADDER), Decimal(5), "USD").amount_atomic == 20 * MAJOR
     # 10 x 2 + 10 (band 0) + 10 x 1 + 5 (band 1) + 5 x 0 + 1 (band 2)
-    assert (
-        calculate(GraduatedPrice(FEE_LADDER), Decimal(25), "USD").amount_atomic
-        == 46 * MAJOR
-    )
+    assert calculate(GraduatedPrice(FEE_LADDER), Decimal(25), "USD").amount_atomic == 46 * MAJOR
     # Exactly on a bound: the next band holds no units, so its fee is not due.
-    assert (
-        calculate(GraduatedPrice(FEE_LADDER), Decimal(10), "USD").amount_atomic
-        == 30 * MAJOR
-    )
+    assert calculate(GraduatedPrice(FEE_LADDER), Decimal(10), "USD").amount_atomic == 30 * MAJOR
 
 
 def test_graduated_at_zero_touches_no_band() -> None:
@@ -229,9 +213,7 @@ def test_graduated_at_zero_touches_no_band() -> None:
         ("2999", "down", 2),
     ],
 )
-def test_package_counts_started_or_completed_packages(
-    quantity: str, rounding: str, packages: int
-) -> None:
+def test_package_counts_started_or_completed_packages(quantity: str, rounding: str, packages: int) -> None:
     price = PackagePrice(Decimal(1000), 5 * MAJOR, rounding)  # type: ignore[arg-type]
     calc = calculate(price, Decimal(quantity), "USD")
     assert calc.amount_atomic == packages * 5 * MAJOR
@@ -252,9 +234,7 @@ def test_package_price_below_the_minor_unit_is_rounded_once() -> None:
     assert calc.amount_atomic == 20_000_000  # 0.015 -> 0.02 (half to even)
 
 
-@pytest.mark.parametrize(
-    "size", [Decimal(0), Decimal(-1), Decimal("NaN"), Decimal("Infinity")]
-)
+@pytest.mark.parametrize("size", [Decimal(0), Decimal(-1), Decimal("NaN"), Decimal("Infinity")])
 def test_package_size_must_be_positive(size: Decimal) -> None:
     error = _raises(PackagePrice, size, MAJOR)
     assert error.field == "properties.packageSize"
@@ -364,9 +344,7 @@ def _tiers(*bounds: int | str | None, price: int = MAJOR) -> tuple[Tier, ...]:
         ),
     ],
 )
-def test_validate_tiers_names_the_offending_element(
-    tiers: Sequence[Tier], field: str, reason: str
-) -> None:
+def test_validate_tiers_names_the_offending_element(tiers: Sequence[Tier], field: str, reason: str) -> None:
     error = _raises(validate_tiers, tiers)
     assert error.field == field
     assert error.reason == reason
@@ -378,9 +356,7 @@ def test_validate_tiers_names_the_offending_element(
 
 
 def test_validate_tiers_uses_the_given_prefix() -> None:
-    error = _raises(
-        validate_tiers, _tiers(100, 50, None), field_prefix="phases[0].tiers"
-    )
+    error = _raises(validate_tiers, _tiers(100, 50, None), field_prefix="phases[0].tiers")
     assert error.field == "phases[0].tiers[1].upTo"
 
 
@@ -428,24 +404,18 @@ currencies = st.sampled_from(["USD", "EUR", "JPY", "KWD", "CLF"])
 
 
 def _expected_band(ladder: Sequence[Tier], quantity: Decimal) -> int:
-    return next(
-        i for i, t in enumerate(ladder) if t.up_to is None or quantity <= t.up_to
-    )
+    return next(i for i, t in enumerate(ladder) if t.up_to is None or quantity <= t.up_to)
 
 
 @PROPERTY
 @given(case=ladder_and_quantity(), currency=currencies)
-def test_volume_applies_one_band_rate_to_all_units(
-    case: tuple[tuple[Tier, ...], Decimal], currency: str
-) -> None:
+def test_volume_applies_one_band_rate_to_all_units(case: tuple[tuple[Tier, ...], Decimal], currency: str) -> None:
     ladder, quantity = case
     calc = calculate(VolumePrice(ladder), quantity, currency)
     band = _expected_band(ladder, quantity)
     chosen = ladder[band]
     with localcontext(EXACT):
-        assert calc.exact_amount_atomic == (
-            quantity * chosen.unit_price_atomic + chosen.flat_fee_atomic
-        )
+        assert calc.exact_amount_atomic == (quantity * chosen.unit_price_atomic + chosen.flat_fee_atomic)
     assert calc.steps[0].kind == "select_band"
     assert calc.steps[0].outputs["band"] == str(band)
     if band > 0:
@@ -456,9 +426,7 @@ def test_volume_applies_one_band_rate_to_all_units(
 
 @PROPERTY
 @given(case=ladder_and_quantity(), currency=currencies)
-def test_graduated_is_the_sum_over_bands(
-    case: tuple[tuple[Tier, ...], Decimal], currency: str
-) -> None:
+def test_graduated_is_the_sum_over_bands(case: tuple[tuple[Tier, ...], Decimal], currency: str) -> None:
     ladder, quantity = case
     calc = calculate(GraduatedPrice(ladder), quantity, currency)
     expected = Decimal(0)
@@ -484,9 +452,7 @@ def test_graduated_is_the_sum_over_bands(
     b=st.decimals(min_value=0, max_value=Decimal(2 * 10**6), places=6),
     currency=currencies,
 )
-def test_graduated_is_monotonic_in_quantity(
-    ladder: tuple[Tier, ...], a: Decimal, b: Decimal, currency: str
-) -> None:
+def test_graduated_is_monotonic_in_quantity(ladder: tuple[Tier, ...], a: Decimal, b: Decimal, currency: str) -> None:
     low, high = sorted((a, b))
     price = GraduatedPrice(ladder)
     first, second = calculate(price, low, currency), calculate(price, high, currency)
@@ -504,11 +470,7 @@ def any_price(draw: st.DrawFn) -> Price:
     if kind == "graduated":
         return GraduatedPrice(draw(ladders()))
     return PackagePrice(
-        draw(
-            st.decimals(
-                min_value=Decimal("0.000001"), max_value=Decimal(10**4), places=6
-            )
-        ),
+        draw(st.decimals(min_value=Decimal("0.000001"), max_value=Decimal(10**4), places=6)),
         draw(tier_price),
         draw(st.sampled_from(["up", "down"])),
     )
@@ -520,9 +482,7 @@ def any_price(draw: st.DrawFn) -> Price:
     quantity=st.decimals(min_value=0, max_value=Decimal(10**9), places=6),
     currency=currencies,
 )
-def test_rounding_happens_once_per_line(
-    price: Price, quantity: Decimal, currency: str
-) -> None:
+def test_rounding_happens_once_per_line(price: Price, quantity: Decimal, currency: str) -> None:
     calc = calculate(price, quantity, currency)
     unit = minor_unit_atomic(currency)
     # No floats anywhere: integers and Decimals only.
@@ -539,16 +499,9 @@ def test_rounding_happens_once_per_line(
     assert kinds[-1] == "round"
     round_step = calc.steps[-1]
     with localcontext(EXACT):
-        assert (
-            Decimal(round_step.outputs["amount"]) * ATOMIC_PER_MAJOR
-            == calc.amount_atomic
-        )
-        assert Decimal(round_step.inputs["amount"]) * ATOMIC_PER_MAJOR == (
-            calc.exact_amount_atomic
-        )
-        assert Decimal(round_step.outputs["remainder"]) * ATOMIC_PER_MAJOR == (
-            calc.remainder_atomic
-        )
+        assert Decimal(round_step.outputs["amount"]) * ATOMIC_PER_MAJOR == calc.amount_atomic
+        assert Decimal(round_step.inputs["amount"]) * ATOMIC_PER_MAJOR == (calc.exact_amount_atomic)
+        assert Decimal(round_step.outputs["remainder"]) * ATOMIC_PER_MAJOR == (calc.remainder_atomic)
     _assert_plain_decimal_strings(calc)
 
 
@@ -558,9 +511,7 @@ def test_rounding_happens_once_per_line(
     package_price=tier_price,
     quantity=st.decimals(min_value=0, max_value=Decimal(10**7), places=6),
 )
-def test_package_up_is_down_or_one_more_package(
-    size: Decimal, package_price: int, quantity: Decimal
-) -> None:
+def test_package_up_is_down_or_one_more_package(size: Decimal, package_price: int, quantity: Decimal) -> None:
     up = calculate(PackagePrice(size, package_price, "up"), quantity, "USD")
     down = calculate(PackagePrice(size, package_price, "down"), quantity, "USD")
     packages_up = Decimal(up.steps[0].outputs["packages"])
@@ -577,9 +528,7 @@ def test_package_up_is_down_or_one_more_package(
     unit_price=st.integers(min_value=-(10**13), max_value=10**13),
     quantity=st.decimals(min_value=0, max_value=Decimal(10**12), places=6),
 )
-def test_standard_is_exactly_quantity_times_price(
-    unit_price: int, quantity: Decimal
-) -> None:
+def test_standard_is_exactly_quantity_times_price(unit_price: int, quantity: Decimal) -> None:
     calc = calculate(StandardPrice(unit_price), quantity, "USD")
     with localcontext(EXACT):
         assert calc.exact_amount_atomic == quantity * unit_price
