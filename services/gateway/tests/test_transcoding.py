@@ -1,0 +1,49 @@
+"""Routes come from the protos' google.api.http rules, success codes from our option."""
+
+from __future__ import annotations
+
+from services.gateway.openapi import build_openapi
+from services.gateway.transcoding import SERVICES, Router, build_routes
+
+
+def _route(routes: list, method: str, template: str):  # type: ignore[no-untyped-def]
+    (found,) = [r for r in routes if r.http_method == method and r.template == template]
+    return found
+
+
+def test_every_annotated_rpc_becomes_a_route_with_its_success_code() -> None:
+    routes = build_routes()
+    annotated = sum(1 for service in SERVICES.values() for _ in service.methods)
+    assert len(routes) == annotated
+    assert _route(routes, "POST", "/v0/products").success_code == 201
+    assert _route(routes, "GET", "/v0/products/{id}").success_code == 200
+    assert _route(routes, "DELETE", "/v0/prices/{id}").success_code == 204
+    assert _route(routes, "POST", "/v0/events").success_code == 202
+    mint = _route(routes, "POST", "/v0/plans/{id}/versions")
+    assert (mint.backend, mint.grpc_path, mint.body) == ("catalog", "/accrue.catalog.v1.CatalogService/MintPlanVersion", "*")
+
+
+def test_router_matches_variables_and_tells_a_wrong_method_from_an_unknown_path() -> None:
+    router = Router(build_routes())
+    route, variables, _ = router.match("GET", "/v0/plans/plan_1/versions/3")
+    assert route is not None and route.method.name == "GetPlanVersion"
+    assert variables == {"id": "plan_1", "version_number": "3"}
+    route, _, known = router.match("PUT", "/v0/products/prod_1")
+    assert route is None and known
+    route, _, known = router.match("GET", "/v0/nothing")
+    assert route is None and not known
+
+
+def test_openapi_document_has_every_route_in_rest_spelling() -> None:
+    routes = build_routes()
+    doc = build_openapi(routes)
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]["/v0/products"]) == {"get", "post"}
+    assert "201" in doc["paths"]["/v0/products"]["post"]["responses"]
+    version = doc["paths"]["/v0/plans/{id}/versions/{versionNumber}"]
+    assert {p["name"] for p in version["get"]["parameters"]} == {"id", "versionNumber"}
+    product = doc["components"]["schemas"]["catalog_v1_Product"]["properties"]
+    assert product["createdAt"] == {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}
+    assert product["name"] == {"type": "string"}
+    operations = sum(len(methods) for methods in doc["paths"].values())
+    assert operations == len(routes)
