@@ -99,6 +99,19 @@ class FailedPrecondition(DomainError):
     code = ErrorCode.FAILED_PRECONDITION
 
 
+class Unprocessable(DomainError):
+    """Well-formed, but nothing can act on it (e.g. a meter event no metric consumes).
+
+    FAILED_PRECONDITION on gRPC; the gateway answers 422, as Paygentic's contract does.
+    """
+
+    code = ErrorCode.FAILED_PRECONDITION
+    http_status = 422
+
+    def __init__(self, reason: str, message: str, *, field: str | None = None) -> None:
+        super().__init__(reason, message, field=field, metadata={"http_status": "422"})
+
+
 class Aborted(DomainError):
     """A concurrent change won; retrying with fresh state may succeed (HTTP 409)."""
 

@@ -11,6 +11,7 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 import sqlalchemy as sa
@@ -22,7 +23,7 @@ from libs.infra import migrations
 from libs.infra.db import Database, create_engine
 from libs.infra.grpc_server import GrpcServer
 from libs.infra.logging import configure_logging, get_logger
-from libs.infra.messaging import EventConsumer, OutboxRelay, connect, ensure_stream
+from libs.infra.messaging import OutboxRelay, connect, ensure_stream
 from libs.infra.settings import ServiceSettings
 from libs.infra.telemetry import configure_tracing
 
@@ -38,6 +39,16 @@ class Runtime:
     nats: NatsClient
     js: JetStreamContext
     clock: Clock
+    # objects a service's servicers and workers share (built once, in register)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Worker(Protocol):
+    """A background loop of a service: consumers, aggregators."""
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -50,7 +61,8 @@ class ServiceDefinition:
     register: Callable[[grpc.aio.Server, Runtime], None]
     # JetStream streams this service publishes to: name -> subjects
     streams: dict[str, list[str]] = field(default_factory=dict)
-    consumers: Callable[[Runtime], list[EventConsumer]] = lambda runtime: []
+    # background workers (event consumers, aggregators), built after register()
+    workers: Callable[[Runtime], Sequence[Worker]] = lambda runtime: []
 
 
 class ServiceHost:
@@ -63,7 +75,7 @@ class ServiceHost:
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._relay: OutboxRelay | None = None
-        self._consumers: list[EventConsumer] = []
+        self._workers: list[Worker] = []
         self._server: GrpcServer | None = None
         self.runtime: Runtime | None = None
 
@@ -82,9 +94,9 @@ class ServiceHost:
         if s.outbox_relay_enabled:
             self._relay = OutboxRelay(db, js)
             self._tasks.append(asyncio.create_task(self._relay.run(), name=f"{d.name}-outbox-relay"))
-        self._consumers = d.consumers(self.runtime)
-        for consumer in self._consumers:
-            self._tasks.append(asyncio.create_task(consumer.run()))
+        self._workers = list(d.workers(self.runtime))
+        for worker in self._workers:
+            self._tasks.append(asyncio.create_task(worker.run()))
         await self._server.start()
         self.port = self._server.port
         if s.port_file:
@@ -96,8 +108,8 @@ class ServiceHost:
             await self._server.stop(self.settings.shutdown_grace_seconds)
         if self._relay is not None:
             self._relay.stop()
-        for consumer in self._consumers:
-            consumer.stop()
+        for worker in self._workers:
+            worker.stop()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=2.0)
             for task in pending:
@@ -140,3 +152,9 @@ def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> No
     except ImportError:
         pass
     asyncio.run(_serve_until_signalled(ServiceHost(definition, settings)))
+
+
+def unimplemented_servicer(servicer_class: type[Any]) -> Any:
+    """The generated base servicer, which answers UNIMPLEMENTED to every RPC: what a
+    service serves until its issue comes."""
+    return servicer_class()

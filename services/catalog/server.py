@@ -28,7 +28,11 @@ from services.catalog.domain import rules
 
 M = TypeVar("M", bound=Message)
 SUBJECT_PREFIX = "accrue.catalog.v1"
-_KIND_NAMES = {ev.CHANGE_KIND_CREATED: "created", ev.CHANGE_KIND_UPDATED: "updated", ev.CHANGE_KIND_DELETED: "deleted"}
+_KIND_NAMES: dict[int, str] = {
+    ev.CHANGE_KIND_CREATED: "created",
+    ev.CHANGE_KIND_UPDATED: "updated",
+    ev.CHANGE_KIND_DELETED: "deleted",
+}
 
 
 def _check_merchant(requested: str, merchant_id: str) -> None:
@@ -52,7 +56,9 @@ class _Mask:
             paths = [f.name for f, _ in request.ListFields() if f.name in allowed_set]
         for path in paths:
             if path not in allowed_set:
-                raise InvalidArgument(mapping.camel(path), f"{mapping.camel(path)} cannot be updated", reason="FIELD_NOT_UPDATABLE")
+                raise InvalidArgument(
+                    mapping.camel(path), f"{mapping.camel(path)} cannot be updated", reason="FIELD_NOT_UPDATABLE"
+                )
         self.paths = set(paths)
 
     def __contains__(self, path: str) -> bool:
@@ -99,7 +105,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 return await work(uow, merchant_id, now)
         except IntegrityError as exc:
             if "uq_features_product_key" in str(exc.orig):
-                raise AlreadyExists("DUPLICATE_RESOURCE", "a feature with this key already exists in the product", field="key") from exc
+                raise AlreadyExists(
+                    "DUPLICATE_RESOURCE", "a feature with this key already exists in the product", field="key"
+                ) from exc
             raise
 
     async def _read(self, work: Callable[[AsyncConnection, str], Awaitable[M]]) -> M:
@@ -117,7 +125,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     async def CreateProduct(self, request: svc.CreateProductRequest, context: grpc.aio.ServicerContext) -> res.Product:
         async def work(uow: UnitOfWork, merchant_id: str, now: datetime) -> res.Product:
             _check_merchant(request.merchant_id, merchant_id)
-            values = {
+            values: dict[str, Any] = {
                 "id": new_id("prod"),
                 "merchant_id": merchant_id,
                 "name": rules.required_text(request.name, "name"),
@@ -143,7 +151,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         async def work(conn: AsyncConnection, merchant_id: str) -> svc.ListProductsResponse:
             _check_merchant(request.merchant_id, merchant_id)
             limit, offset = rules.page(_opt(request, "limit"), _opt(request, "offset"))
-            rows, total = await store.list_page(conn, store.products, [store.products.c.merchant_id == merchant_id], limit, offset)
+            rows, total = await store.list_page(
+                conn, store.products, [store.products.c.merchant_id == merchant_id], limit, offset
+            )
             return svc.ListProductsResponse(
                 object="list", data=[mapping.product(r) for r in rows], pagination=_pagination(limit, offset, total)
             )
@@ -168,7 +178,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
 
     # --- billable metrics -------------------------------------------------------------
 
-    async def _metric(self, conn: AsyncConnection, merchant_id: str, metric_id: str, field: str | None = None) -> res.BillableMetric:
+    async def _metric(
+        self, conn: AsyncConnection, merchant_id: str, metric_id: str, field: str | None = None
+    ) -> res.BillableMetric:
         return mapping.billable_metric(
             await store.get_row(conn, store.billable_metrics, merchant_id, metric_id, "billable_metric", field=field)
         )
@@ -181,7 +193,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             if not request.product_id:
                 raise InvalidArgument("productId", "productId is required", reason="REQUIRED")
             aggregation = rules.one_of(request.aggregation, rules.AGGREGATIONS, "aggregation")
-            values = {
+            values: dict[str, Any] = {
                 "id": new_id("bm"),
                 "merchant_id": merchant_id,
                 "product_id": request.product_id,
@@ -205,7 +217,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
 
         return await self._mutate("CreateBillableMetric", request, res.BillableMetric, work)
 
-    async def GetBillableMetric(self, request: svc.GetBillableMetricRequest, context: grpc.aio.ServicerContext) -> res.BillableMetric:
+    async def GetBillableMetric(
+        self, request: svc.GetBillableMetricRequest, context: grpc.aio.ServicerContext
+    ) -> res.BillableMetric:
         return await self._read(lambda conn, merchant_id: self._metric(conn, merchant_id, request.id))
 
     async def ListBillableMetrics(
@@ -255,7 +269,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             if "event_from_time" in mask:
                 when = mask.value("event_from_time", clearable=True)
                 values["event_from"] = None if when is None else as_utc(when.ToDatetime())
-            await uow.conn.execute(store.billable_metrics.update().where(store.billable_metrics.c.id == request.id).values(**values))
+            await uow.conn.execute(
+                store.billable_metrics.update().where(store.billable_metrics.c.id == request.id).values(**values)
+            )
             metric = await self._metric(uow.conn, merchant_id, request.id)
             await self._changed(uow, ev.CHANGE_KIND_UPDATED, merchant_id, now, billable_metric=metric)
             return metric
@@ -272,7 +288,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             _check_merchant(request.merchant_id, merchant_id)
             if not request.product_id:
                 raise InvalidArgument("productId", "productId is required", reason="REQUIRED")
-            values = {
+            values: dict[str, Any] = {
                 "id": new_id("feat"),
                 "merchant_id": merchant_id,
                 "product_id": request.product_id,
@@ -298,9 +314,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             await conn.execute(sa.select(t.c.id).where(t.c.product_id == product_id, t.c.key == key, t.c.id != except_id))
         ).first()
         if taken is not None:
-            raise AlreadyExists(
-                "DUPLICATE_RESOURCE", f"feature key {key!r} already exists in product {product_id}", field="key"
-            )
+            raise AlreadyExists("DUPLICATE_RESOURCE", f"feature key {key!r} already exists in product {product_id}", field="key")
 
     async def GetFeature(self, request: svc.GetFeatureRequest, context: grpc.aio.ServicerContext) -> res.Feature:
         return await self._read(lambda conn, merchant_id: self._feature(conn, merchant_id, request.id))
@@ -354,6 +368,12 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 raise FailedPrecondition(
                     "FEATURE_IN_USE", f"feature {row.id} is attached to price {in_use.id}; detach it first", field="id"
                 )
+            # deleted prices are history and bill nothing: they let go of the feature
+            await uow.conn.execute(
+                p.update()
+                .where(p.c.feature_id == row.id, p.c.deleted_at.is_not(None))
+                .values(feature_id=None, price_feature_id=None)
+            )
             await uow.conn.execute(store.features.delete().where(store.features.c.id == row.id))
             await self._changed(uow, ev.CHANGE_KIND_DELETED, merchant_id, now, feature=mapping.feature(row))
             return empty_pb2.Empty()
@@ -370,7 +390,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             _check_merchant(request.merchant_id, merchant_id)
             if not request.product_id:
                 raise InvalidArgument("productId", "productId is required: a fee belongs to a product", reason="REQUIRED")
-            values = {
+            values: dict[str, Any] = {
                 "id": new_id("fee"),
                 "merchant_id": merchant_id,
                 "product_id": request.product_id,
@@ -402,7 +422,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             if request.HasField("item_id"):
                 conditions.append(t.c.item_id == request.item_id)
             rows, total = await store.list_page(conn, t, conditions, limit, offset)
-            return svc.ListFeesResponse(object="list", data=[mapping.fee(r) for r in rows], pagination=_pagination(limit, offset, total))
+            return svc.ListFeesResponse(
+                object="list", data=[mapping.fee(r) for r in rows], pagination=_pagination(limit, offset, total)
+            )
 
         return await self._read(work)
 
@@ -428,15 +450,21 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         async def work(uow: UnitOfWork, merchant_id: str, now: datetime) -> empty_pb2.Empty:
             row = await store.get_row(uow.conn, store.fees, merchant_id, request.id, "fee", lock=True)
             p = store.prices
-            priced = (await uow.conn.execute(sa.select(p.c.id).where(p.c.fee_id == row.id, p.c.deleted_at.is_(None)).limit(1))).first()
+            priced = (
+                await uow.conn.execute(sa.select(p.c.id).where(p.c.fee_id == row.id, p.c.deleted_at.is_(None)).limit(1))
+            ).first()
             if priced is not None:
-                raise FailedPrecondition("FEE_HAS_PRICES", f"fee {row.id} still has price {priced.id}; delete its prices first", field="id")
+                raise FailedPrecondition(
+                    "FEE_HAS_PRICES", f"fee {row.id} still has price {priced.id}; delete its prices first", field="id"
+                )
             # deleted prices keep their history rows; the fee row goes only when none refer to it
             referenced = (await uow.conn.execute(sa.select(p.c.id).where(p.c.fee_id == row.id).limit(1))).first()
             if referenced is None:
                 await uow.conn.execute(store.fees.delete().where(store.fees.c.id == row.id))
             else:
-                await uow.conn.execute(store.fees.update().where(store.fees.c.id == row.id).values(merchant_id=f"deleted:{merchant_id}"))
+                await uow.conn.execute(
+                    store.fees.update().where(store.fees.c.id == row.id).values(merchant_id=f"deleted:{merchant_id}")
+                )
             await self._changed(uow, ev.CHANGE_KIND_DELETED, merchant_id, now, fee=mapping.fee(row))
             return empty_pb2.Empty()
 
@@ -450,7 +478,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
 
     async def _check_price_refs(self, conn: AsyncConnection, merchant_id: str, draft: rules.PriceDraft) -> None:
         if draft.billable_metric_id is not None:
-            await store.get_row(conn, store.billable_metrics, merchant_id, draft.billable_metric_id, "billable_metric", field="billableMetricId")
+            await store.get_row(
+                conn, store.billable_metrics, merchant_id, draft.billable_metric_id, "billable_metric", field="billableMetricId"
+            )
         if draft.fee_id is not None:
             await store.get_row(conn, store.fees, merchant_id, draft.fee_id, "fee", field="feeId")
         if draft.feature_id is not None:
@@ -603,6 +633,19 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                     )
             valid = rules.validate_price(draft)
             await self._check_price_refs(uow.conn, merchant_id, draft)
+            if draft.billable_metric_id != row.billable_metric_id:
+                # a price keeps its product: plans checked it against theirs when they listed it
+                bm = store.billable_metrics
+                ids = (row.billable_metric_id, draft.billable_metric_id)
+                found = await uow.conn.execute(sa.select(bm.c.id, bm.c.product_id).where(bm.c.id.in_(ids)))
+                owners = dict(found.tuples().all())
+                if owners[draft.billable_metric_id] != owners[row.billable_metric_id]:
+                    raise InvalidArgument(
+                        "billableMetricId",
+                        f"billableMetricId {draft.billable_metric_id} belongs to product {owners[draft.billable_metric_id]}, "
+                        f"but this price belongs to product {owners[row.billable_metric_id]}",
+                        reason="METRIC_PRODUCT_MISMATCH",
+                    )
             values = self._price_values(draft, valid)
             if draft.feature_id is not None and row.price_feature_id is None:
                 values["price_feature_id"] = new_id("pf")
@@ -629,9 +672,13 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             ).first()
             if live is not None:
                 raise FailedPrecondition(
-                    "PRICE_IN_USE", f"price {row.id} is in a published version of plan {live.id}; mint a version without it first", field="id"
+                    "PRICE_IN_USE",
+                    f"price {row.id} is in a published version of plan {live.id}; mint a version without it first",
+                    field="id",
                 )
-            await uow.conn.execute(store.prices.update().where(store.prices.c.id == row.id).values(deleted_at=now, updated_at=now))
+            await uow.conn.execute(
+                store.prices.update().where(store.prices.c.id == row.id).values(deleted_at=now, updated_at=now)
+            )
             features = await store.features_by_id(uow.conn, [row.feature_id])
             await self._changed(uow, ev.CHANGE_KIND_DELETED, merchant_id, now, price=mapping.price(row, features))
             return empty_pb2.Empty()
@@ -667,15 +714,26 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             owner_table, owner_id = (
                 (store.billable_metrics, row.billable_metric_id) if row.billable_metric_id else (store.fees, row.fee_id)
             )
-            owner_product = (await conn.execute(sa.select(owner_table.c.product_id).where(owner_table.c.id == owner_id))).scalar_one()
+            owner_product = (
+                await conn.execute(sa.select(owner_table.c.product_id).where(owner_table.c.id == owner_id))
+            ).scalar_one()
             if owner_product != product_id:
                 raise InvalidArgument(
-                    here, f"{here}: price {line.price_id} belongs to product {owner_product}, not {product_id}", reason="PRICE_PRODUCT_MISMATCH"
+                    here,
+                    f"{here}: price {line.price_id} belongs to product {owner_product}, not {product_id}",
+                    reason="PRICE_PRODUCT_MISMATCH",
                 )
         return lines
 
     async def _insert_version(
-        self, uow: UnitOfWork, merchant_id: str, plan_id: str, number: int, lines: list[rules.PlanLine], based_on: str | None, now: datetime
+        self,
+        uow: UnitOfWork,
+        merchant_id: str,
+        plan_id: str,
+        number: int,
+        lines: list[rules.PlanLine],
+        based_on: str | None,
+        now: datetime,
     ) -> str:
         version_id = new_id("pv")
         await uow.conn.execute(
@@ -695,7 +753,10 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         if lines:
             await uow.conn.execute(
                 store.plan_version_prices.insert(),
-                [{"plan_version_id": version_id, "key": ln.key, "price_id": ln.price_id, "position": i} for i, ln in enumerate(lines)],
+                [
+                    {"plan_version_id": version_id, "key": ln.key, "price_id": ln.price_id, "position": i}
+                    for i, ln in enumerate(lines)
+                ],
             )
         return version_id
 
@@ -706,19 +767,25 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 raise InvalidArgument("productId", "productId is required", reason="REQUIRED")
             if _opt(request, "billing_version") not in (None, 1):
                 raise InvalidArgument(
-                    "billingVersion", "only billingVersion 1 (Standard billing) is supported; 0 is legacy wallet billing", reason="NOT_SUPPORTED"
+                    "billingVersion",
+                    "only billingVersion 1 (Standard billing) is supported; 0 is legacy wallet billing",
+                    reason="NOT_SUPPORTED",
                 )
             if len(request.credit_allocations) > 0:
-                raise InvalidArgument("creditAllocations", "credit allocations (pricing units) are not supported yet", reason="NOT_SUPPORTED")
+                raise InvalidArgument(
+                    "creditAllocations", "credit allocations (pricing units) are not supported yet", reason="NOT_SUPPORTED"
+                )
             anchor = as_utc(request.billing_anchor_time.ToDatetime()) if request.HasField("billing_anchor_time") else None
             if anchor is not None and anchor > now:
                 raise InvalidArgument("billingAnchor", "billingAnchor must not be in the future", reason="OUT_OF_RANGE")
             effective_date = "end_of_current_period"
             if request.HasField("version_transition"):
-                effective_date = rules.one_of(request.version_transition.effective_date, rules.EFFECTIVE_DATES, "versionTransition.effectiveDate")
+                effective_date = rules.one_of(
+                    request.version_transition.effective_date, rules.EFFECTIVE_DATES, "versionTransition.effectiveDate"
+                )
                 rules.one_of(request.version_transition.proration, ("none",), "versionTransition.proration")
             plan_id = new_id("plan")
-            values = {
+            values: dict[str, Any] = {
                 "id": plan_id,
                 "merchant_id": merchant_id,
                 "product_id": request.product_id,
@@ -763,7 +830,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             if request.HasField("product_id"):
                 conditions.append(t.c.product_id == request.product_id)
             rows, total = await store.list_page(conn, t, conditions, limit, offset)
-            return svc.ListPlansResponse(object="list", data=await self._plans(conn, rows), pagination=_pagination(limit, offset, total))
+            return svc.ListPlansResponse(
+                object="list", data=await self._plans(conn, rows), pagination=_pagination(limit, offset, total)
+            )
 
         return await self._read(work)
 
@@ -780,9 +849,15 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         if not lines:
             raise InvalidArgument("prices", "a plan version needs at least one price", reason="REQUIRED")
         pv = store.plan_versions
-        number = (await uow.conn.execute(sa.select(sa.func.max(pv.c.version_number)).where(pv.c.plan_id == plan_row.id))).scalar_one()
-        version_id = await self._insert_version(uow, merchant_id, plan_row.id, int(number or 0) + 1, lines, plan_row.default_version_id, now)
-        await uow.conn.execute(store.plans.update().where(store.plans.c.id == plan_row.id).values(default_version_id=version_id, updated_at=now))
+        number = (
+            await uow.conn.execute(sa.select(sa.func.max(pv.c.version_number)).where(pv.c.plan_id == plan_row.id))
+        ).scalar_one()
+        version_id = await self._insert_version(
+            uow, merchant_id, plan_row.id, int(number or 0) + 1, lines, plan_row.default_version_id, now
+        )
+        await uow.conn.execute(
+            store.plans.update().where(store.plans.c.id == plan_row.id).values(default_version_id=version_id, updated_at=now)
+        )
         plan_row = await store.get_row(uow.conn, store.plans, merchant_id, plan_row.id, "plan")
         version_row = (await uow.conn.execute(sa.select(pv).where(pv.c.id == version_id))).one()
         version = await self._version(uow.conn, plan_row, version_row)
@@ -828,12 +903,16 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 if values["billing_anchor"] is not None and values["billing_anchor"] > now:
                     raise InvalidArgument("billingAnchor", "billingAnchor must not be in the future", reason="OUT_OF_RANGE")
             if "credit_allocations" in mask and len(request.credit_allocations) > 0:
-                raise InvalidArgument("creditAllocations", "credit allocations (pricing units) are not supported yet", reason="NOT_SUPPORTED")
+                raise InvalidArgument(
+                    "creditAllocations", "credit allocations (pricing units) are not supported yet", reason="NOT_SUPPORTED"
+                )
             if "stable_price_ids" in mask:
                 values["stable_price_ids"] = mask.value("stable_price_ids")
             if "version_transition" in mask:
                 vt = mask.value("version_transition")
-                values["version_effective_date"] = rules.one_of(vt.effective_date, rules.EFFECTIVE_DATES, "versionTransition.effectiveDate")
+                values["version_effective_date"] = rules.one_of(
+                    vt.effective_date, rules.EFFECTIVE_DATES, "versionTransition.effectiveDate"
+                )
                 rules.one_of(vt.proration, ("none",), "versionTransition.proration")
             if "prices" in mask:
                 await self._mint(uow, merchant_id, row, request.prices, None, now)
@@ -854,7 +933,11 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             total = (await conn.execute(sa.select(sa.func.count()).where(pv.c.plan_id == plan_row.id))).scalar_one()
             rows = (
                 await conn.execute(
-                    sa.select(pv).where(pv.c.plan_id == plan_row.id).order_by(pv.c.version_number.desc()).limit(limit).offset(offset)
+                    sa.select(pv)
+                    .where(pv.c.plan_id == plan_row.id)
+                    .order_by(pv.c.version_number.desc())
+                    .limit(limit)
+                    .offset(offset)
                 )
             ).all()
             lines = await store.version_lines(conn, [r.id for r in rows])
@@ -872,7 +955,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     async def MintPlanVersion(self, request: svc.MintPlanVersionRequest, context: grpc.aio.ServicerContext) -> res.PlanVersion:
         async def work(uow: UnitOfWork, merchant_id: str, now: datetime) -> res.PlanVersion:
             plan_row = await store.get_row(uow.conn, store.plans, merchant_id, request.id, "plan", lock=True)
-            version: res.PlanVersion = await self._mint(uow, merchant_id, plan_row, request.prices, _opt(request, "based_on_version_id"), now)
+            version: res.PlanVersion = await self._mint(
+                uow, merchant_id, plan_row, request.prices, _opt(request, "based_on_version_id"), now
+            )
             plan = await self._plan(uow.conn, merchant_id, plan_row.id)
             await self._changed(uow, ev.CHANGE_KIND_UPDATED, merchant_id, now, plan=plan)
             return version
@@ -907,12 +992,16 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             if make_default is None and status is None:
                 raise InvalidArgument("default", "nothing to change: send default: true or status", reason="REQUIRED")
             if make_default is False:
-                raise InvalidArgument("default", "default: false is not a transition; make another version the default", reason="NOT_ALLOWED")
+                raise InvalidArgument(
+                    "default", "default: false is not a transition; make another version the default", reason="NOT_ALLOWED"
+                )
             new_status = row.status if status is None else rules.one_of(status, ("published", "archived"), "status")
             is_default = make_default is True or plan_row.default_version_id == row.id
             if new_status == "archived" and is_default:
                 raise FailedPrecondition(
-                    "DEFAULT_VERSION_ARCHIVE", "the default version cannot be archived or archived versions made default", field="status"
+                    "DEFAULT_VERSION_ARCHIVE",
+                    "the default version cannot be archived or archived versions made default",
+                    field="status",
                 )
             if new_status != row.status:
                 pv = store.plan_versions
@@ -924,7 +1013,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 plan = await self._plan(uow.conn, merchant_id, plan_row.id)
                 await self._changed(uow, ev.CHANGE_KIND_UPDATED, merchant_id, now, plan=plan)
             plan_row = await store.get_row(uow.conn, store.plans, merchant_id, plan_row.id, "plan")
-            version = await self._version(uow.conn, plan_row, await self._version_row(uow.conn, plan_row.id, request.version_number))
+            version = await self._version(
+                uow.conn, plan_row, await self._version_row(uow.conn, plan_row.id, request.version_number)
+            )
             await self._changed(uow, ev.CHANGE_KIND_UPDATED, merchant_id, now, plan_version=version)
             return version
 

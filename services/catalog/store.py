@@ -170,7 +170,14 @@ plan_version_prices = sa.Table(
 
 
 async def get_row(
-    conn: AsyncConnection, table: sa.Table, merchant_id: str, row_id: str, resource: str, *, field: str | None = None, lock: bool = False
+    conn: AsyncConnection,
+    table: sa.Table,
+    merchant_id: str,
+    row_id: str,
+    resource: str,
+    *,
+    field: str | None = None,
+    lock: bool = False,
 ) -> sa.Row[Any]:
     """One live row of the merchant, or NotFound (also for another merchant's row)."""
     query = sa.select(table).where(table.c.id == row_id, table.c.merchant_id == merchant_id)

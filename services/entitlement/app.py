@@ -11,16 +11,14 @@ from pathlib import Path
 import grpc
 from accrue.entitlement.v1 import entitlement_service_pb2, entitlement_service_pb2_grpc
 
-from libs.infra.service import Runtime, ServiceDefinition, main
+from libs.infra.service import Runtime, ServiceDefinition, main, unimplemented_servicer
 from services.entitlement.store import metadata
 
 SERVICE_NAME = entitlement_service_pb2.DESCRIPTOR.services_by_name["EntitlementService"].full_name
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-    entitlement_service_pb2_grpc.add_EntitlementServiceServicer_to_server(
-        entitlement_service_pb2_grpc.EntitlementServiceServicer(), server  # type: ignore[abstract]  # the base answers UNIMPLEMENTED
-    )
+    entitlement_service_pb2_grpc.add_EntitlementServiceServicer_to_server(unimplemented_servicer(entitlement_service_pb2_grpc.EntitlementServiceServicer), server)
 
 
 DEFINITION = ServiceDefinition(

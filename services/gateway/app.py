@@ -168,6 +168,9 @@ class Gateway:
         except grpc.aio.AioRpcError as exc:
             decoded = decode_rpc_error(exc)
             status, category = HTTP_OF_CODE.get(decoded.code, (500, "internal_error"))
+            override = decoded.metadata.pop("http_status", None)
+            if override == "422":
+                status, category = 422, "unprocessable_entity"
             code = decoded.reason or exc.code().name
             if decoded.code == 14 and decoded.reason is None:
                 log.warning("backend_unavailable", backend=route.backend, detail=decoded.message)

@@ -90,6 +90,7 @@ def normalize_timestamps(descriptor: Any, value: Any) -> Any:
 
 _PARSE_FIELD = re.compile(r"Failed to parse (\w+) field")
 _NO_FIELD = re.compile(r'has no field named "([^"]+)"')
+_AT_PATH = re.compile(r" at [A-Za-z0-9_]+\.([A-Za-z0-9_.\[\]]+)\.?$")
 
 
 def parse_into(message: Message, value: dict[str, Any]) -> None:
@@ -103,6 +104,9 @@ def parse_into(message: Message, value: dict[str, Any]) -> None:
         if unknown:
             raise InvalidArgument(unknown.group(1), f"unknown field {unknown.group(1)!r}", reason="UNKNOWN_FIELD") from exc
         bad = _PARSE_FIELD.findall(text)
+        at_path = _AT_PATH.search(text)
+        if not bad and at_path:  # "Expected true or false ... at CreatePriceRequest.isObligation"
+            bad = at_path.group(1).split(".")
         field = ".".join(bad) if bad else "body"
         field_descriptor = _field_for_key(message.DESCRIPTOR, bad[0]) if bad else None
         if field_descriptor is not None:

@@ -57,6 +57,17 @@ class Route:
         return _VAR.sub(lambda m: "{" + fields[m.group(1)].json_name + "}", self.template)
 
 
+def _template_regex(template: str) -> str:
+    """Literal parts escaped (":batchIngest", "."), variables as named one-segment groups."""
+    out, last = [], 0
+    for m in _VAR.finditer(template):
+        out.append(re.escape(template[last : m.start()]))
+        out.append(f"(?P<{m.group(1).replace('.', '__')}>[^/]+)")
+        last = m.end()
+    out.append(re.escape(template[last:]))
+    return "".join(out)
+
+
 def _rule_of(method: MethodDescriptor) -> http_pb2.HttpRule | None:
     options = method.GetOptions()
     if not options.HasExtension(annotations_pb2.http):
@@ -77,7 +88,7 @@ def build_routes(services: dict[str, ServiceDescriptor] | None = None) -> list[R
                 continue
             template = getattr(rule, verb)
             fields = tuple(_VAR.findall(template))
-            regex = "^" + _VAR.sub(lambda m: f"(?P<{m.group(1).replace('.', '__')}>[^/]+)", template) + "$"
+            regex = "^" + _template_regex(template) + "$"
             options = method.GetOptions()
             code = options.Extensions[accrue_annotations.http_success_code] or 200
             routes.append(

@@ -11,16 +11,14 @@ from pathlib import Path
 import grpc
 from accrue.invoicing.v1 import invoicing_service_pb2, invoicing_service_pb2_grpc
 
-from libs.infra.service import Runtime, ServiceDefinition, main
+from libs.infra.service import Runtime, ServiceDefinition, main, unimplemented_servicer
 from services.invoicing.store import metadata
 
 SERVICE_NAME = invoicing_service_pb2.DESCRIPTOR.services_by_name["InvoicingService"].full_name
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-    invoicing_service_pb2_grpc.add_InvoicingServiceServicer_to_server(
-        invoicing_service_pb2_grpc.InvoicingServiceServicer(), server  # type: ignore[abstract]  # the base answers UNIMPLEMENTED
-    )
+    invoicing_service_pb2_grpc.add_InvoicingServiceServicer_to_server(unimplemented_servicer(invoicing_service_pb2_grpc.InvoicingServiceServicer), server)
 
 
 DEFINITION = ServiceDefinition(

@@ -1,24 +1,53 @@
-"""Composition root of the metering service.
-
-Not built yet: it starts, migrates its own database, reports healthy and exposes
-accrue.metering.v1.MeteringService, whose RPCs answer UNIMPLEMENTED (the generated base servicer).
-"""
+"""Composition root of the metering service: ingestion, the aggregator, the metric projection."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from accrue.metering.v1 import metering_service_pb2, metering_service_pb2_grpc
 
-from libs.infra.service import Runtime, ServiceDefinition, main
+from accrue.metering.v1 import metering_service_pb2, metering_service_pb2_grpc
+from libs.infra.messaging import EventConsumer
+from libs.infra.service import Runtime, ServiceDefinition, Worker, main
+from services.metering.aggregator import METER_STREAM, METER_SUBJECTS, Aggregator
+from services.metering.metrics import MetricIndex
+from services.metering.server import MeteringServicer
+from services.metering.settings import MeteringSettings
 from services.metering.store import metadata
 
 SERVICE_NAME = metering_service_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
+CATALOG_STREAM = "ACCRUE_CATALOG"
+
+
+def _index(runtime: Runtime) -> MetricIndex:
+    if "metrics" not in runtime.extras:
+        runtime.extras["metrics"] = MetricIndex(runtime.db)
+    index: MetricIndex = runtime.extras["metrics"]
+    return index
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-    metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(metering_service_pb2_grpc.MeteringServiceServicer(), server)  # type: ignore[abstract]  # the base answers UNIMPLEMENTED
+    settings = MeteringSettings()
+    servicer = MeteringServicer(runtime.db, runtime.js, runtime.clock, _index(runtime), partitions=settings.meter_partitions)
+    metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
+
+
+def workers(runtime: Runtime) -> Sequence[Worker]:
+    settings = MeteringSettings()
+    out: list[Worker] = [
+        EventConsumer(
+            runtime.db,
+            runtime.js,
+            stream=CATALOG_STREAM,
+            durable="metering-metrics",
+            filter_subject="accrue.catalog.v1.billable_metric.>",
+            handler=_index(runtime).on_catalog_event,
+        )
+    ]
+    if settings.aggregator_enabled:
+        out.append(Aggregator(runtime.db, runtime.js, batch_size=settings.aggregator_batch_size))
+    return out
 
 
 DEFINITION = ServiceDefinition(
@@ -27,6 +56,10 @@ DEFINITION = ServiceDefinition(
     metadata=metadata,
     migrations_dir=Path(__file__).parent / "migrations",
     register=register,
+    # the meter stream is metering's; the catalog stream is ensured so that a metering
+    # started before the catalog can still subscribe to it
+    streams={METER_STREAM: [METER_SUBJECTS], CATALOG_STREAM: ["accrue.catalog.v1.>"]},
+    workers=workers,
 )
 
 if __name__ == "__main__":

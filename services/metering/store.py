@@ -1,10 +1,58 @@
-"""Tables of the metering service's own database."""
+"""Tables of the metering service's own database.
+
+``meter_events`` is the durable deduplication record: its primary key is
+(merchant_id, idempotency_key), so an event counts once however often it is delivered.
+``metrics`` is metering's projection of the catalog's billable metrics, kept from the
+catalog's domain events (metering never reads the catalog's tables).
+"""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 
 from libs.infra.db import add_infra_tables
 
 metadata = sa.MetaData()
 add_infra_tables(metadata)
+TS = sa.DateTime(timezone=True)
+
+metrics = sa.Table(
+    "metrics",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("merchant_id", sa.Text, nullable=False),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("aggregation", sa.Text, nullable=False),
+    sa.Column("value_property", sa.Text),
+    sa.Column("group_by", pg.JSONB, nullable=False),
+    sa.Column("event_from", TS),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Index("ix_metrics_merchant_event_type", "merchant_id", "event_type"),
+)
+
+meter_events = sa.Table(
+    "meter_events",
+    metadata,
+    sa.Column("merchant_id", sa.Text, primary_key=True),
+    sa.Column("idempotency_key", sa.Text, primary_key=True),
+    sa.Column("id", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("external_subject", sa.Text),
+    sa.Column("external_id", sa.Text),
+    sa.Column("time", TS, nullable=False),
+    sa.Column("data", pg.JSONB, nullable=False),
+    sa.Column("ingested_at", TS, nullable=False),
+    sa.Index("ix_meter_events_type_time", "merchant_id", "type", "time"),
+)
+
+# Progress of the aggregator: every event accepted before drained_at is in meter_events.
+aggregator_state = sa.Table(
+    "aggregator_state",
+    metadata,
+    sa.Column("consumer", sa.Text, primary_key=True),
+    sa.Column("drained_at", TS, nullable=False),
+)

@@ -11,14 +11,14 @@ from pathlib import Path
 import grpc
 from accrue.payment.v1 import payment_service_pb2, payment_service_pb2_grpc
 
-from libs.infra.service import Runtime, ServiceDefinition, main
+from libs.infra.service import Runtime, ServiceDefinition, main, unimplemented_servicer
 from services.payment.store import metadata
 
 SERVICE_NAME = payment_service_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-    payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(payment_service_pb2_grpc.PaymentServiceServicer(), server)  # type: ignore[abstract]  # the base answers UNIMPLEMENTED
+    payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(unimplemented_servicer(payment_service_pb2_grpc.PaymentServiceServicer), server)
 
 
 DEFINITION = ServiceDefinition(

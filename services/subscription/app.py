@@ -11,16 +11,14 @@ from pathlib import Path
 import grpc
 from accrue.subscription.v1 import subscription_service_pb2, subscription_service_pb2_grpc
 
-from libs.infra.service import Runtime, ServiceDefinition, main
+from libs.infra.service import Runtime, ServiceDefinition, main, unimplemented_servicer
 from services.subscription.store import metadata
 
 SERVICE_NAME = subscription_service_pb2.DESCRIPTOR.services_by_name["SubscriptionService"].full_name
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-    subscription_service_pb2_grpc.add_SubscriptionServiceServicer_to_server(
-        subscription_service_pb2_grpc.SubscriptionServiceServicer(), server  # type: ignore[abstract]  # the base answers UNIMPLEMENTED
-    )
+    subscription_service_pb2_grpc.add_SubscriptionServiceServicer_to_server(unimplemented_servicer(subscription_service_pb2_grpc.SubscriptionServiceServicer), server)
 
 
 DEFINITION = ServiceDefinition(

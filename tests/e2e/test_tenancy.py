@@ -11,6 +11,7 @@ Last, A re-reads every resource and finds it exactly as it was.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,9 @@ def _build(client: MerchantClient, label: str) -> World:
     """One of each catalog resource, created over plain REST with the merchant's key."""
     suffix = uuid.uuid4().hex[:8]
     with httpx.Client(base_url=client.base_url, headers=client.headers, timeout=30) as http:
-        product = _ok(http.post("/v0/products", json={"merchantId": client.merchant_id, "name": f"{label} product", "description": "d"}))
+        product = _ok(
+            http.post("/v0/products", json={"merchantId": client.merchant_id, "name": f"{label} product", "description": "d"})
+        )
         metric = _ok(
             http.post(
                 "/v0/billableMetrics",
@@ -65,7 +68,12 @@ def _build(client: MerchantClient, label: str) -> World:
                       "type": "metered"},
             )
         )  # fmt: skip
-        fee = _ok(http.post("/v0/fees", json={"merchantId": client.merchant_id, "productId": product["id"], "name": "Base", "description": "b"}))
+        fee = _ok(
+            http.post(
+                "/v0/fees",
+                json={"merchantId": client.merchant_id, "productId": product["id"], "name": "Base", "description": "b"},
+            )
+        )
         metric_price = _ok(
             http.post(
                 "/v0/prices",
@@ -92,8 +100,9 @@ def _build(client: MerchantClient, label: str) -> World:
         )  # fmt: skip
         assert metric_price["features"][0]["featureId"] == feature["id"]
         world = World(
-            merchant=client.merchant_id, product=product["id"], metric=metric["id"], feature=feature["id"], fee=fee["id"], metric_price=metric_price["id"],
-            fee_price=fee_price["id"], plan=plan["id"], version_id=plan["defaultVersionId"], snapshot={},
+            merchant=client.merchant_id, product=product["id"], metric=metric["id"], feature=feature["id"], fee=fee["id"],
+            metric_price=metric_price["id"], fee_price=fee_price["id"], plan=plan["id"], version_id=plan["defaultVersionId"],
+            snapshot={},
         )  # fmt: skip
         world.snapshot = _snapshot(http, world)
     return world
@@ -147,12 +156,12 @@ def b_world(merchant_b: MerchantClient) -> World:
 
 
 @pytest.fixture(scope="module")
-def b_http(merchant_b: MerchantClient) -> Any:
+def b_http(merchant_b: MerchantClient) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=merchant_b.base_url, headers=merchant_b.headers, timeout=30) as client:
         yield client
 
 
-def _fill(template: Any, a: World, b: World, merchant_a: MerchantClient) -> Any:
+def _fill(template: Any, a: World, b: World) -> Any:
     """Replace {a.xxx} / {b.xxx} placeholders inside a JSON-ish template."""
     if isinstance(template, str):
         values = {f"a.{k}": v for k, v in vars(a).items() if isinstance(v, str)}
@@ -162,9 +171,9 @@ def _fill(template: Any, a: World, b: World, merchant_a: MerchantClient) -> Any:
         assert "{a." not in template and "{b." not in template, template  # every placeholder is known
         return template
     if isinstance(template, dict):
-        return {k: _fill(v, a, b, merchant_a) for k, v in template.items()}
+        return {k: _fill(v, a, b) for k, v in template.items()}
     if isinstance(template, list):
-        return [_fill(v, a, b, merchant_a) for v in template]
+        return [_fill(v, a, b) for v in template]
     return template
 
 
@@ -196,8 +205,10 @@ READS = [
 
 
 @pytest.mark.parametrize(("path", "code"), [r[1:] for r in READS], ids=[r[0] for r in READS])
-def test_b_cannot_read_a(path: str, code: str, a_world: World, b_world: World, b_http: httpx.Client, merchant_a: MerchantClient) -> None:
-    url = _fill(path, a_world, b_world, merchant_a)
+def test_b_cannot_read_a(
+    path: str, code: str, a_world: World, b_world: World, b_http: httpx.Client, merchant_a: MerchantClient
+) -> None:
+    url = _fill(path, a_world, b_world)
     _assert_not_found(b_http.get(url), code=code)
     assert httpx.get(f"{merchant_a.base_url}{url}", headers=merchant_a.headers).status_code == 200  # the same path works for A
 
@@ -223,7 +234,7 @@ UPDATES = [
 def test_b_cannot_update_a(
     path: str, body: dict[str, Any], code: str, a_world: World, b_world: World, b_http: httpx.Client, merchant_a: MerchantClient
 ) -> None:
-    response = b_http.patch(_fill(path, a_world, b_world, merchant_a), json=_fill(body, a_world, b_world, merchant_a))
+    response = b_http.patch(_fill(path, a_world, b_world), json=_fill(body, a_world, b_world))
     _assert_not_found(response, code=code)
 
 
@@ -236,8 +247,10 @@ DELETES = [
 
 
 @pytest.mark.parametrize(("path", "code"), [d[1:] for d in DELETES], ids=[d[0] for d in DELETES])
-def test_b_cannot_delete_a(path: str, code: str, a_world: World, b_world: World, b_http: httpx.Client, merchant_a: MerchantClient) -> None:
-    _assert_not_found(b_http.delete(_fill(path, a_world, b_world, merchant_a)), code=code)
+def test_b_cannot_delete_a(
+    path: str, code: str, a_world: World, b_world: World, b_http: httpx.Client, merchant_a: MerchantClient
+) -> None:
+    _assert_not_found(b_http.delete(_fill(path, a_world, b_world)), code=code)
 
 
 @pytest.mark.parametrize(
@@ -249,7 +262,7 @@ def test_b_cannot_mint_a_version(
     prices: list[Any], a_world: World, b_world: World, b_http: httpx.Client, merchant_a: MerchantClient
 ) -> None:
     path = f"/v0/plans/{a_world.plan}/versions"
-    _assert_not_found(b_http.post(path, json={"prices": _fill(prices, a_world, b_world, merchant_a)}), code="PLAN_NOT_FOUND")
+    _assert_not_found(b_http.post(path, json={"prices": _fill(prices, a_world, b_world)}), code="PLAN_NOT_FOUND")
 
 
 # --- A's ids as references in B's own writes -------------------------------------------
@@ -281,7 +294,8 @@ REFERENCES = [
      {"productId": "{b.product}", "name": "s", "currency": "USD", "prices": ["{a.metric_price}", "{a.fee_price}"]},
      "prices[0]", "PRICE_NOT_FOUND"),
     ("plan with B's then A's price", "POST", "/v0/plans",
-     {"productId": "{b.product}", "name": "s", "currency": "USD", "prices": ["{b.fee_price}", {"priceId": "{a.fee_price}", "key": "x"}]},
+     {"productId": "{b.product}", "name": "s", "currency": "USD",
+      "prices": ["{b.fee_price}", {"priceId": "{a.fee_price}", "key": "x"}]},
      "prices[1]", "PRICE_NOT_FOUND"),
     ("B's price moved onto A's metric", "PATCH", "/v0/prices/{b.metric_price}", {"billableMetricId": "{a.metric}"},
      "billableMetricId", "BILLABLE_METRIC_NOT_FOUND"),
@@ -296,9 +310,7 @@ REFERENCES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "body", "field", "code"), [r[1:] for r in REFERENCES], ids=[r[0] for r in REFERENCES]
-)
+@pytest.mark.parametrize(("method", "path", "body", "field", "code"), [r[1:] for r in REFERENCES], ids=[r[0] for r in REFERENCES])
 def test_b_cannot_reference_a(
     method: str,
     path: str,
@@ -311,8 +323,8 @@ def test_b_cannot_reference_a(
     merchant_a: MerchantClient,
 ) -> None:
     before = _snapshot(b_http, b_world), _totals(b_http)
-    payload = None if body is None else _fill(body, a_world, b_world, merchant_a)
-    response = b_http.request(method, _fill(path, a_world, b_world, merchant_a), json=payload)
+    payload = None if body is None else _fill(body, a_world, b_world)
+    response = b_http.request(method, _fill(path, a_world, b_world), json=payload)
     _assert_not_found(response, field=field, code=code)
     assert (_snapshot(b_http, b_world), _totals(b_http)) == before  # B's own resources did not change, nothing was added
 
@@ -335,6 +347,9 @@ MERCHANT_A_CREATES = [
     ("feature", "/v0/features", {"productId": "{b.product}", "key": "as-a", "name": "s"}),
     ("fee", "/v0/fees", {"productId": "{b.product}", "name": "s", "description": "d"}),
     ("plan", "/v0/plans", {"productId": "{b.product}", "name": "s", "currency": "USD"}),
+    ("price", "/v0/prices",
+     {"invoiceDisplayName": "s", "paymentTerm": "in_arrears", "model": "standard", "billableMetricId": "{b.metric}",
+      "properties": {"unitPrice": "1"}}),
 ]  # fmt: skip
 
 
@@ -342,8 +357,10 @@ MERCHANT_A_CREATES = [
 def test_b_cannot_create_as_merchant_a(
     path: str, body: dict[str, Any], a_world: World, b_world: World, b_http: httpx.Client, merchant_a: MerchantClient
 ) -> None:
-    payload = _fill(body, a_world, b_world, merchant_a) | {"merchantId": merchant_a.merchant_id}
+    payload = _fill(body, a_world, b_world) | {"merchantId": merchant_a.merchant_id}
+    before = _snapshot(b_http, b_world), _totals(b_http)
     _assert_not_found(b_http.post(path, json=payload), field="merchantId", code="MERCHANT_NOT_FOUND")
+    assert (_snapshot(b_http, b_world), _totals(b_http)) == before
 
 
 # --- B's own lists ----------------------------------------------------------------------
@@ -373,7 +390,7 @@ def test_b_lists_never_contain_a(
     merchant_a: MerchantClient,
     merchant_b: MerchantClient,
 ) -> None:
-    query = {k: _fill(v, a_world, b_world, merchant_a) for k, v in params.items()}
+    query = {k: _fill(v, a_world, b_world) for k, v in params.items()}
     response = b_http.get(path, params={**query, "limit": 100})
     assert response.status_code == 200, response.text
     body = response.json()

@@ -83,9 +83,7 @@ def metric_value_property(aggregation: str, value_property: str | None) -> str |
     if value_property is not None and value_property != "":
         return jsonpath(value_property, "valueProperty")
     if aggregation in AGGREGATIONS_NEEDING_VALUE:
-        raise InvalidArgument(
-            "valueProperty", f"valueProperty is required for {aggregation} aggregation", reason="REQUIRED"
-        )
+        raise InvalidArgument("valueProperty", f"valueProperty is required for {aggregation} aggregation", reason="REQUIRED")
     return None
 
 
@@ -122,7 +120,9 @@ def duration(value: str, field_name: str) -> str:
     match = _DURATION.fullmatch(value)
     if not match or not any(group is not None for group in match.groups()):
         raise InvalidArgument(
-            field_name, f"{field_name} must be an ISO-8601 duration such as P1M, P1Y or P0D; got {value!r}", reason="INVALID_DURATION"
+            field_name,
+            f"{field_name} must be an ISO-8601 duration such as P1M, P1Y or P0D; got {value!r}",
+            reason="INVALID_DURATION",
         )
     return value
 
@@ -232,7 +232,7 @@ def price_properties(model: str, props: dict[str, Any], *, metered: bool) -> Pri
             raise InvalidArgument(
                 "properties.rounding", f"properties.rounding must be up or down; got {rounding!r}", reason="INVALID_ENUM_VALUE"
             )
-        stored = {"unitPriceAtomic": unit, "packageSize": str(size), "rounding": rounding}
+        stored: dict[str, Any] = {"unitPriceAtomic": unit, "packageSize": str(size), "rounding": rounding}
         return PriceProperties(stored, PackagePrice(size, unit, rounding))
     raise InvalidArgument("model", f"model must be one of {', '.join(PRICE_MODELS)}; got {model!r}", reason="INVALID_ENUM_VALUE")
 
@@ -287,14 +287,14 @@ class ValidPrice:
 def validate_price(draft: PriceDraft) -> ValidPrice:
     metered = draft.billable_metric_id is not None
     if (draft.billable_metric_id is None) == (draft.fee_id is None):
-        raise InvalidArgument(
-            "billableMetricId", "exactly one of billableMetricId or feeId is required", reason="METRIC_XOR_FEE"
-        )
+        raise InvalidArgument("billableMetricId", "exactly one of billableMetricId or feeId is required", reason="METRIC_XOR_FEE")
     required_text(draft.invoice_display_name, "invoiceDisplayName")
     one_of(draft.payment_term, PAYMENT_TERMS, "paymentTerm")
     if metered and draft.payment_term != "in_arrears":
         raise InvalidArgument(
-            "paymentTerm", "metered prices are billed in_arrears: usage is known only when the period closes", reason="METERED_IN_ADVANCE"
+            "paymentTerm",
+            "metered prices are billed in_arrears: usage is known only when the period closes",
+            reason="METERED_IN_ADVANCE",
         )
     if draft.model is None:
         if metered:
@@ -310,6 +310,10 @@ def validate_price(draft: PriceDraft) -> ValidPrice:
     negative = model == "standard" and int(properties.stored["unitPriceAtomic"]) < 0
     if draft.billing_cadence is not None:
         duration(draft.billing_cadence, "billingCadence")
+        if metered and draft.billing_cadence == "P0D":
+            raise InvalidArgument(
+                "billingCadence", "P0D (one-time) is for fee prices; usage is billed per period", reason="NOT_ALLOWED"
+            )
     elif not metered:
         raise InvalidArgument("billingCadence", "billingCadence is required for fee prices (P0D = one-time)", reason="REQUIRED")
     if draft.invoice_display_group is not None and model != "standard":
@@ -328,7 +332,9 @@ def validate_price(draft: PriceDraft) -> ValidPrice:
     if draft.supply_scope == "OUTSIDE_SCOPE":
         if draft.outside_scope_label != "CASHBACK":
             raise InvalidArgument(
-                "tax.outsideScopeLabel", "tax.outsideScopeLabel must be CASHBACK when supplyScope is OUTSIDE_SCOPE", reason="REQUIRED"
+                "tax.outsideScopeLabel",
+                "tax.outsideScopeLabel must be CASHBACK when supplyScope is OUTSIDE_SCOPE",
+                reason="REQUIRED",
             )
         if model != "standard" or int(properties.stored["unitPriceAtomic"]) > 0:
             raise InvalidArgument(
@@ -347,7 +353,22 @@ def validate_price(draft: PriceDraft) -> ValidPrice:
         quantity = draft.quantity
     if draft.entitlement_template is not None:
         entitlement_template(draft.entitlement_template)
+        if negative and draft.entitlement_template.get("isSoftLimit") is False:
+            raise InvalidArgument(
+                "feature.entitlementTemplate.isSoftLimit",
+                "a usage rebate (negative unitPrice) cannot be combined with a hard-limit feature (isSoftLimit: false)",
+                reason="NOT_ALLOWED",
+            )
     return ValidPrice(model=model, quantity=quantity, properties=properties)
+
+
+def _non_negative_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    try:
+        return Decimal(str(value)) >= 0
+    except ArithmeticError:  # InvalidOperation: not a number at all
+        return False
 
 
 def entitlement_template(template: dict[str, Any]) -> dict[str, Any]:
@@ -355,13 +376,14 @@ def entitlement_template(template: dict[str, Any]) -> dict[str, Any]:
         name = f"feature.entitlementTemplate.{key}"
         if key not in ENTITLEMENT_TEMPLATE_KEYS:
             raise InvalidArgument(
-                name, f"{name} is not a template field (allowed: {', '.join(ENTITLEMENT_TEMPLATE_KEYS)})", reason="UNKNOWN_PROPERTY"
+                name,
+                f"{name} is not a template field (allowed: {', '.join(ENTITLEMENT_TEMPLATE_KEYS)})",
+                reason="UNKNOWN_PROPERTY",
             )
         if key in ("isSoftLimit", "preserveOverageAtReset") and not isinstance(value, bool):
             raise InvalidArgument(name, f"{name} must be true or false", reason="INVALID_TYPE")
-        if key in ("issueAfterReset", "resetMaxRollover", "resetMinRollover"):
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)) or Decimal(str(value)) < 0:
-                raise InvalidArgument(name, f"{name} must be a number of 0 or more", reason="INVALID_TYPE")
+        if key in ("issueAfterReset", "resetMaxRollover", "resetMinRollover") and not _non_negative_number(value):
+            raise InvalidArgument(name, f"{name} must be a number of 0 or more", reason="INVALID_TYPE")
         if key == "usagePeriod":
             if not isinstance(value, dict) or not isinstance(value.get("interval"), str):
                 raise InvalidArgument(name, f"{name} must be an object with an ISO-8601 interval", reason="INVALID_TYPE")
@@ -389,6 +411,10 @@ def renewal_reminder_days(days: int) -> int:
 def tax_rate(rate: float) -> Decimal:
     # A JSON number on the wire (the SDK sends 0.0); its shortest repr is what was typed.
     value = Decimal(repr(rate))
+    if -value.as_tuple().exponent > 6:  # type: ignore[operator]
+        raise InvalidArgument(
+            "defaultTaxRate", f"defaultTaxRate has more than 6 decimal places: {value}", reason="TOO_MANY_DECIMAL_PLACES"
+        )
     if not Decimal(0) <= value <= Decimal(100):
         raise InvalidArgument("defaultTaxRate", f"defaultTaxRate must be a percentage 0-100; got {value}", reason="OUT_OF_RANGE")
     return value
@@ -407,12 +433,16 @@ def plan_lines(values: list[Any], field_name: str = "prices") -> list[PlanLine]:
     seen_prices: set[str] = set()
     for index, value in enumerate(values):
         here = f"{field_name}[{index}]"
+        price_id: Any
+        key: Any
         if isinstance(value, str):
             price_id, key = value, None
         elif isinstance(value, dict):
             for extra in value:
                 if extra not in ("priceId", "key"):
-                    raise InvalidArgument(f"{here}.{extra}", f"{here}.{extra} is not a plan line field", reason="UNKNOWN_PROPERTY")
+                    raise InvalidArgument(
+                        f"{here}.{extra}", f"{here}.{extra} is not a plan line field", reason="UNKNOWN_PROPERTY"
+                    )
             price_id, key = value.get("priceId"), value.get("key")
             if not isinstance(price_id, str):
                 raise InvalidArgument(f"{here}.priceId", f"{here}.priceId is required", reason="REQUIRED")

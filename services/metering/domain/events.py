@@ -1,0 +1,82 @@
+"""Meter-event rules, pure: validation of an incoming event and its derived identity."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from datetime import datetime, timedelta
+
+from libs.core.errors import InvalidArgument
+
+MAX_FUTURE = timedelta(minutes=5)
+MAX_KEY_LENGTH = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_EXTERNAL_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def event_id(merchant_id: str, idempotency_key: str) -> str:
+    """A stable id per (merchant, key): a duplicate answers with the original's id."""
+    number = int.from_bytes(hashlib.sha256(f"{merchant_id}\0{idempotency_key}".encode()).digest()[:16], "big")
+    chars: list[str] = []
+    while number and len(chars) < 22:
+        number, digit = divmod(number, 62)
+        chars.append(_BASE62[digit])
+    return "evt_" + "".join(chars)
+
+
+def dedupe_id(merchant_id: str, idempotency_key: str) -> str:
+    """The JetStream Nats-Msg-Id of an event."""
+    return f"{merchant_id}:{idempotency_key}"
+
+
+def partition_of(merchant_id: str, subject_key: str, partitions: int) -> int:
+    """Subject partition of the meter stream: one customer's events stay in one partition."""
+    digest = hashlib.blake2b(f"{merchant_id}\0{subject_key}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % partitions
+
+
+def check_type(value: str) -> str:
+    if not value:
+        raise InvalidArgument("type", "type is required", reason="REQUIRED")
+    if _CONTROL.search(value) or len(value) > 255:
+        raise InvalidArgument("type", "type must be at most 255 characters without control characters", reason="INVALID_TYPE")
+    return value
+
+
+def check_source(value: str) -> str:
+    if not value:
+        raise InvalidArgument("source", "source is required", reason="REQUIRED")
+    if len(value) > 1024:
+        raise InvalidArgument("source", "source is longer than 1024 characters", reason="TOO_LONG")
+    return value
+
+
+def check_subjects(subject: str | None, external_subject: str | None) -> None:
+    if not subject and not external_subject:
+        raise InvalidArgument("subject", "subject (customer id) or externalSubject is required", reason="REQUIRED")
+
+
+def check_time(when: datetime, now: datetime) -> datetime:
+    if when - now > MAX_FUTURE:
+        raise InvalidArgument(
+            "timestamp",
+            f"timestamp {when.isoformat()} is more than 5 minutes in the future (server time {now.isoformat()})",
+            reason="TIMESTAMP_IN_FUTURE",
+        )
+    return when
+
+
+def idempotency_key(value: str | None) -> str:
+    if value is None:
+        return str(uuid.uuid4())
+    if not value or len(value) > MAX_KEY_LENGTH:
+        raise InvalidArgument("idempotencyKey", "idempotencyKey must be 1-255 characters", reason="INVALID_IDEMPOTENCY_KEY")
+    return value
+
+
+def external_id(value: str | None) -> str | None:
+    if value is not None and not _EXTERNAL_ID.fullmatch(value):
+        raise InvalidArgument("externalId", "externalId must be 1-255 characters of [A-Za-z0-9_-]", reason="INVALID_EXTERNAL_ID")
+    return value

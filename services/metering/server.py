@@ -1,0 +1,344 @@
+"""MeteringService: ingestion onto the meter stream, usage and event queries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from google.protobuf import json_format, timestamp_pb2
+from nats.js import JetStreamContext
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from accrue.metering.v1 import metering_resources_pb2 as resources
+from accrue.metering.v1 import metering_service_pb2 as svc
+from accrue.metering.v1 import metering_service_pb2_grpc
+from accrue.type.v1 import pagination_pb2
+from libs.core.clock import Clock, as_utc
+from libs.core.errors import DomainError, InvalidArgument, NotFound, Unprocessable
+from libs.infra.context import current_merchant_id
+from libs.infra.db import Database
+from libs.infra.messaging import MSG_ID_HEADER
+from libs.infra.telemetry import inject_headers
+from services.metering import store
+from services.metering.domain import events as rules
+from services.metering.domain.usage import jsonpath_segments, window_unit
+from services.metering.metrics import Metric, MetricIndex
+
+SUBJECT_PREFIX = "accrue.meter.v1.events"
+MAX_BATCH = 1000
+
+
+def _ts(value: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def _decimal_text(value: Decimal | int | None) -> str:
+    if value is None:
+        return "0"
+    text = format(Decimal(value).normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
+class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
+    def __init__(self, db: Database, js: JetStreamContext, clock: Clock, metrics: MetricIndex, *, partitions: int) -> None:
+        self._db = db
+        self._js = js
+        self._clock = clock
+        self._metrics = metrics
+        self._partitions = partitions
+
+    # --- ingestion --------------------------------------------------------------------
+
+    async def _accept(self, request: svc.IngestEventRequest, merchant_id: str, now: datetime) -> tuple[resources.MeterEvent, bool]:
+        """Validate, publish to JetStream, wait for its ack. Returns (event, duplicate)."""
+        if request.HasField("namespace") and request.namespace and request.namespace != merchant_id:
+            raise NotFound("merchant", request.namespace, field="namespace")
+        event_type = rules.check_type(request.type)
+        source = rules.check_source(request.source)
+        subject = request.subject if request.HasField("subject") else ""
+        external_subject = request.external_subject if request.HasField("external_subject") else None
+        rules.check_subjects(subject, external_subject)
+        when = rules.check_time(as_utc(request.timestamp.ToDatetime()), now) if request.HasField("timestamp") else now
+        key = rules.idempotency_key(request.idempotency_key if request.HasField("idempotency_key") else None)
+        external_id = rules.external_id(request.external_id if request.HasField("external_id") else None)
+        if not request.HasField("data"):
+            raise InvalidArgument("data", "data is required (an object, possibly empty)", reason="REQUIRED")
+        if not await self._metrics.has_event_type(merchant_id, event_type):
+            raise Unprocessable(
+                "UNKNOWN_EVENT_TYPE", f"no billable metric of this merchant consumes events of type {event_type!r}", field="type"
+            )
+        event = resources.MeterEvent(
+            id=rules.event_id(merchant_id, key),
+            object="meterEvent",
+            merchant_id=merchant_id,
+            type=event_type,
+            source=source,
+            subject=subject,
+            time=_ts(when),
+            idempotency_key=key,
+            data=request.data,
+            ingest_time=_ts(now),
+        )
+        if external_subject is not None:
+            event.external_subject = external_subject
+        if external_id is not None:
+            event.external_id = external_id
+        partition = rules.partition_of(merchant_id, subject or external_subject or "", self._partitions)
+        ack = await self._js.publish(
+            f"{SUBJECT_PREFIX}.{partition}",
+            event.SerializeToString(),
+            headers=inject_headers({MSG_ID_HEADER: rules.dedupe_id(merchant_id, key)}),
+        )
+        return event, bool(ack.duplicate)
+
+    @staticmethod
+    def _response(event: resources.MeterEvent) -> svc.IngestEventResponse:
+        out = svc.IngestEventResponse(
+            id=event.id,
+            object="event",
+            type=event.type,
+            source=event.source,
+            namespace=event.merchant_id,
+            timestamp=event.time,
+            idempotency_key=event.idempotency_key,
+        )
+        if event.subject:
+            out.subject = event.subject
+        if event.HasField("external_subject"):
+            out.external_subject = event.external_subject
+        if event.HasField("external_id"):
+            out.external_id = event.external_id
+        return out
+
+    async def IngestEvent(self, request: svc.IngestEventRequest, context: grpc.aio.ServicerContext) -> svc.IngestEventResponse:
+        event, _ = await self._accept(request, current_merchant_id(), self._clock.now())
+        return self._response(event)
+
+    async def BatchIngestEvents(
+        self, request: svc.BatchIngestEventsRequest, context: grpc.aio.ServicerContext
+    ) -> svc.BatchIngestEventsResponse:
+        merchant_id = current_merchant_id()
+        if not 1 <= len(request.events) <= MAX_BATCH:
+            raise InvalidArgument("events", f"a batch holds 1 to {MAX_BATCH} events; got {len(request.events)}", reason="BATCH_SIZE")
+        now = self._clock.now()
+
+        async def one(index: int, item: svc.IngestEventRequest) -> svc.EventReceipt:
+            try:
+                event, duplicate = await self._accept(item, merchant_id, now)
+            except DomainError as err:
+                receipt = svc.EventReceipt(index=index, status="rejected", code=err.reason, message=err.message)
+                if err.field:
+                    receipt.field = f"events[{index}].{err.field}"
+                return receipt
+            return svc.EventReceipt(index=index, status="duplicate" if duplicate else "accepted", id=event.id)
+
+        receipts = await asyncio.gather(*(one(i, e) for i, e in enumerate(request.events)))
+        counts = {status: sum(1 for r in receipts if r.status == status) for status in ("accepted", "duplicate", "rejected")}
+        return svc.BatchIngestEventsResponse(
+            object="list",
+            receipts=receipts,
+            accepted=counts["accepted"],
+            duplicates=counts["duplicate"],
+            rejected=counts["rejected"],
+        )
+
+    # --- queries ----------------------------------------------------------------------
+
+    @staticmethod
+    def _window(request: Any) -> tuple[datetime, datetime]:
+        if not request.HasField("from_time"):
+            raise InvalidArgument("from", "from is required", reason="REQUIRED")
+        if not request.HasField("to_time"):
+            raise InvalidArgument("to", "to is required", reason="REQUIRED")
+        start, end = as_utc(request.from_time.ToDatetime()), as_utc(request.to_time.ToDatetime())
+        if end <= start:
+            raise InvalidArgument("to", "to must be after from", reason="OUT_OF_RANGE")
+        return start, end
+
+    @staticmethod
+    def _conditions(metric: Metric, start: datetime, end: datetime, subject: str | None) -> list[Any]:
+        e = store.meter_events
+        conditions = [e.c.merchant_id == metric.merchant_id, e.c.type == metric.event_type, e.c.time >= start, e.c.time < end]
+        if metric.event_from is not None:
+            conditions.append(e.c.time >= metric.event_from)
+        if subject is not None:
+            conditions.append(e.c.subject == subject)
+        return conditions
+
+    @staticmethod
+    def _aggregate(metric: Metric) -> Any:
+        """The metric's aggregation as one SQL aggregate over exact numerics."""
+        e = store.meter_events
+        if metric.aggregation == "COUNT":
+            return sa.func.count()
+        if metric.value_property is None:
+            if metric.aggregation == "UNIQUE_COUNT":
+                return sa.func.count(sa.distinct(e.c.idempotency_key))
+            raise InvalidArgument("id", f"metric {metric.id} has no valueProperty to {metric.aggregation}", reason="NO_VALUE_PROPERTY")
+        path = sa.literal(jsonpath_segments(metric.value_property), pg.ARRAY(sa.Text))
+        text = e.c.data.op("#>>")(path)
+        if metric.aggregation == "UNIQUE_COUNT":
+            return sa.func.count(sa.distinct(text))
+        # numbers, and strings that spell a decimal, count; anything else is ignored
+        numeric = sa.case(
+            (sa.func.jsonb_typeof(e.c.data.op("#>")(path)) == "number", sa.cast(text, sa.Numeric)),
+            (text.op("~")(r"^-?[0-9]+(\.[0-9]+)?$"), sa.cast(text, sa.Numeric)),
+            else_=None,
+        )
+        if metric.aggregation == "SUM":
+            return sa.func.coalesce(sa.func.sum(numeric), 0)
+        if metric.aggregation == "AVG":
+            return sa.func.avg(numeric)
+        if metric.aggregation == "MIN":
+            return sa.func.min(numeric)
+        if metric.aggregation == "MAX":
+            return sa.func.max(numeric)
+        if metric.aggregation == "LATEST":
+            ordered = sa.func.array_agg(pg.aggregate_order_by(numeric, e.c.time.desc(), e.c.idempotency_key.desc()))
+            return sa.type_coerce(ordered, pg.ARRAY(sa.Numeric))[1]
+        raise InvalidArgument("id", f"unsupported aggregation {metric.aggregation}", reason="UNSUPPORTED_AGGREGATION")
+
+    @staticmethod
+    def _dimension(metric: Metric, name: str) -> Any:
+        e = store.meter_events
+        if name == "subject":
+            return e.c.subject
+        if name not in metric.group_by:
+            raise InvalidArgument(
+                "groupBy", f"{name!r} is not a dimension of this metric (have: subject, {', '.join(metric.group_by)})", reason="UNKNOWN_DIMENSION"
+            )
+        return e.c.data.op("#>>")(sa.literal(jsonpath_segments(metric.group_by[name]), pg.ARRAY(sa.Text)))
+
+    async def _complete_until(self, conn: AsyncConnection) -> datetime | None:
+        t = store.aggregator_state
+        value = (await conn.execute(sa.select(sa.func.min(t.c.drained_at)))).scalar()
+        return value if isinstance(value, datetime) else None
+
+    async def GetMeter(self, request: svc.GetMeterRequest, context: grpc.aio.ServicerContext) -> svc.UsageResponse:
+        merchant_id = current_merchant_id()
+        metric = await self._metrics.get(merchant_id, request.id)
+        start, end = self._window(request)
+        unit = window_unit(request.window_size if request.HasField("window_size") else None)
+        dims = [d.strip() for d in request.group_by.split(",") if d.strip()] if request.HasField("group_by") else []
+        conditions = self._conditions(metric, start, end, request.subject if request.HasField("subject") else None)
+        if request.HasField("filter_group_by") and request.filter_group_by:
+            try:
+                filters = json.loads(request.filter_group_by)
+            except json.JSONDecodeError as exc:
+                raise InvalidArgument("filterGroupBy", "filterGroupBy must be a JSON object", reason="INVALID_JSON") from exc
+            if not isinstance(filters, dict):
+                raise InvalidArgument("filterGroupBy", "filterGroupBy must be a JSON object", reason="INVALID_JSON")
+            conditions += [self._dimension(metric, str(k)) == str(v) for k, v in filters.items()]
+        aggregate = self._aggregate(metric).label("value")
+        response = svc.UsageResponse(object="meter", billable_metric_id=metric.id)
+        async with self._db.engine.connect() as conn:
+            total = (await conn.execute(sa.select(aggregate).where(*conditions))).scalar()
+            response.total_value_decimal = _decimal_text(total)
+            response.total_value = float(Decimal(response.total_value_decimal))
+            keys: list[Any] = []
+            if unit is not None:
+                keys.append(sa.func.date_trunc(unit, store.meter_events.c.time, "UTC").label("window"))
+            dim_columns = [self._dimension(metric, d).label(f"dim_{i}") for i, d in enumerate(dims)]
+            if keys or dim_columns:
+                query = sa.select(*keys, *dim_columns, aggregate, sa.func.count().label("events")).where(*conditions)
+                query = query.group_by(*[k for k in keys], *dim_columns)
+                rows = (await conn.execute(query.order_by(sa.text("value DESC")))).all()
+                if dims and request.HasField("group_limit"):
+                    response.group_count = len(rows)
+                    offset = request.group_offset if request.HasField("group_offset") else 0
+                    rows = rows[offset : offset + request.group_limit]
+                if unit is not None:
+                    rows.sort(key=lambda r: r.window)
+                for row in rows:
+                    value_text = _decimal_text(row.value)
+                    if unit is not None:
+                        window_start = row.window
+                        response.windowed_values.append(
+                            svc.WindowedValue(
+                                window_start=_ts(window_start),
+                                window_end=_ts(_window_end(window_start, unit)),
+                                value=float(Decimal(value_text)),
+                                value_decimal=value_text,
+                            )
+                        )
+                    if dims:
+                        response.grouped_values.append(
+                            svc.GroupedValue(
+                                group_by={d: (getattr(row, f"dim_{i}") or "") for i, d in enumerate(dims)},
+                                value=float(Decimal(value_text)),
+                                value_decimal=value_text,
+                                event_count=row.events,
+                            )
+                        )
+            complete = await self._complete_until(conn)
+        if complete is not None:
+            response.complete_until.CopyFrom(_ts(complete))
+        return response
+
+    async def ListMeterEvents(self, request: svc.ListMeterEventsRequest, context: grpc.aio.ServicerContext) -> svc.MeterEventList:
+        merchant_id = current_merchant_id()
+        metric = await self._metrics.get(merchant_id, request.id)
+        start, end = self._window(request)
+        limit = request.limit if request.HasField("limit") else 20
+        offset = request.offset if request.HasField("offset") else 0
+        if not 1 <= limit <= 100:
+            raise InvalidArgument("limit", f"limit must be between 1 and 100; got {limit}", reason="OUT_OF_RANGE")
+        if offset < 0:
+            raise InvalidArgument("offset", "offset must be 0 or more", reason="OUT_OF_RANGE")
+        e = store.meter_events
+        conditions = self._conditions(metric, start, end, request.subject if request.HasField("subject") else None)
+        if request.HasField("external_id"):
+            conditions.append(e.c.external_id == request.external_id)
+        if request.HasField("external_subject"):
+            conditions.append(e.c.external_subject == request.external_subject)
+        async with self._db.engine.connect() as conn:
+            total = (await conn.execute(sa.select(sa.func.count()).select_from(e).where(*conditions))).scalar_one()
+            rows = (
+                await conn.execute(
+                    sa.select(e).where(*conditions).order_by(e.c.time.desc(), e.c.idempotency_key.desc()).limit(limit).offset(offset)
+                )
+            ).all()
+        out = svc.MeterEventList(
+            object="list",
+            billable_metric_id=metric.id,
+            pagination=pagination_pb2.OffsetPagination(limit=limit, offset=offset, total=int(total)),
+        )
+        for row in rows:
+            event = resources.MeterEvent(
+                id=row.id,
+                object="meterEvent",
+                merchant_id=row.merchant_id,
+                type=row.type,
+                source=row.source,
+                subject=row.subject,
+                time=_ts(row.time),
+                idempotency_key=row.idempotency_key,
+                ingest_time=_ts(row.ingested_at),
+            )
+            json_format.ParseDict(row.data, event.data)
+            if row.external_subject is not None:
+                event.external_subject = row.external_subject
+            if row.external_id is not None:
+                event.external_id = row.external_id
+            out.events.append(event)
+        return out
+
+
+def _window_end(start: datetime, unit: str) -> datetime:
+    from datetime import timedelta
+
+    if unit == "minute":
+        return start + timedelta(minutes=1)
+    if unit == "hour":
+        return start + timedelta(hours=1)
+    if unit == "day":
+        return start + timedelta(days=1)
+    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)

@@ -1,0 +1,15 @@
+"""Metering's own settings (prefix ACCRUE_)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MeteringSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ACCRUE_", extra="ignore")
+
+    # subject partitions of the meter stream (accrue.meter.v1.events.<n>)
+    meter_partitions: int = 8
+    # run the aggregator inside this process (off when aggregators run as their own processes)
+    aggregator_enabled: bool = True
+    aggregator_batch_size: int = 1000
