@@ -194,8 +194,7 @@ def validate_tiers(tiers: Sequence[Tier], field_prefix: str = "properties.tiers"
             if previous is not None and up_to <= previous:
                 raise InvalidArgument(
                     bound,
-                    f"{bound} ({up_to}) must be greater than the previous tier's upTo "
-                    f"({previous}); tiers must be strictly ascending",
+                    f"{bound} ({up_to}) must be greater than the previous tier's upTo ({previous}); tiers must be strictly ascending",
                     reason="TIERS_NOT_ASCENDING",
                 )
             if index == last:
@@ -313,8 +312,7 @@ def calculate(price: Price, quantity: Decimal, currency: str) -> PriceCalculatio
         CalculationStep(
             kind="round",
             description=(
-                f"round once, half-to-even, to {exponent} decimal places "
-                f"(the {currency} minor unit); the remainder is carried forward"
+                f"round once, half-to-even, to {exponent} decimal places (the {currency} minor unit); the remainder is carried forward"
             ),
             inputs={
                 "amount": fmt(exact),
@@ -393,9 +391,7 @@ def _volume(price: VolumePrice, quantity: Decimal, fmt: _Formatter) -> tuple[Dec
     steps: Steps = [
         CalculationStep(
             kind="select_band",
-            description=(
-                f"quantity {_plain(quantity)} falls in band {index} ({lower}, {upper}); its unit price applies to every unit"
-            ),
+            description=(f"quantity {_plain(quantity)} falls in band {index} ({lower}, {upper}); its unit price applies to every unit"),
             inputs={"quantity": _plain(quantity)},
             outputs={
                 "band": str(index),
@@ -442,8 +438,7 @@ def _graduated(price: GraduatedPrice, quantity: Decimal, fmt: _Formatter) -> tup
                 kind="band",
                 description=(
                     f"band {index}: {_plain(units)} units above {_plain(floor)} "
-                    f"at {fmt(tier.unit_price_atomic)}"
-                    + (f" plus flat fee {fmt(tier.flat_fee_atomic)}" if tier.flat_fee_atomic else "")
+                    f"at {fmt(tier.unit_price_atomic)}" + (f" plus flat fee {fmt(tier.flat_fee_atomic)}" if tier.flat_fee_atomic else "")
                 ),
                 inputs={
                     "from": _plain(floor),

@@ -122,10 +122,7 @@ class Mesh:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 with contextlib.suppress(grpc.RpcError):
-                    if (
-                        stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
-                        == health_pb2.HealthCheckResponse.SERVING
-                    ):
+                    if stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 time.sleep(0.05)
         raise TimeoutError(f"{name} did not report SERVING")

@@ -56,9 +56,7 @@ class _Mask:
             paths = [f.name for f, _ in request.ListFields() if f.name in allowed_set]
         for path in paths:
             if path not in allowed_set:
-                raise InvalidArgument(
-                    mapping.camel(path), f"{mapping.camel(path)} cannot be updated", reason="FIELD_NOT_UPDATABLE"
-                )
+                raise InvalidArgument(mapping.camel(path), f"{mapping.camel(path)} cannot be updated", reason="FIELD_NOT_UPDATABLE")
         self.paths = set(paths)
 
     def __contains__(self, path: str) -> bool:
@@ -105,9 +103,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 return await work(uow, merchant_id, now)
         except IntegrityError as exc:
             if "uq_features_product_key" in str(exc.orig):
-                raise AlreadyExists(
-                    "DUPLICATE_RESOURCE", "a feature with this key already exists in the product", field="key"
-                ) from exc
+                raise AlreadyExists("DUPLICATE_RESOURCE", "a feature with this key already exists in the product", field="key") from exc
             raise
 
     async def _read(self, work: Callable[[AsyncConnection, str], Awaitable[M]]) -> M:
@@ -151,9 +147,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         async def work(conn: AsyncConnection, merchant_id: str) -> svc.ListProductsResponse:
             _check_merchant(request.merchant_id, merchant_id)
             limit, offset = rules.page(_opt(request, "limit"), _opt(request, "offset"))
-            rows, total = await store.list_page(
-                conn, store.products, [store.products.c.merchant_id == merchant_id], limit, offset
-            )
+            rows, total = await store.list_page(conn, store.products, [store.products.c.merchant_id == merchant_id], limit, offset)
             return svc.ListProductsResponse(
                 object="list", data=[mapping.product(r) for r in rows], pagination=_pagination(limit, offset, total)
             )
@@ -178,16 +172,12 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
 
     # --- billable metrics -------------------------------------------------------------
 
-    async def _metric(
-        self, conn: AsyncConnection, merchant_id: str, metric_id: str, field: str | None = None
-    ) -> res.BillableMetric:
+    async def _metric(self, conn: AsyncConnection, merchant_id: str, metric_id: str, field: str | None = None) -> res.BillableMetric:
         return mapping.billable_metric(
             await store.get_row(conn, store.billable_metrics, merchant_id, metric_id, "billable_metric", field=field)
         )
 
-    async def CreateBillableMetric(
-        self, request: svc.CreateBillableMetricRequest, context: grpc.aio.ServicerContext
-    ) -> res.BillableMetric:
+    async def CreateBillableMetric(self, request: svc.CreateBillableMetricRequest, context: grpc.aio.ServicerContext) -> res.BillableMetric:
         async def work(uow: UnitOfWork, merchant_id: str, now: datetime) -> res.BillableMetric:
             _check_merchant(request.merchant_id, merchant_id)
             if not request.product_id:
@@ -217,9 +207,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
 
         return await self._mutate("CreateBillableMetric", request, res.BillableMetric, work)
 
-    async def GetBillableMetric(
-        self, request: svc.GetBillableMetricRequest, context: grpc.aio.ServicerContext
-    ) -> res.BillableMetric:
+    async def GetBillableMetric(self, request: svc.GetBillableMetricRequest, context: grpc.aio.ServicerContext) -> res.BillableMetric:
         return await self._read(lambda conn, merchant_id: self._metric(conn, merchant_id, request.id))
 
     async def ListBillableMetrics(
@@ -241,13 +229,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
 
         return await self._read(work)
 
-    async def UpdateBillableMetric(
-        self, request: svc.UpdateBillableMetricRequest, context: grpc.aio.ServicerContext
-    ) -> res.BillableMetric:
+    async def UpdateBillableMetric(self, request: svc.UpdateBillableMetricRequest, context: grpc.aio.ServicerContext) -> res.BillableMetric:
         async def work(uow: UnitOfWork, merchant_id: str, now: datetime) -> res.BillableMetric:
-            mask = _Mask(
-                request, ("name", "description", "unit", "item_id", "event_type", "value_property", "group_by", "event_from_time")
-            )
+            mask = _Mask(request, ("name", "description", "unit", "item_id", "event_type", "value_property", "group_by", "event_from_time"))
             row = await store.get_row(uow.conn, store.billable_metrics, merchant_id, request.id, "billable_metric", lock=True)
             values: dict[str, Any] = {"updated_at": now}
             if "name" in mask:
@@ -261,17 +245,13 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             if "event_type" in mask:
                 values["event_type"] = rules.required_text(mask.value("event_type"), "eventType")
             if "value_property" in mask:
-                values["value_property"] = rules.metric_value_property(
-                    row.aggregation, mask.value("value_property", clearable=True)
-                )
+                values["value_property"] = rules.metric_value_property(row.aggregation, mask.value("value_property", clearable=True))
             if "group_by" in mask:
                 values["group_by"] = rules.group_by(mask.value("group_by"))
             if "event_from_time" in mask:
                 when = mask.value("event_from_time", clearable=True)
                 values["event_from"] = None if when is None else as_utc(when.ToDatetime())
-            await uow.conn.execute(
-                store.billable_metrics.update().where(store.billable_metrics.c.id == request.id).values(**values)
-            )
+            await uow.conn.execute(store.billable_metrics.update().where(store.billable_metrics.c.id == request.id).values(**values))
             metric = await self._metric(uow.conn, merchant_id, request.id)
             await self._changed(uow, ev.CHANGE_KIND_UPDATED, merchant_id, now, billable_metric=metric)
             return metric
@@ -310,9 +290,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
 
     async def _ensure_feature_key_free(self, conn: AsyncConnection, product_id: str, key: str, *, except_id: str = "") -> None:
         t = store.features
-        taken = (
-            await conn.execute(sa.select(t.c.id).where(t.c.product_id == product_id, t.c.key == key, t.c.id != except_id))
-        ).first()
+        taken = (await conn.execute(sa.select(t.c.id).where(t.c.product_id == product_id, t.c.key == key, t.c.id != except_id))).first()
         if taken is not None:
             raise AlreadyExists("DUPLICATE_RESOURCE", f"feature key {key!r} already exists in product {product_id}", field="key")
 
@@ -361,18 +339,14 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         async def work(uow: UnitOfWork, merchant_id: str, now: datetime) -> empty_pb2.Empty:
             row = await store.get_row(uow.conn, store.features, merchant_id, request.id, "feature", lock=True)
             p = store.prices
-            in_use = (
-                await uow.conn.execute(sa.select(p.c.id).where(p.c.feature_id == row.id, p.c.deleted_at.is_(None)).limit(1))
-            ).first()
+            in_use = (await uow.conn.execute(sa.select(p.c.id).where(p.c.feature_id == row.id, p.c.deleted_at.is_(None)).limit(1))).first()
             if in_use is not None:
                 raise FailedPrecondition(
                     "FEATURE_IN_USE", f"feature {row.id} is attached to price {in_use.id}; detach it first", field="id"
                 )
             # deleted prices are history and bill nothing: they let go of the feature
             await uow.conn.execute(
-                p.update()
-                .where(p.c.feature_id == row.id, p.c.deleted_at.is_not(None))
-                .values(feature_id=None, price_feature_id=None)
+                p.update().where(p.c.feature_id == row.id, p.c.deleted_at.is_not(None)).values(feature_id=None, price_feature_id=None)
             )
             await uow.conn.execute(store.features.delete().where(store.features.c.id == row.id))
             await self._changed(uow, ev.CHANGE_KIND_DELETED, merchant_id, now, feature=mapping.feature(row))
@@ -422,9 +396,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             if request.HasField("item_id"):
                 conditions.append(t.c.item_id == request.item_id)
             rows, total = await store.list_page(conn, t, conditions, limit, offset)
-            return svc.ListFeesResponse(
-                object="list", data=[mapping.fee(r) for r in rows], pagination=_pagination(limit, offset, total)
-            )
+            return svc.ListFeesResponse(object="list", data=[mapping.fee(r) for r in rows], pagination=_pagination(limit, offset, total))
 
         return await self._read(work)
 
@@ -450,21 +422,15 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         async def work(uow: UnitOfWork, merchant_id: str, now: datetime) -> empty_pb2.Empty:
             row = await store.get_row(uow.conn, store.fees, merchant_id, request.id, "fee", lock=True)
             p = store.prices
-            priced = (
-                await uow.conn.execute(sa.select(p.c.id).where(p.c.fee_id == row.id, p.c.deleted_at.is_(None)).limit(1))
-            ).first()
+            priced = (await uow.conn.execute(sa.select(p.c.id).where(p.c.fee_id == row.id, p.c.deleted_at.is_(None)).limit(1))).first()
             if priced is not None:
-                raise FailedPrecondition(
-                    "FEE_HAS_PRICES", f"fee {row.id} still has price {priced.id}; delete its prices first", field="id"
-                )
+                raise FailedPrecondition("FEE_HAS_PRICES", f"fee {row.id} still has price {priced.id}; delete its prices first", field="id")
             # deleted prices keep their history rows; the fee row goes only when none refer to it
             referenced = (await uow.conn.execute(sa.select(p.c.id).where(p.c.fee_id == row.id).limit(1))).first()
             if referenced is None:
                 await uow.conn.execute(store.fees.delete().where(store.fees.c.id == row.id))
             else:
-                await uow.conn.execute(
-                    store.fees.update().where(store.fees.c.id == row.id).values(merchant_id=f"deleted:{merchant_id}")
-                )
+                await uow.conn.execute(store.fees.update().where(store.fees.c.id == row.id).values(merchant_id=f"deleted:{merchant_id}"))
             await self._changed(uow, ev.CHANGE_KIND_DELETED, merchant_id, now, fee=mapping.fee(row))
             return empty_pb2.Empty()
 
@@ -676,9 +642,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                     f"price {row.id} is in a published version of plan {live.id}; mint a version without it first",
                     field="id",
                 )
-            await uow.conn.execute(
-                store.prices.update().where(store.prices.c.id == row.id).values(deleted_at=now, updated_at=now)
-            )
+            await uow.conn.execute(store.prices.update().where(store.prices.c.id == row.id).values(deleted_at=now, updated_at=now))
             features = await store.features_by_id(uow.conn, [row.feature_id])
             await self._changed(uow, ev.CHANGE_KIND_DELETED, merchant_id, now, price=mapping.price(row, features))
             return empty_pb2.Empty()
@@ -711,12 +675,8 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         for index, line in enumerate(lines):
             here = f"{field}[{index}]"
             row = await store.get_row(conn, store.prices, merchant_id, line.price_id, "price", field=here)
-            owner_table, owner_id = (
-                (store.billable_metrics, row.billable_metric_id) if row.billable_metric_id else (store.fees, row.fee_id)
-            )
-            owner_product = (
-                await conn.execute(sa.select(owner_table.c.product_id).where(owner_table.c.id == owner_id))
-            ).scalar_one()
+            owner_table, owner_id = (store.billable_metrics, row.billable_metric_id) if row.billable_metric_id else (store.fees, row.fee_id)
+            owner_product = (await conn.execute(sa.select(owner_table.c.product_id).where(owner_table.c.id == owner_id))).scalar_one()
             if owner_product != product_id:
                 raise InvalidArgument(
                     here,
@@ -753,10 +713,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         if lines:
             await uow.conn.execute(
                 store.plan_version_prices.insert(),
-                [
-                    {"plan_version_id": version_id, "key": ln.key, "price_id": ln.price_id, "position": i}
-                    for i, ln in enumerate(lines)
-                ],
+                [{"plan_version_id": version_id, "key": ln.key, "price_id": ln.price_id, "position": i} for i, ln in enumerate(lines)],
             )
         return version_id
 
@@ -830,9 +787,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             if request.HasField("product_id"):
                 conditions.append(t.c.product_id == request.product_id)
             rows, total = await store.list_page(conn, t, conditions, limit, offset)
-            return svc.ListPlansResponse(
-                object="list", data=await self._plans(conn, rows), pagination=_pagination(limit, offset, total)
-            )
+            return svc.ListPlansResponse(object="list", data=await self._plans(conn, rows), pagination=_pagination(limit, offset, total))
 
         return await self._read(work)
 
@@ -849,9 +804,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         if not lines:
             raise InvalidArgument("prices", "a plan version needs at least one price", reason="REQUIRED")
         pv = store.plan_versions
-        number = (
-            await uow.conn.execute(sa.select(sa.func.max(pv.c.version_number)).where(pv.c.plan_id == plan_row.id))
-        ).scalar_one()
+        number = (await uow.conn.execute(sa.select(sa.func.max(pv.c.version_number)).where(pv.c.plan_id == plan_row.id))).scalar_one()
         version_id = await self._insert_version(
             uow, merchant_id, plan_row.id, int(number or 0) + 1, lines, plan_row.default_version_id, now
         )
@@ -910,9 +863,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 values["stable_price_ids"] = mask.value("stable_price_ids")
             if "version_transition" in mask:
                 vt = mask.value("version_transition")
-                values["version_effective_date"] = rules.one_of(
-                    vt.effective_date, rules.EFFECTIVE_DATES, "versionTransition.effectiveDate"
-                )
+                values["version_effective_date"] = rules.one_of(vt.effective_date, rules.EFFECTIVE_DATES, "versionTransition.effectiveDate")
                 rules.one_of(vt.proration, ("none",), "versionTransition.proration")
             if "prices" in mask:
                 await self._mint(uow, merchant_id, row, request.prices, None, now)
@@ -933,11 +884,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             total = (await conn.execute(sa.select(sa.func.count()).where(pv.c.plan_id == plan_row.id))).scalar_one()
             rows = (
                 await conn.execute(
-                    sa.select(pv)
-                    .where(pv.c.plan_id == plan_row.id)
-                    .order_by(pv.c.version_number.desc())
-                    .limit(limit)
-                    .offset(offset)
+                    sa.select(pv).where(pv.c.plan_id == plan_row.id).order_by(pv.c.version_number.desc()).limit(limit).offset(offset)
                 )
             ).all()
             lines = await store.version_lines(conn, [r.id for r in rows])
@@ -981,9 +928,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
 
         return await self._read(work)
 
-    async def TransitionPlanVersion(
-        self, request: svc.TransitionPlanVersionRequest, context: grpc.aio.ServicerContext
-    ) -> res.PlanVersion:
+    async def TransitionPlanVersion(self, request: svc.TransitionPlanVersionRequest, context: grpc.aio.ServicerContext) -> res.PlanVersion:
         async def work(uow: UnitOfWork, merchant_id: str, now: datetime) -> res.PlanVersion:
             plan_row = await store.get_row(uow.conn, store.plans, merchant_id, request.id, "plan", lock=True)
             row = await self._version_row(uow.conn, plan_row.id, request.version_number, lock=True)
@@ -1013,9 +958,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 plan = await self._plan(uow.conn, merchant_id, plan_row.id)
                 await self._changed(uow, ev.CHANGE_KIND_UPDATED, merchant_id, now, plan=plan)
             plan_row = await store.get_row(uow.conn, store.plans, merchant_id, plan_row.id, "plan")
-            version = await self._version(
-                uow.conn, plan_row, await self._version_row(uow.conn, plan_row.id, request.version_number)
-            )
+            version = await self._version(uow.conn, plan_row, await self._version_row(uow.conn, plan_row.id, request.version_number))
             await self._changed(uow, ev.CHANGE_KIND_UPDATED, merchant_id, now, plan_version=version)
             return version
 

@@ -198,9 +198,7 @@ async def list_page(
     where = sa.and_(*conditions)
     total = (await conn.execute(sa.select(sa.func.count()).select_from(table).where(where))).scalar_one()
     rows = (
-        await conn.execute(
-            sa.select(table).where(where).order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit).offset(offset)
-        )
+        await conn.execute(sa.select(table).where(where).order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit).offset(offset))
     ).all()
     return list(rows), int(total)
 

@@ -18,7 +18,9 @@ SERVICE_NAME = entitlement_service_pb2.DESCRIPTOR.services_by_name["EntitlementS
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-    entitlement_service_pb2_grpc.add_EntitlementServiceServicer_to_server(unimplemented_servicer(entitlement_service_pb2_grpc.EntitlementServiceServicer), server)
+    entitlement_service_pb2_grpc.add_EntitlementServiceServicer_to_server(
+        unimplemented_servicer(entitlement_service_pb2_grpc.EntitlementServiceServicer), server
+    )
 
 
 DEFINITION = ServiceDefinition(

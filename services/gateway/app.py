@@ -140,15 +140,11 @@ class Gateway:
                 span.set_status(Status(StatusCode.ERROR))
             await _respond(send, status, body)
 
-    async def _handle(
-        self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str]
-    ) -> tuple[int, bytes | None]:
+    async def _handle(self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes | None]:
         route, path_vars, path_known = self.router.match(method, path)
         if route is None:
             if path_known:
-                return 405, _json(
-                    _error_body(405, f"{method} is not allowed on {path}", "method_not_allowed", "METHOD_NOT_ALLOWED")
-                )
+                return 405, _json(_error_body(405, f"{method} is not allowed on {path}", "method_not_allowed", "METHOD_NOT_ALLOWED"))
             return 404, _json(_error_body(404, f"no route for {method} {path}", "not_found", "ROUTE_NOT_FOUND"))
         merchant_id = await self._merchant_for(headers.get("authorization"))
         if merchant_id is None:
@@ -269,9 +265,7 @@ class GatewayHost:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((s.http_host, s.http_port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.gateway, log_config=None, access_log=False, lifespan="on", http="httptools", loop="none", backlog=2048
-        )
+        config = uvicorn.Config(self.gateway, log_config=None, access_log=False, lifespan="on", http="httptools", loop="none", backlog=2048)
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:

@@ -123,9 +123,7 @@ def build_openapi(routes: list[Route], *, title: str = "Accrue API", version: st
             for field in route.method.input_type.fields:
                 if field.name in route.path_fields:
                     continue
-                op["parameters"].append(
-                    {"name": field.json_name, "in": "query", "required": False, "schema": schemas._field(field)}
-                )
+                op["parameters"].append({"name": field.json_name, "in": "query", "required": False, "schema": schemas._field(field)})
         paths.setdefault(route.openapi_path, {})[route.http_method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -18,7 +18,9 @@ SERVICE_NAME = invoicing_service_pb2.DESCRIPTOR.services_by_name["InvoicingServi
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-    invoicing_service_pb2_grpc.add_InvoicingServiceServicer_to_server(unimplemented_servicer(invoicing_service_pb2_grpc.InvoicingServiceServicer), server)
+    invoicing_service_pb2_grpc.add_InvoicingServiceServicer_to_server(
+        unimplemented_servicer(invoicing_service_pb2_grpc.InvoicingServiceServicer), server
+    )
 
 
 DEFINITION = ServiceDefinition(

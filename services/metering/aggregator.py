@@ -13,13 +13,13 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
+from accrue.metering.v1 import metering_resources_pb2 as resources
 from google.protobuf import json_format
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.dialects import postgresql as pg
 
-from accrue.metering.v1 import metering_resources_pb2 as resources
 from libs.core.clock import as_utc
 from libs.infra.db import Database
 from libs.infra.logging import get_logger

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-
 from accrue.metering.v1 import metering_service_pb2, metering_service_pb2_grpc
+
 from libs.infra.messaging import EventConsumer
 from libs.infra.service import Runtime, ServiceDefinition, Worker, main
 from services.metering.aggregator import METER_STREAM, METER_SUBJECTS, Aggregator

@@ -4,15 +4,16 @@ in-memory index of (merchant, event type) the ingest path checks without a query
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from accrue.catalog.v1 import catalog_events_pb2 as catalog_events
 from sqlalchemy.dialects import postgresql as pg
 
-from accrue.catalog.v1 import catalog_events_pb2 as catalog_events
 from libs.core.clock import as_utc
 from libs.core.errors import NotFound
 from libs.infra.db import Database, UnitOfWork
@@ -37,9 +38,7 @@ class Metric:
 
 
 def _metric(row: Any) -> Metric:
-    return Metric(
-        row.id, row.merchant_id, row.event_type, row.aggregation, row.value_property, dict(row.group_by), row.event_from
-    )
+    return Metric(row.id, row.merchant_id, row.event_type, row.aggregation, row.value_property, dict(row.group_by), row.event_from)
 
 
 class MetricIndex:
@@ -73,10 +72,8 @@ class MetricIndex:
                 self._negative[key] = time.monotonic() + NEGATIVE_TTL_SECONDS
                 return False
             self._changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
-            except TimeoutError:
-                pass
 
     def learned(self, merchant_id: str, event_type: str) -> None:
         if merchant_id in self._loaded:
@@ -91,9 +88,7 @@ class MetricIndex:
     async def get(self, merchant_id: str, metric_id: str) -> Metric:
         m = store.metrics
         async with self._db.engine.connect() as conn:
-            row = (
-                await conn.execute(sa.select(m).where(m.c.id == metric_id, m.c.merchant_id == merchant_id, ~m.c.deleted))
-            ).first()
+            row = (await conn.execute(sa.select(m).where(m.c.id == metric_id, m.c.merchant_id == merchant_id, ~m.c.deleted))).first()
         if row is None:
             raise NotFound("billable_metric", metric_id, field="id")
         return _metric(row)

@@ -10,15 +10,15 @@ from typing import Any
 
 import grpc
 import sqlalchemy as sa
+from accrue.metering.v1 import metering_resources_pb2 as resources
+from accrue.metering.v1 import metering_service_pb2 as svc
+from accrue.metering.v1 import metering_service_pb2_grpc
+from accrue.type.v1 import pagination_pb2
 from google.protobuf import json_format, timestamp_pb2
 from nats.js import JetStreamContext
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from accrue.metering.v1 import metering_resources_pb2 as resources
-from accrue.metering.v1 import metering_service_pb2 as svc
-from accrue.metering.v1 import metering_service_pb2_grpc
-from accrue.type.v1 import pagination_pb2
 from libs.core.clock import Clock, as_utc
 from libs.core.errors import DomainError, InvalidArgument, NotFound, Unprocessable
 from libs.infra.context import current_merchant_id
@@ -26,6 +26,7 @@ from libs.infra.db import Database
 from libs.infra.messaging import MSG_ID_HEADER
 from libs.infra.telemetry import inject_headers
 from services.metering import store
+from services.metering.aggregations import aggregate_expression
 from services.metering.domain import events as rules
 from services.metering.domain.usage import jsonpath_segments, window_unit
 from services.metering.metrics import Metric, MetricIndex
@@ -174,46 +175,15 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         return conditions
 
     @staticmethod
-    def _aggregate(metric: Metric) -> Any:
-        """The metric's aggregation as one SQL aggregate over exact numerics."""
-        e = store.meter_events
-        if metric.aggregation == "COUNT":
-            return sa.func.count()
-        if metric.value_property is None:
-            if metric.aggregation == "UNIQUE_COUNT":
-                return sa.func.count(sa.distinct(e.c.idempotency_key))
-            raise InvalidArgument("id", f"metric {metric.id} has no valueProperty to {metric.aggregation}", reason="NO_VALUE_PROPERTY")
-        path = sa.literal(jsonpath_segments(metric.value_property), pg.ARRAY(sa.Text))
-        text = e.c.data.op("#>>")(path)
-        if metric.aggregation == "UNIQUE_COUNT":
-            return sa.func.count(sa.distinct(text))
-        # numbers, and strings that spell a decimal, count; anything else is ignored
-        numeric = sa.case(
-            (sa.func.jsonb_typeof(e.c.data.op("#>")(path)) == "number", sa.cast(text, sa.Numeric)),
-            (text.op("~")(r"^-?[0-9]+(\.[0-9]+)?$"), sa.cast(text, sa.Numeric)),
-            else_=None,
-        )
-        if metric.aggregation == "SUM":
-            return sa.func.coalesce(sa.func.sum(numeric), 0)
-        if metric.aggregation == "AVG":
-            return sa.func.avg(numeric)
-        if metric.aggregation == "MIN":
-            return sa.func.min(numeric)
-        if metric.aggregation == "MAX":
-            return sa.func.max(numeric)
-        if metric.aggregation == "LATEST":
-            ordered = sa.func.array_agg(pg.aggregate_order_by(numeric, e.c.time.desc(), e.c.idempotency_key.desc()))
-            return sa.type_coerce(ordered, pg.ARRAY(sa.Numeric))[1]
-        raise InvalidArgument("id", f"unsupported aggregation {metric.aggregation}", reason="UNSUPPORTED_AGGREGATION")
-
-    @staticmethod
     def _dimension(metric: Metric, name: str) -> Any:
         e = store.meter_events
         if name == "subject":
             return e.c.subject
         if name not in metric.group_by:
             raise InvalidArgument(
-                "groupBy", f"{name!r} is not a dimension of this metric (have: subject, {', '.join(metric.group_by)})", reason="UNKNOWN_DIMENSION"
+                "groupBy",
+                f"{name!r} is not a dimension of this metric (have: subject, {', '.join(metric.group_by)})",
+                reason="UNKNOWN_DIMENSION",
             )
         return e.c.data.op("#>>")(sa.literal(jsonpath_segments(metric.group_by[name]), pg.ARRAY(sa.Text)))
 
@@ -237,7 +207,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             if not isinstance(filters, dict):
                 raise InvalidArgument("filterGroupBy", "filterGroupBy must be a JSON object", reason="INVALID_JSON")
             conditions += [self._dimension(metric, str(k)) == str(v) for k, v in filters.items()]
-        aggregate = self._aggregate(metric).label("value")
+        aggregate = aggregate_expression(metric).label("value")
         response = svc.UsageResponse(object="meter", billable_metric_id=metric.id)
         async with self._db.engine.connect() as conn:
             total = (await conn.execute(sa.select(aggregate).where(*conditions))).scalar()
@@ -250,7 +220,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             if keys or dim_columns:
                 query = sa.select(*keys, *dim_columns, aggregate, sa.func.count().label("events")).where(*conditions)
                 query = query.group_by(*[k for k in keys], *dim_columns)
-                rows = (await conn.execute(query.order_by(sa.text("value DESC")))).all()
+                rows = list((await conn.execute(query.order_by(sa.text("value DESC")))).all())
                 if dims and request.HasField("group_limit"):
                     response.group_count = len(rows)
                     offset = request.group_offset if request.HasField("group_offset") else 0

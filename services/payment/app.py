@@ -18,7 +18,9 @@ SERVICE_NAME = payment_service_pb2.DESCRIPTOR.services_by_name["PaymentService"]
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-    payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(unimplemented_servicer(payment_service_pb2_grpc.PaymentServiceServicer), server)
+    payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(
+        unimplemented_servicer(payment_service_pb2_grpc.PaymentServiceServicer), server
+    )
 
 
 DEFINITION = ServiceDefinition(

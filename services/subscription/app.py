@@ -18,7 +18,9 @@ SERVICE_NAME = subscription_service_pb2.DESCRIPTOR.services_by_name["Subscriptio
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-    subscription_service_pb2_grpc.add_SubscriptionServiceServicer_to_server(unimplemented_servicer(subscription_service_pb2_grpc.SubscriptionServiceServicer), server)
+    subscription_service_pb2_grpc.add_SubscriptionServiceServicer_to_server(
+        unimplemented_servicer(subscription_service_pb2_grpc.SubscriptionServiceServicer), server
+    )
 
 
 DEFINITION = ServiceDefinition(

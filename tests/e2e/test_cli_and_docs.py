@@ -19,9 +19,7 @@ pytestmark = pytest.mark.e2e
 def test_merchant_create_prints_a_working_key(mesh: Mesh) -> None:
     accrue = Path(sys.executable).parent / "accrue"
     env = {**os.environ, "ACCRUE_GATEWAY_DATABASE_URL": mesh.database_url("gateway")}
-    out = subprocess.run(
-        [str(accrue), "merchant", "create", "--name", "Acme"], env=env, capture_output=True, text=True, timeout=60
-    )
+    out = subprocess.run([str(accrue), "merchant", "create", "--name", "Acme"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = dict(line.split("=", 1) for line in out.stdout.strip().splitlines())
     assert set(lines) == {"ACCRUE_MERCHANT_ID", "ACCRUE_API_KEY"}

@@ -193,9 +193,7 @@ def test_sdk_passes_the_idempotency_key(merchant_a: MerchantClient, http_a: http
     assert _products_total(http_a) == before + 1
     # products.create declares no 409, so the SDK raises its default error with the raw body
     with pytest.raises(errors.PaygenticDefaultError) as reused:
-        sdk.products.create(
-            merchant_id=merchant_a.merchant_id, name="SDK changed", description="d", http_headers={"Idempotency-Key": key}
-        )
+        sdk.products.create(merchant_id=merchant_a.merchant_id, name="SDK changed", description="d", http_headers={"Idempotency-Key": key})
     assert reused.value.status_code == 409
     assert '"code":"IDEMPOTENCY_KEY_REUSED"' in reused.value.body
     assert _products_total(http_a) == before + 1

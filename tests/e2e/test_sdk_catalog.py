@@ -100,9 +100,7 @@ def test_quickstart_catalog_flow_round_trips(merchant_a: MerchantClient) -> None
     assert usage_price.features[0].entitlement_template == template
     assert usage_price.features[0].feature.key == feature.key
 
-    fee = sdk.fees.create(
-        merchant_id=merchant_id, product_id=product.id, name="Platform fee", description="Monthly platform access"
-    )
+    fee = sdk.fees.create(merchant_id=merchant_id, product_id=product.id, name="Platform fee", description="Monthly platform access")
     assert fee.item_id is None
     assert sdk.fees.get(id=fee.id) == fee
     fee_price = sdk.prices.create(
@@ -164,9 +162,7 @@ def test_volume_and_graduated_prices_round_trip(merchant_a: MerchantClient) -> N
             "paymentTerm": "in_arrears",
             "model": "graduated",
             "billableMetricId": metric.id,
-            "properties": {
-                "tiers": [{"upTo": "1000", "unitPrice": "0.01"}, {"upTo": None, "unitPrice": "0.005", "flatFee": "2"}]
-            },
+            "properties": {"tiers": [{"upTo": "1000", "unitPrice": "0.01"}, {"upTo": None, "unitPrice": "0.005", "flatFee": "2"}]},
         },
         headers=merchant_a.headers,
     )
@@ -234,9 +230,7 @@ def test_updates_and_deletes(merchant_a: MerchantClient) -> None:
         sdk.fees.get(id=fee.id)
     assert fee_gone.value.status_code == 404
 
-    plan = sdk.plans.create(
-        merchant_id=merchant_id, product_id=product.id, name="Storage", currency="EUR", billing_interval="yearly"
-    )
+    plan = sdk.plans.create(merchant_id=merchant_id, product_id=product.id, name="Storage", currency="EUR", billing_interval="yearly")
     assert (plan.billing_cadence, plan.billing_interval) == ("P1Y", "yearly")
     plan2 = sdk.plans.update(id=plan.id, name="Storage plan", renewal_reminder_days=7, description="GB stored")
     assert (plan2.name, plan2.renewal_reminder_days, plan2.description) == ("Storage plan", 7, "GB stored")
@@ -263,9 +257,7 @@ def test_plan_versions_mint_default_rollback_archive(merchant_a: MerchantClient)
         prices=[models.PlanLineInput(price_id=p1, key="base")],
     )
     v1_id = plan.default_version_id
-    v2 = sdk.plans.mint_plan_version(
-        id=plan.id, prices=[models.MintPlanLineInput(price_id=p2, key="base")], based_on_version_id=v1_id
-    )
+    v2 = sdk.plans.mint_plan_version(id=plan.id, prices=[models.MintPlanLineInput(price_id=p2, key="base")], based_on_version_id=v1_id)
     assert (v2.version_number, v2.is_default, v2.status, v2.based_on_version_id) == (2, True, "published", v1_id)
     assert [(s.key, s.id, s.currency) for s in v2.prices] == [("base", p2, "USD")]
     assert [p.id for p in sdk.plans.get(id=plan.id).prices] == [p2]
@@ -290,15 +282,11 @@ def test_plan_versions_mint_default_rollback_archive(merchant_a: MerchantClient)
         sdk.prices.delete(id=p1)
     assert in_use.value.status_code == 409
     # archiving is Accrue's extension of the same PATCH (the SDK has no field for it)
-    archived = httpx.patch(
-        f"{merchant_a.base_url}/v0/plans/{plan.id}/versions/2", json={"status": "archived"}, headers=merchant_a.headers
-    )
+    archived = httpx.patch(f"{merchant_a.base_url}/v0/plans/{plan.id}/versions/2", json={"status": "archived"}, headers=merchant_a.headers)
     assert archived.status_code == 200, archived.text
     assert archived.json()["status"] == "archived"
     assert models.PlanVersion.model_validate(archived.json()).status == "archived"
-    refused = httpx.patch(
-        f"{merchant_a.base_url}/v0/plans/{plan.id}/versions/2", json={"default": True}, headers=merchant_a.headers
-    )
+    refused = httpx.patch(f"{merchant_a.base_url}/v0/plans/{plan.id}/versions/2", json={"default": True}, headers=merchant_a.headers)
     assert refused.status_code == 409
     assert refused.json()["code"] == "DEFAULT_VERSION_ARCHIVE"
     sdk.prices.delete(id=p2)

@@ -49,9 +49,7 @@ def _build(client: MerchantClient, label: str) -> World:
     """One of each catalog resource, created over plain REST with the merchant's key."""
     suffix = uuid.uuid4().hex[:8]
     with httpx.Client(base_url=client.base_url, headers=client.headers, timeout=30) as http:
-        product = _ok(
-            http.post("/v0/products", json={"merchantId": client.merchant_id, "name": f"{label} product", "description": "d"})
-        )
+        product = _ok(http.post("/v0/products", json={"merchantId": client.merchant_id, "name": f"{label} product", "description": "d"}))
         metric = _ok(
             http.post(
                 "/v0/billableMetrics",
@@ -205,9 +203,7 @@ READS = [
 
 
 @pytest.mark.parametrize(("path", "code"), [r[1:] for r in READS], ids=[r[0] for r in READS])
-def test_b_cannot_read_a(
-    path: str, code: str, a_world: World, b_world: World, b_http: httpx.Client, merchant_a: MerchantClient
-) -> None:
+def test_b_cannot_read_a(path: str, code: str, a_world: World, b_world: World, b_http: httpx.Client, merchant_a: MerchantClient) -> None:
     url = _fill(path, a_world, b_world)
     _assert_not_found(b_http.get(url), code=code)
     assert httpx.get(f"{merchant_a.base_url}{url}", headers=merchant_a.headers).status_code == 200  # the same path works for A
@@ -247,9 +243,7 @@ DELETES = [
 
 
 @pytest.mark.parametrize(("path", "code"), [d[1:] for d in DELETES], ids=[d[0] for d in DELETES])
-def test_b_cannot_delete_a(
-    path: str, code: str, a_world: World, b_world: World, b_http: httpx.Client, merchant_a: MerchantClient
-) -> None:
+def test_b_cannot_delete_a(path: str, code: str, a_world: World, b_world: World, b_http: httpx.Client, merchant_a: MerchantClient) -> None:
     _assert_not_found(b_http.delete(_fill(path, a_world, b_world)), code=code)
 
 

@@ -73,9 +73,7 @@ def ctx(http: httpx.Client, merchant_a: MerchantClient) -> Ctx:
         return _created(http.post("/v0/prices", json=body))
 
     price = fee_price(fee)
-    plan = _created(
-        http.post("/v0/plans", json={"merchantId": m, "productId": product, "name": "V", "currency": "USD", "prices": [price]})
-    )
+    plan = _created(http.post("/v0/plans", json={"merchantId": m, "productId": product, "name": "V", "currency": "USD", "prices": [price]}))
     return Ctx(product, other, metric, fee, feature, key, price, fee_price(other_fee), plan)
 
 
@@ -103,10 +101,7 @@ def _assert_error(response: httpx.Response, status: int, code: str, field: str |
     body: dict[str, Any] = response.json()
     assert isinstance(body["message"], str) and body["message"], body
     assert body["code"] == code, body
-    assert (
-        body["error"]
-        == {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict"}[status]
-    )
+    assert body["error"] == {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict"}[status]
     if field is not None:
         assert body["details"]["field"] == field, body
     return body
@@ -229,9 +224,7 @@ def test_rebates_are_allowed_on_metered_prices_only_without_a_hard_limit(ctx: Ct
     plain = http.post("/v0/prices", json=_fill(metered(properties={"unitPrice": "-0.01"}), ctx))
     assert plain.status_code == 201, plain.text
     assert plain.json()["properties"]["unitPrice"] == "-0.01"
-    soft = metered(
-        properties={"unitPrice": "-0.01"}, feature={"featureId": ctx.feature, "entitlementTemplate": {"isSoftLimit": True}}
-    )
+    soft = metered(properties={"unitPrice": "-0.01"}, feature={"featureId": ctx.feature, "entitlementTemplate": {"isSoftLimit": True}})
     created = http.post("/v0/prices", json=_fill(soft, ctx))
     assert created.status_code == 201, created.text
     # turning the attached feature into a hard limit afterwards is refused the same way
@@ -248,9 +241,7 @@ def test_price_cannot_move_to_a_metric_of_another_product(ctx: Ctx, http: httpx.
     """A plan checks its prices' product when it lists them; a price must not leave that product later."""
     price = http.post("/v0/prices", json=_fill(metered(), ctx))
     assert price.status_code == 201, price.text
-    plan = http.post(
-        "/v0/plans", json={"productId": ctx.product, "name": "Moves", "currency": "USD", "prices": [price.json()["id"]]}
-    )
+    plan = http.post("/v0/plans", json={"productId": ctx.product, "name": "Moves", "currency": "USD", "prices": [price.json()["id"]]})
     assert plan.status_code == 201, plan.text
     elsewhere = _created(
         http.post(
@@ -326,9 +317,7 @@ def test_bad_billable_metric_is_400(body: dict[str, Any], code: str, field: str,
 def test_metric_value_property_cannot_be_cleared_for_sum(ctx: Ctx, http: httpx.Client) -> None:
     metric = http.post("/v0/billableMetrics", json=_fill(_metric_body(eventType="validation.clear"), ctx))
     assert metric.status_code == 201, metric.text
-    _assert_error(
-        http.patch(f"/v0/billableMetrics/{metric.json()['id']}", json={"valueProperty": None}), 400, "REQUIRED", "valueProperty"
-    )
+    _assert_error(http.patch(f"/v0/billableMetrics/{metric.json()['id']}", json={"valueProperty": None}), 400, "REQUIRED", "valueProperty")
     assert http.get(f"/v0/billableMetrics/{metric.json()['id']}").json() == metric.json()
 
 
@@ -372,9 +361,7 @@ def test_duplicate_feature_key_is_409(ctx: Ctx, http: httpx.Client) -> None:
 def test_renaming_feature_key_onto_a_taken_one_is_409(ctx: Ctx, http: httpx.Client) -> None:
     second = http.post("/v0/features", json={"productId": ctx.product, "key": f"second-{uuid.uuid4().hex[:6]}", "name": "2"})
     assert second.status_code == 201, second.text
-    _assert_error(
-        http.patch(f"/v0/features/{second.json()['id']}", json={"key": ctx.feature_key}), 409, "DUPLICATE_RESOURCE", "key"
-    )
+    _assert_error(http.patch(f"/v0/features/{second.json()['id']}", json={"key": ctx.feature_key}), 409, "DUPLICATE_RESOURCE", "key")
     assert http.get(f"/v0/features/{second.json()['id']}").json() == second.json()
 
 
@@ -540,9 +527,7 @@ def test_invalid_json_body_is_400(raw: bytes, http: httpx.Client) -> None:
 def test_wrong_json_type_is_400(http: httpx.Client) -> None:
     before = _total(http, "/v0/products")
     _assert_error(http.post("/v0/products", json={"name": 5, "description": "d"}), 400, "INVALID_FIELD", "name")
-    _assert_error(
-        http.post("/v0/products", json={"name": "p", "description": "d", "metadata": "x"}), 400, "INVALID_FIELD", "metadata"
-    )
+    _assert_error(http.post("/v0/products", json={"name": "p", "description": "d", "metadata": "x"}), 400, "INVALID_FIELD", "metadata")
     assert _total(http, "/v0/products") == before
 
 
@@ -654,9 +639,7 @@ def test_sdk_list_limit_raises_bad_request(merchant_a: MerchantClient) -> None:
 
 def test_sdk_duplicate_feature_raises_error_409(ctx: Ctx, merchant_a: MerchantClient) -> None:
     with pytest.raises(errors.Error) as excinfo:
-        merchant_a.sdk.features.create(
-            merchant_id=merchant_a.merchant_id, product_id=ctx.product, key=ctx.feature_key, name="Dup"
-        )
+        merchant_a.sdk.features.create(merchant_id=merchant_a.merchant_id, product_id=ctx.product, key=ctx.feature_key, name="Dup")
     assert excinfo.value.status_code == 409
     assert excinfo.value.data.code == "DUPLICATE_RESOURCE"
     assert excinfo.value.message == excinfo.value.data.message

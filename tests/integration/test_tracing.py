@@ -30,9 +30,7 @@ async def test_rest_create_is_one_trace_through_grpc_outbox_and_consumer(infra: 
     )
     await catalog.start()
     gateway = GatewayHost(
-        GatewaySettings(
-            database_url=infra.new_database_url("trace_gateway"), http_port=0, catalog_addr=f"127.0.0.1:{catalog.port}"
-        )
+        GatewaySettings(database_url=infra.new_database_url("trace_gateway"), http_port=0, catalog_addr=f"127.0.0.1:{catalog.port}")
     )
     await gateway.start()
     assert gateway.engine is not None

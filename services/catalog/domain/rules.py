@@ -48,9 +48,7 @@ _DURATION = re.compile(r"P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?")
 
 def one_of(value: str, allowed: tuple[str, ...], field_name: str) -> str:
     if value not in allowed:
-        raise InvalidArgument(
-            field_name, f"{field_name} must be one of {', '.join(allowed)}; got {value!r}", reason="INVALID_ENUM_VALUE"
-        )
+        raise InvalidArgument(field_name, f"{field_name} must be one of {', '.join(allowed)}; got {value!r}", reason="INVALID_ENUM_VALUE")
     return value
 
 
@@ -129,9 +127,7 @@ def duration(value: str, field_name: str) -> str:
 
 def currency(value: str) -> str:
     if not money.is_known_currency(value):
-        raise InvalidArgument(
-            "currency", f"currency must be an ISO 4217 code such as USD; got {value!r}", reason="UNKNOWN_CURRENCY"
-        )
+        raise InvalidArgument("currency", f"currency must be an ISO 4217 code such as USD; got {value!r}", reason="UNKNOWN_CURRENCY")
     return value
 
 
@@ -210,7 +206,7 @@ def price_properties(model: str, props: dict[str, Any], *, metered: bool) -> Pri
     if model in ("volume", "graduated"):
         _only_keys(props, ("tiers",), model)
         tiers = _tiers(props, model)
-        stored = {
+        stored: dict[str, Any] = {
             "tiers": [
                 {
                     "upTo": None if t.up_to is None else str(t.up_to),
@@ -232,7 +228,7 @@ def price_properties(model: str, props: dict[str, Any], *, metered: bool) -> Pri
             raise InvalidArgument(
                 "properties.rounding", f"properties.rounding must be up or down; got {rounding!r}", reason="INVALID_ENUM_VALUE"
             )
-        stored: dict[str, Any] = {"unitPriceAtomic": unit, "packageSize": str(size), "rounding": rounding}
+        stored = {"unitPriceAtomic": unit, "packageSize": str(size), "rounding": rounding}
         return PriceProperties(stored, PackagePrice(size, unit, rounding))
     raise InvalidArgument("model", f"model must be one of {', '.join(PRICE_MODELS)}; got {model!r}", reason="INVALID_ENUM_VALUE")
 
@@ -311,9 +307,7 @@ def validate_price(draft: PriceDraft) -> ValidPrice:
     if draft.billing_cadence is not None:
         duration(draft.billing_cadence, "billingCadence")
         if metered and draft.billing_cadence == "P0D":
-            raise InvalidArgument(
-                "billingCadence", "P0D (one-time) is for fee prices; usage is billed per period", reason="NOT_ALLOWED"
-            )
+            raise InvalidArgument("billingCadence", "P0D (one-time) is for fee prices; usage is billed per period", reason="NOT_ALLOWED")
     elif not metered:
         raise InvalidArgument("billingCadence", "billingCadence is required for fee prices (P0D = one-time)", reason="REQUIRED")
     if draft.invoice_display_group is not None and model != "standard":
@@ -337,13 +331,9 @@ def validate_price(draft: PriceDraft) -> ValidPrice:
                 reason="REQUIRED",
             )
         if model != "standard" or int(properties.stored["unitPriceAtomic"]) > 0:
-            raise InvalidArgument(
-                "tax.outsideScopeLabel", "CASHBACK needs the standard model with unitPrice <= 0", reason="NOT_ALLOWED"
-            )
+            raise InvalidArgument("tax.outsideScopeLabel", "CASHBACK needs the standard model with unitPrice <= 0", reason="NOT_ALLOWED")
     elif draft.outside_scope_label is not None:
-        raise InvalidArgument(
-            "tax.outsideScopeLabel", "tax.outsideScopeLabel is only allowed with OUTSIDE_SCOPE", reason="NOT_ALLOWED"
-        )
+        raise InvalidArgument("tax.outsideScopeLabel", "tax.outsideScopeLabel is only allowed with OUTSIDE_SCOPE", reason="NOT_ALLOWED")
     quantity = 1
     if draft.quantity is not None:
         if metered and draft.quantity != 1:
@@ -412,9 +402,7 @@ def tax_rate(rate: float) -> Decimal:
     # A JSON number on the wire (the SDK sends 0.0); its shortest repr is what was typed.
     value = Decimal(repr(rate))
     if -value.as_tuple().exponent > 6:  # type: ignore[operator]
-        raise InvalidArgument(
-            "defaultTaxRate", f"defaultTaxRate has more than 6 decimal places: {value}", reason="TOO_MANY_DECIMAL_PLACES"
-        )
+        raise InvalidArgument("defaultTaxRate", f"defaultTaxRate has more than 6 decimal places: {value}", reason="TOO_MANY_DECIMAL_PLACES")
     if not Decimal(0) <= value <= Decimal(100):
         raise InvalidArgument("defaultTaxRate", f"defaultTaxRate must be a percentage 0-100; got {value}", reason="OUT_OF_RANGE")
     return value
@@ -440,9 +428,7 @@ def plan_lines(values: list[Any], field_name: str = "prices") -> list[PlanLine]:
         elif isinstance(value, dict):
             for extra in value:
                 if extra not in ("priceId", "key"):
-                    raise InvalidArgument(
-                        f"{here}.{extra}", f"{here}.{extra} is not a plan line field", reason="UNKNOWN_PROPERTY"
-                    )
+                    raise InvalidArgument(f"{here}.{extra}", f"{here}.{extra} is not a plan line field", reason="UNKNOWN_PROPERTY")
             price_id, key = value.get("priceId"), value.get("key")
             if not isinstance(price_id, str):
                 raise InvalidArgument(f"{here}.priceId", f"{here}.priceId is required", reason="REQUIRED")

@@ -32,9 +32,7 @@ def test_unset_optional_fields_render_as_null_and_defaults_are_printed() -> None
 
 
 def test_nested_messages_and_repeated_messages_get_nulls_too() -> None:
-    price = res.Price(
-        id="price_1", tax=res.PriceTax(supply_scope="IN_SCOPE"), features=[res.PriceFeature(id="pf_1", feature_id="feat_1")]
-    )
+    price = res.Price(id="price_1", tax=res.PriceTax(supply_scope="IN_SCOPE"), features=[res.PriceFeature(id="pf_1", feature_id="feat_1")])
     out = restjson.message_to_json(price)
     assert out["tax"] == {"supplyScope": "IN_SCOPE", "outsideScopeLabel": None}
     assert out["features"][0]["feature"] is None
