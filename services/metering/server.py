@@ -16,8 +16,6 @@ from accrue.metering.v1 import metering_service_pb2_grpc
 from accrue.type.v1 import pagination_pb2
 from google.protobuf import json_format, timestamp_pb2
 from nats.js import JetStreamContext
-from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.core.clock import Clock, as_utc
 from libs.core.errors import DomainError, InvalidArgument, NotFound, Unprocessable
@@ -26,10 +24,11 @@ from libs.infra.db import Database
 from libs.infra.messaging import MSG_ID_HEADER
 from libs.infra.telemetry import inject_headers
 from services.metering import store
-from services.metering.aggregations import aggregate_expression
 from services.metering.domain import events as rules
-from services.metering.domain.usage import jsonpath_segments, window_unit
-from services.metering.metrics import Metric, MetricIndex
+from services.metering.domain.usage import window_unit
+from services.metering.metrics import MetricIndex
+from services.metering.usage_query import UsageQuery, query_usage
+from services.metering.usage_query import conditions as usage_conditions
 
 SUBJECT_PREFIX = "accrue.meter.v1.events"
 MAX_BATCH = 1000
@@ -164,93 +163,56 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             raise InvalidArgument("to", "to must be after from", reason="OUT_OF_RANGE")
         return start, end
 
-    @staticmethod
-    def _conditions(metric: Metric, start: datetime, end: datetime, subject: str | None) -> list[Any]:
-        e = store.meter_events
-        conditions = [e.c.merchant_id == metric.merchant_id, e.c.type == metric.event_type, e.c.time >= start, e.c.time < end]
-        if metric.event_from is not None:
-            conditions.append(e.c.time >= metric.event_from)
-        if subject is not None:
-            conditions.append(e.c.subject == subject)
-        return conditions
-
-    @staticmethod
-    def _dimension(metric: Metric, name: str) -> Any:
-        e = store.meter_events
-        if name == "subject":
-            return e.c.subject
-        if name not in metric.group_by:
-            raise InvalidArgument(
-                "groupBy",
-                f"{name!r} is not a dimension of this metric (have: subject, {', '.join(metric.group_by)})",
-                reason="UNKNOWN_DIMENSION",
-            )
-        return e.c.data.op("#>>")(sa.literal(jsonpath_segments(metric.group_by[name]), pg.ARRAY(sa.Text)))
-
-    async def _complete_until(self, conn: AsyncConnection) -> datetime | None:
-        t = store.aggregator_state
-        value = (await conn.execute(sa.select(sa.func.min(t.c.drained_at)))).scalar()
-        return value if isinstance(value, datetime) else None
-
     async def GetMeter(self, request: svc.GetMeterRequest, context: grpc.aio.ServicerContext) -> svc.UsageResponse:
         merchant_id = current_merchant_id()
         metric = await self._metrics.get(merchant_id, request.id)
         start, end = self._window(request)
-        unit = window_unit(request.window_size if request.HasField("window_size") else None)
-        dims = [d.strip() for d in request.group_by.split(",") if d.strip()] if request.HasField("group_by") else []
-        conditions = self._conditions(metric, start, end, request.subject if request.HasField("subject") else None)
+        filters: dict[str, str] = {}
         if request.HasField("filter_group_by") and request.filter_group_by:
             try:
-                filters = json.loads(request.filter_group_by)
+                parsed = json.loads(request.filter_group_by)
             except json.JSONDecodeError as exc:
                 raise InvalidArgument("filterGroupBy", "filterGroupBy must be a JSON object", reason="INVALID_JSON") from exc
-            if not isinstance(filters, dict):
+            if not isinstance(parsed, dict):
                 raise InvalidArgument("filterGroupBy", "filterGroupBy must be a JSON object", reason="INVALID_JSON")
-            conditions += [self._dimension(metric, str(k)) == str(v) for k, v in filters.items()]
-        aggregate = aggregate_expression(metric).label("value")
-        response = svc.UsageResponse(object="meter", billable_metric_id=metric.id)
+            filters = {str(k): str(v) for k, v in parsed.items()}
+        if request.HasField("group_limit") and request.group_limit < 1:
+            raise InvalidArgument("groupLimit", "groupLimit must be 1 or more", reason="OUT_OF_RANGE")
+        query = UsageQuery(
+            metric=metric,
+            start=start,
+            end=end,
+            subject=request.subject if request.HasField("subject") else None,
+            filters=filters,
+            window_unit=window_unit(request.window_size if request.HasField("window_size") else None),
+            group_by=tuple(d.strip() for d in request.group_by.split(",") if d.strip()) if request.HasField("group_by") else (),
+            group_limit=request.group_limit if request.HasField("group_limit") else None,
+            group_offset=request.group_offset if request.HasField("group_offset") else 0,
+        )
         async with self._db.engine.connect() as conn:
-            total = (await conn.execute(sa.select(aggregate).where(*conditions))).scalar()
-            response.total_value_decimal = _decimal_text(total)
-            response.total_value = float(Decimal(response.total_value_decimal))
-            keys: list[Any] = []
-            if unit is not None:
-                keys.append(sa.func.date_trunc(unit, store.meter_events.c.time, "UTC").label("window"))
-            dim_columns = [self._dimension(metric, d).label(f"dim_{i}") for i, d in enumerate(dims)]
-            if keys or dim_columns:
-                query = sa.select(*keys, *dim_columns, aggregate, sa.func.count().label("events")).where(*conditions)
-                query = query.group_by(*[k for k in keys], *dim_columns)
-                rows = list((await conn.execute(query.order_by(sa.text("value DESC")))).all())
-                if dims and request.HasField("group_limit"):
-                    response.group_count = len(rows)
-                    offset = request.group_offset if request.HasField("group_offset") else 0
-                    rows = rows[offset : offset + request.group_limit]
-                if unit is not None:
-                    rows.sort(key=lambda r: r.window)
-                for row in rows:
-                    value_text = _decimal_text(row.value)
-                    if unit is not None:
-                        window_start = row.window
-                        response.windowed_values.append(
-                            svc.WindowedValue(
-                                window_start=_ts(window_start),
-                                window_end=_ts(_window_end(window_start, unit)),
-                                value=float(Decimal(value_text)),
-                                value_decimal=value_text,
-                            )
-                        )
-                    if dims:
-                        response.grouped_values.append(
-                            svc.GroupedValue(
-                                group_by={d: (getattr(row, f"dim_{i}") or "") for i, d in enumerate(dims)},
-                                value=float(Decimal(value_text)),
-                                value_decimal=value_text,
-                                event_count=row.events,
-                            )
-                        )
-            complete = await self._complete_until(conn)
-        if complete is not None:
-            response.complete_until.CopyFrom(_ts(complete))
+            usage = await query_usage(conn, query)
+        response = svc.UsageResponse(object="meter", billable_metric_id=metric.id)
+        response.total_value_decimal = _decimal_text(usage.total)
+        response.total_value = float(usage.total)
+        for row in usage.rows:
+            text = _decimal_text(row.value)
+            if row.window_start is not None and query.window_unit is not None:
+                response.windowed_values.append(
+                    svc.WindowedValue(
+                        window_start=_ts(row.window_start),
+                        window_end=_ts(_window_end(row.window_start, query.window_unit)),
+                        value=float(row.value),
+                        value_decimal=text,
+                    )
+                )
+            if query.group_by:
+                response.grouped_values.append(
+                    svc.GroupedValue(group_by=row.group, value=float(row.value), value_decimal=text, event_count=row.events)
+                )
+        if usage.group_count is not None:
+            response.group_count = usage.group_count
+        if usage.complete_until is not None:
+            response.complete_until.CopyFrom(_ts(usage.complete_until))
         return response
 
     async def ListMeterEvents(self, request: svc.ListMeterEventsRequest, context: grpc.aio.ServicerContext) -> svc.MeterEventList:
@@ -264,7 +226,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         if offset < 0:
             raise InvalidArgument("offset", "offset must be 0 or more", reason="OUT_OF_RANGE")
         e = store.meter_events
-        conditions = self._conditions(metric, start, end, request.subject if request.HasField("subject") else None)
+        conditions = usage_conditions(metric, start, end, request.subject if request.HasField("subject") else None)
         if request.HasField("external_id"):
             conditions.append(e.c.external_id == request.external_id)
         if request.HasField("external_subject"):
