@@ -32,10 +32,14 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.stream_stream is not None:
+            return self._wrap_stream(handler, method)
+        if handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        method = handler_call_details.method
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
@@ -62,6 +66,25 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
             wrapped,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
+        )
+
+    @staticmethod
+    def _wrap_stream(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        inner = handler.stream_stream
+
+        async def wrapped(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            merchant_token = merchant_id_var.set(md.get(MERCHANT_METADATA_KEY) or None)
+            try:
+                async for response in inner(request_iterator, context):
+                    yield response
+            except DomainError as err:
+                await context.abort_with_status(to_grpc_status(err))
+            finally:
+                merchant_id_var.reset(merchant_token)
+
+        return grpc.stream_stream_rpc_method_handler(
+            wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
         )
 
 

@@ -73,7 +73,7 @@ class Aggregator:
                 await self._mark_drained(fetch_started)
                 continue
             try:
-                await self._store([resources.MeterEvent.FromString(m.data) for m in msgs])
+                await self._store([event for m in msgs for event in resources.MeterEventBatch.FromString(m.data).events])
             except Exception as exc:  # redelivered after ack_wait; log and keep going
                 log.error("aggregator_batch_failed", error=str(exc), size=len(msgs))
                 await asyncio.sleep(0.5)
@@ -97,3 +97,45 @@ class Aggregator:
             async with self._db.engine.begin() as conn:
                 stmt = pg.insert(t).values(consumer=DURABLE, drained_at=at)
                 await conn.execute(stmt.on_conflict_do_update(index_elements=[t.c.consumer], set_={"drained_at": at}))
+
+
+async def _run_standalone(settings: Any) -> None:
+    import signal
+
+    from libs.infra.db import create_engine
+    from libs.infra.messaging import connect, ensure_stream
+
+    db = Database(create_engine(settings.database_url, pool_size=4), store.metadata)
+    nc = await connect(settings.nats_url, name="accrue-metering-aggregator")
+    js = nc.jetstream()
+    await ensure_stream(js, METER_STREAM, [METER_SUBJECTS])
+    aggregator = Aggregator(db, js)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, aggregator.stop)
+    log.info("aggregator_started")
+    try:
+        await aggregator.run()
+    finally:
+        await nc.drain()
+        await db.dispose()
+        log.info("aggregator_stopped", stored=aggregator.stored)
+
+
+def main() -> None:
+    """``python -m services.metering.aggregator``: one more aggregator worker.
+
+    Workers share the durable consumer, so JetStream spreads the meter stream's messages
+    across however many run; the database's primary key keeps each event once. Run the
+    metering service with ACCRUE_AGGREGATOR_ENABLED=false to keep aggregation out of it.
+    """
+    from libs.infra.logging import configure_logging
+    from libs.infra.settings import ServiceSettings
+
+    settings = ServiceSettings()
+    configure_logging("metering-aggregator", settings.log_level)
+    asyncio.run(_run_standalone(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -18,7 +21,7 @@ from google.protobuf import json_format, timestamp_pb2
 from nats.js import JetStreamContext
 
 from libs.core.clock import Clock, as_utc
-from libs.core.errors import DomainError, InvalidArgument, NotFound, Unprocessable
+from libs.core.errors import DomainError, InvalidArgument, NotFound, Unavailable, Unprocessable
 from libs.infra.context import current_merchant_id
 from libs.infra.db import Database
 from libs.infra.messaging import MSG_ID_HEADER
@@ -32,6 +35,7 @@ from services.metering.usage_query import conditions as usage_conditions
 
 SUBJECT_PREFIX = "accrue.meter.v1.events"
 MAX_BATCH = 1000
+_HTTP_OF = {"InvalidArgument": 400, "NotFound": 404, "Unprocessable": 422, "Unavailable": 503}
 
 
 def _ts(value: datetime) -> timestamp_pb2.Timestamp:
@@ -57,8 +61,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
 
     # --- ingestion --------------------------------------------------------------------
 
-    async def _accept(self, request: svc.IngestEventRequest, merchant_id: str, now: datetime) -> tuple[resources.MeterEvent, bool]:
-        """Validate, publish to JetStream, wait for its ack. Returns (event, duplicate)."""
+    async def _validate(self, request: svc.IngestEventRequest, merchant_id: str, now: datetime) -> resources.MeterEvent:
         if request.HasField("namespace") and request.namespace and request.namespace != merchant_id:
             raise NotFound("merchant", request.namespace, field="namespace")
         event_type = rules.check_type(request.type)
@@ -91,13 +94,62 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             event.external_subject = external_subject
         if external_id is not None:
             event.external_id = external_id
-        partition = rules.partition_of(merchant_id, subject or external_subject or "", self._partitions)
-        ack = await self._js.publish(
-            f"{SUBJECT_PREFIX}.{partition}",
-            event.SerializeToString(),
-            headers=inject_headers({MSG_ID_HEADER: rules.dedupe_id(merchant_id, key)}),
-        )
-        return event, bool(ack.duplicate)
+        return event
+
+    async def _known_keys(self, merchant_id: str, keys: list[str]) -> set[str]:
+        e = store.meter_events
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(sa.select(e.c.idempotency_key).where(e.c.merchant_id == merchant_id, e.c.idempotency_key.in_(keys)))
+            return {row.idempotency_key for row in rows}
+
+    async def _publish(self, partition: int, events: list[resources.MeterEvent]) -> None:
+        batch = resources.MeterEventBatch(events=events)
+        keys = "\n".join(rules.dedupe_id(e.merchant_id, e.idempotency_key) for e in events)
+        message_id = hashlib.sha256(keys.encode()).hexdigest()  # a retried identical call is dropped by JetStream
+        try:
+            await self._js.publish(
+                f"{SUBJECT_PREFIX}.{partition}", batch.SerializeToString(), headers=inject_headers({MSG_ID_HEADER: message_id})
+            )
+        except Exception as exc:  # not durable: the caller must retry (and dedupe keeps it once)
+            raise Unavailable("METER_STREAM_UNAVAILABLE", f"the meter stream did not acknowledge: {exc}") from exc
+
+    async def _ingest(
+        self, items: Sequence[svc.IngestEventRequest], merchant_id: str, now: datetime, *, check_duplicates: bool
+    ) -> tuple[list[svc.EventReceipt], list[DomainError | None]]:
+        """Validate every event, publish the valid ones (one JetStream message per subject
+        partition), and answer once JetStream has them. Receipts and errors by position."""
+        receipts: list[svc.EventReceipt] = [svc.EventReceipt(index=i) for i in range(len(items))]
+        errors: list[DomainError | None] = [None] * len(items)
+        valid: list[tuple[int, resources.MeterEvent]] = []
+        for index, item in enumerate(items):
+            try:
+                valid.append((index, await self._validate(item, merchant_id, now)))
+            except DomainError as err:
+                errors[index] = err
+                receipt = receipts[index]
+                receipt.status, receipt.code, receipt.message = "rejected", err.reason, err.message
+                receipt.http_status = int(getattr(err, "http_status", 0)) or _HTTP_OF.get(type(err).__name__, 400)
+                if err.field:
+                    receipt.field = err.field
+        first_of_key: dict[str, int] = {}
+        fresh: list[tuple[int, resources.MeterEvent]] = []
+        known = await self._known_keys(merchant_id, [e.idempotency_key for _, e in valid]) if check_duplicates and valid else set()
+        for index, event in valid:
+            receipt = receipts[index]
+            receipt.id = event.id
+            receipt.event.CopyFrom(self._response(event))
+            if event.idempotency_key in first_of_key or event.idempotency_key in known:
+                receipt.status = "duplicate"
+                continue
+            first_of_key[event.idempotency_key] = index
+            receipt.status = "accepted"
+            fresh.append((index, event))
+        by_partition: dict[int, list[resources.MeterEvent]] = defaultdict(list)
+        for _, event in fresh:
+            key = event.subject or (event.external_subject if event.HasField("external_subject") else "")
+            by_partition[rules.partition_of(merchant_id, key, self._partitions)].append(event)
+        await asyncio.gather(*(self._publish(partition, events) for partition, events in by_partition.items()))
+        return receipts, errors
 
     @staticmethod
     def _response(event: resources.MeterEvent) -> svc.IngestEventResponse:
@@ -119,28 +171,18 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         return out
 
     async def IngestEvent(self, request: svc.IngestEventRequest, context: grpc.aio.ServicerContext) -> svc.IngestEventResponse:
-        event, _ = await self._accept(request, current_merchant_id(), self._clock.now())
-        return self._response(event)
+        receipts, errors = await self._ingest([request], current_merchant_id(), self._clock.now(), check_duplicates=False)
+        if errors[0] is not None:
+            raise errors[0]
+        return receipts[0].event
 
-    async def BatchIngestEvents(
-        self, request: svc.BatchIngestEventsRequest, context: grpc.aio.ServicerContext
-    ) -> svc.BatchIngestEventsResponse:
-        merchant_id = current_merchant_id()
+    async def _batch(self, request: svc.BatchIngestEventsRequest, merchant_id: str) -> svc.BatchIngestEventsResponse:
         if not 1 <= len(request.events) <= MAX_BATCH:
             raise InvalidArgument("events", f"a batch holds 1 to {MAX_BATCH} events; got {len(request.events)}", reason="BATCH_SIZE")
-        now = self._clock.now()
-
-        async def one(index: int, item: svc.IngestEventRequest) -> svc.EventReceipt:
-            try:
-                event, duplicate = await self._accept(item, merchant_id, now)
-            except DomainError as err:
-                receipt = svc.EventReceipt(index=index, status="rejected", code=err.reason, message=err.message)
-                if err.field:
-                    receipt.field = f"events[{index}].{err.field}"
-                return receipt
-            return svc.EventReceipt(index=index, status="duplicate" if duplicate else "accepted", id=event.id)
-
-        receipts = await asyncio.gather(*(one(i, e) for i, e in enumerate(request.events)))
+        receipts, _ = await self._ingest(request.events, merchant_id, self._clock.now(), check_duplicates=not request.skip_duplicate_check)
+        for receipt in receipts:
+            if receipt.HasField("field"):
+                receipt.field = f"events[{receipt.index}].{receipt.field}"
         counts = {status: sum(1 for r in receipts if r.status == status) for status in ("accepted", "duplicate", "rejected")}
         return svc.BatchIngestEventsResponse(
             object="list",
@@ -149,6 +191,18 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             duplicates=counts["duplicate"],
             rejected=counts["rejected"],
         )
+
+    async def BatchIngestEvents(
+        self, request: svc.BatchIngestEventsRequest, context: grpc.aio.ServicerContext
+    ) -> svc.BatchIngestEventsResponse:
+        return await self._batch(request, current_merchant_id())
+
+    async def StreamIngestEvents(
+        self, request_iterator: AsyncIterator[svc.StreamIngestEventsRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[svc.StreamIngestEventsResponse]:
+        merchant_id = current_merchant_id()
+        async for message in request_iterator:
+            yield svc.StreamIngestEventsResponse(receipts=await self._batch(message.batch, merchant_id))
 
     # --- queries ----------------------------------------------------------------------
 
