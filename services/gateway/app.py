@@ -33,6 +33,7 @@ from libs.infra.grpc_errors import decode_rpc_error
 from libs.infra.logging import configure_logging, get_logger
 from libs.infra.telemetry import configure_tracing, extract_context
 from services.gateway import restjson, store
+from services.gateway.coalescing import Coalescer
 from services.gateway.openapi import build_openapi
 from services.gateway.settings import GatewaySettings
 from services.gateway.transcoding import Route, Router, build_routes
@@ -65,6 +66,7 @@ HTTP_OF_CODE: dict[int, tuple[int, str]] = {
     16: (401, "unauthorized"),
 }
 MAX_BODY_BYTES = 1 << 20
+_CATEGORY = {400: "bad_request", 404: "not_found", 409: "conflict", 422: "unprocessable_entity", 503: "service_unavailable"}
 
 
 def _error_body(status: int, message: str, error: str, code: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -85,6 +87,7 @@ class Gateway:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
         self._keys: dict[str, tuple[str, float]] = {}
+        self._coalescers: dict[str, Coalescer] = {}
 
     async def start(self) -> None:
         for route in self.router.routes:
@@ -98,6 +101,15 @@ class Gateway:
                 request_serializer=lambda m: m.SerializeToString(),
                 response_deserializer=route.response_class.FromString,
             )
+            if route.coalesce is not None and route.batch_request_class is not None and route.batch_response_class is not None:
+                batch_call = self._channels[route.backend].unary_unary(
+                    route.batch_grpc_path,
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=route.batch_response_class.FromString,
+                )
+                self._coalescers[route.grpc_path] = Coalescer(
+                    route.coalesce, route.batch_request_class, batch_call, timeout=self.settings.rpc_timeout_seconds
+                )
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -159,8 +171,17 @@ class Gateway:
         idempotency_key = headers.get("idempotency-key")
         if idempotency_key:
             metadata.append((IDEMPOTENCY_METADATA_KEY, idempotency_key))
+        coalescer = self._coalescers.get(route.grpc_path) if not idempotency_key else None
         try:
-            response = await self._calls[route.grpc_path](request, metadata=metadata, timeout=self.settings.rpc_timeout_seconds)
+            if coalescer is not None:
+                outcome = await coalescer.submit(metadata, merchant_id, request)
+                if outcome.response is None:
+                    details = {"field": outcome.field} if outcome.field else None
+                    category = _CATEGORY.get(outcome.http_status, "error")
+                    return outcome.http_status, _json(_error_body(outcome.http_status, outcome.message, category, outcome.code, details))
+                response = outcome.response
+            else:
+                response = await self._calls[route.grpc_path](request, metadata=metadata, timeout=self.settings.rpc_timeout_seconds)
         except grpc.aio.AioRpcError as exc:
             decoded = decode_rpc_error(exc)
             status, category = HTTP_OF_CODE.get(decoded.code, (500, "internal_error"))

@@ -49,6 +49,11 @@ class Route:
     method: MethodDescriptor
     request_class: type[Message]
     response_class: type[Message]
+    # set when the method may be coalesced into calls of a batch method
+    coalesce: accrue_annotations.Coalesce | None = None
+    batch_grpc_path: str = ""
+    batch_request_class: type[Message] | None = None
+    batch_response_class: type[Message] | None = None
 
     @property
     def openapi_path(self) -> str:
@@ -91,6 +96,8 @@ def build_routes(services: dict[str, ServiceDescriptor] | None = None) -> list[R
             regex = "^" + _template_regex(template) + "$"
             options = method.GetOptions()
             code = options.Extensions[accrue_annotations.http_success_code] or 200
+            coalesce = options.Extensions[accrue_annotations.coalesce] if options.HasExtension(accrue_annotations.coalesce) else None
+            batch = service.methods_by_name[coalesce.batch_method] if coalesce is not None else None
             routes.append(
                 Route(
                     backend=backend,
@@ -104,6 +111,10 @@ def build_routes(services: dict[str, ServiceDescriptor] | None = None) -> list[R
                     method=method,
                     request_class=message_factory.GetMessageClass(method.input_type),
                     response_class=message_factory.GetMessageClass(method.output_type),
+                    coalesce=coalesce,
+                    batch_grpc_path=f"/{service.full_name}/{batch.name}" if batch is not None else "",
+                    batch_request_class=message_factory.GetMessageClass(batch.input_type) if batch is not None else None,
+                    batch_response_class=message_factory.GetMessageClass(batch.output_type) if batch is not None else None,
                 )
             )
     # literal segments beat variables: /v0/plans/available before /v0/plans/{id}

@@ -180,9 +180,6 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         if not 1 <= len(request.events) <= MAX_BATCH:
             raise InvalidArgument("events", f"a batch holds 1 to {MAX_BATCH} events; got {len(request.events)}", reason="BATCH_SIZE")
         receipts, _ = await self._ingest(request.events, merchant_id, self._clock.now(), check_duplicates=not request.skip_duplicate_check)
-        for receipt in receipts:
-            if receipt.HasField("field"):
-                receipt.field = f"events[{receipt.index}].{receipt.field}"
         counts = {status: sum(1 for r in receipts if r.status == status) for status in ("accepted", "duplicate", "rejected")}
         return svc.BatchIngestEventsResponse(
             object="list",
