@@ -35,6 +35,10 @@ from services.metering.usage_query import conditions as usage_conditions
 
 SUBJECT_PREFIX = "accrue.meter.v1.events"
 MAX_BATCH = 1000
+# one array parameter, so the statement is the same whatever the batch size
+_KNOWN_KEYS = sa.text(
+    "SELECT idempotency_key FROM meter_events WHERE merchant_id = :merchant_id AND idempotency_key = ANY(CAST(:keys AS text[]))"
+)
 _HTTP_OF = {"InvalidArgument": 400, "NotFound": 404, "Unprocessable": 422, "Unavailable": 503}
 
 
@@ -97,9 +101,8 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         return event
 
     async def _known_keys(self, merchant_id: str, keys: list[str]) -> set[str]:
-        e = store.meter_events
         async with self._db.engine.connect() as conn:
-            rows = await conn.execute(sa.select(e.c.idempotency_key).where(e.c.merchant_id == merchant_id, e.c.idempotency_key.in_(keys)))
+            rows = await conn.execute(_KNOWN_KEYS, {"merchant_id": merchant_id, "keys": keys})
             return {row.idempotency_key for row in rows}
 
     async def _publish(self, partition: int, events: list[resources.MeterEvent]) -> None:

@@ -4,6 +4,8 @@
 (merchant_id, idempotency_key), so an event counts once however often it is delivered.
 ``metrics`` is metering's projection of the catalog's billable metrics, kept from the
 catalog's domain events (metering never reads the catalog's tables).
+``subject_map`` is metering's projection of customers' external ids, kept from the
+subscription service's customer events (see services/metering/subjects.py).
 """
 
 from __future__ import annotations
@@ -47,6 +49,32 @@ meter_events = sa.Table(
     sa.Column("data", pg.JSONB, nullable=False),
     sa.Column("ingested_at", TS, nullable=False),
     sa.Index("ix_meter_events_type_time", "merchant_id", "type", "time"),
+)
+
+# Events still waiting for their external subject to name a customer (subject = ''): the
+# retroactive attribution of services/metering/subjects.py finds them through this small
+# partial index instead of scanning meter_events.
+sa.Index(
+    "ix_meter_events_unattributed",
+    meter_events.c.merchant_id,
+    meter_events.c.external_subject,
+    postgresql_where=meter_events.c.subject == "",
+)
+
+# External subject -> customer id, per merchant: one last-writer-wins register per
+# (merchant, external subject), ordered by the producer's ``sequence`` of the
+# CustomerChanged event that wrote it. customer_id NULL means "names no customer": a
+# tombstone (the customer was deleted or took another external id; kept, never deleted,
+# so that an older event arriving late cannot resurrect the mapping) or a placeholder
+# (sequence 0) the aggregator writes for an external subject it has not seen mapped.
+subject_map = sa.Table(
+    "subject_map",
+    metadata,
+    sa.Column("merchant_id", sa.Text, primary_key=True),
+    sa.Column("external_subject", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text),
+    sa.Column("sequence", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
 )
 
 # Progress of the aggregator: every event accepted before drained_at is in meter_events.

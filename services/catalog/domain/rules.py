@@ -15,8 +15,10 @@ from libs.core import money
 from libs.core.errors import InvalidArgument
 from libs.core.pricing import GraduatedPrice, PackagePrice, StandardPrice, Tier, VolumePrice, validate_tiers
 
-AGGREGATIONS = ("SUM", "COUNT", "AVG", "MIN", "MAX", "UNIQUE_COUNT", "LATEST")
-AGGREGATIONS_NEEDING_VALUE = ("SUM", "AVG", "MIN", "MAX", "LATEST")
+# Paygentic's seven, then Accrue's: nearest-rank percentiles (P50, P95, P99) and
+# TIME_WEIGHTED_SUM (value-hours, e.g. GB-hours); see services/metering/aggregations.py.
+AGGREGATIONS = ("SUM", "COUNT", "AVG", "MIN", "MAX", "UNIQUE_COUNT", "LATEST", "P50", "P95", "P99", "TIME_WEIGHTED_SUM")
+AGGREGATIONS_NEEDING_VALUE = ("SUM", "AVG", "MIN", "MAX", "LATEST", "P50", "P95", "P99", "TIME_WEIGHTED_SUM")
 FEATURE_TYPES = ("boolean", "static", "metered")
 PAYMENT_TERMS = ("in_advance", "in_arrears")
 PRICE_MODELS = ("standard", "volume", "graduated", "package")

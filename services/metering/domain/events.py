@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-import uuid
 from datetime import datetime, timedelta
 
 from libs.core.errors import InvalidArgument
@@ -70,7 +70,7 @@ def check_time(when: datetime, now: datetime) -> datetime:
 
 def idempotency_key(value: str | None) -> str:
     if value is None:
-        return str(uuid.uuid4())
+        return os.urandom(16).hex()  # a uuid4's randomness without building a UUID object
     if not value or len(value) > MAX_KEY_LENGTH:
         raise InvalidArgument("idempotencyKey", "idempotencyKey must be 1-255 characters", reason="INVALID_IDEMPOTENCY_KEY")
     return value

@@ -1,0 +1,281 @@
+"""Meter-event ingestion, measured end to end on this machine, in one run.
+
+  (a) the raw ceiling: nats-py publishing the same event bytes to JetStream
+  (b) single-event POST /v0/events: requests/s and latency p50/p99, 64 connections
+  (c) batch REST (POST /accrue/v1/events:batchIngest, 1,000 events a request) and the
+      gRPC stream (StreamIngestEvents, 1,000-event batches): events/s accepted
+  (d) the delay from 202 to visible in the usage query, p50 and p99
+  (e) the aggregator: events/s from a backlog on the meter stream into PostgreSQL
+and the ratio of (c) to (a). At the end every accepted event is counted and the total is
+checked exactly: zero lost, zero double-counted.
+
+    .venv/bin/python -m bench.ingest                # about 3 minutes
+    .venv/bin/python -m bench.ingest --seconds 60   # the 60-second sustained runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import psycopg
+from accrue.metering.v1 import metering_resources_pb2 as resources
+from accrue.metering.v1 import metering_service_pb2 as svc
+from accrue.metering.v1 import metering_service_pb2_grpc
+from sqlalchemy.engine import make_url
+
+from bench.httpload import encode_request, run_load
+from libs.infra import messaging
+from libs.infra.context import MERCHANT_METADATA_KEY
+from libs.infra.runner import Mesh
+
+
+def _line(label: str, value: str) -> None:
+    print(f"  {label:<58} {value}", flush=True)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def _count_events(database_url: str, merchant_id: str) -> tuple[int, int]:
+    url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*), coalesce(sum((data->>'tokens')::numeric), 0) FROM meter_events WHERE merchant_id = %s", (merchant_id,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def raw_ceiling(nats_url: str, payload: bytes, seconds: float, concurrency: int = 256) -> float:
+    nc = await messaging.connect(nats_url, "bench-raw")
+    js = nc.jetstream()
+    stream = f"BENCH_RAW_{uuid.uuid4().hex[:6]}"
+    await js.add_stream(name=stream, subjects=[f"bench.{stream}"])
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal count
+        while time.perf_counter() < deadline:
+            await js.publish(f"bench.{stream}", payload)
+            count += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await js.delete_stream(stream)
+    await nc.close()
+    return count / elapsed
+
+
+async def grpc_stream(
+    address: str, merchant_id: str, body: svc.BatchIngestEventsRequest, seconds: float, streams: int = 4
+) -> tuple[float, int]:
+    accepted = 0
+    deadline = time.perf_counter() + seconds
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+
+        async def one_stream() -> None:
+            nonlocal accepted
+            queue: asyncio.Queue[svc.StreamIngestEventsRequest | None] = asyncio.Queue(maxsize=2)
+
+            async def requests() -> Any:
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        return
+                    yield item
+
+            call = stub.StreamIngestEvents(requests(), metadata=[(MERCHANT_METADATA_KEY, merchant_id)])
+            in_flight = 0
+            for _ in range(2):  # two batches in flight per stream
+                await queue.put(svc.StreamIngestEventsRequest(batch=body))
+                in_flight += 1
+            async for response in call:
+                accepted += response.receipts.accepted
+                in_flight -= 1
+                if time.perf_counter() < deadline:
+                    await queue.put(svc.StreamIngestEventsRequest(batch=body))
+                    in_flight += 1
+                elif in_flight == 0:
+                    await queue.put(None)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_stream() for _ in range(streams)))
+        elapsed = time.perf_counter() - started
+    return accepted / elapsed, accepted
+
+
+async def visibility_delays(base_url: str, headers: dict[str, str], metric_id: str, event_type: str, samples: int) -> list[float]:
+    delays: list[float] = []
+    start = "2000-01-01T00:00:00Z"
+    end = "2100-01-01T00:00:00Z"
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as client:
+
+        async def one() -> None:
+            subject = f"cus_vis{uuid.uuid4().hex[:10]}"
+            body = {"type": event_type, "source": "bench", "subject": subject, "data": {"tokens": 1}}
+            response = await client.post("/v0/events", json=body)
+            accepted_at = time.perf_counter()
+            assert response.status_code == 202, response.text
+            while True:
+                meter = await client.get(f"/v0/billableMetrics/{metric_id}/meter", params={"from": start, "to": end, "subject": subject})
+                if meter.json()["totalValue"] == 1:
+                    delays.append(time.perf_counter() - accepted_at)
+                    return
+                await asyncio.sleep(0.002)
+
+        for _ in range(samples // 10):
+            await asyncio.gather(*(one() for _ in range(10)))
+    return delays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of each throughput run")
+    parser.add_argument("--backlog", type=int, default=200_000, help="events queued for the aggregator run (e)")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; everything on this box", flush=True)
+    with tempfile.TemporaryDirectory(prefix="accrue-bench-") as state:
+        mesh = Mesh(Path(state), durable=True, gateway_port=0, log_level="WARNING")
+        try:
+            mesh.start()
+            run(mesh, args)
+        finally:
+            mesh.stop()
+
+
+def run(mesh: Mesh, args: argparse.Namespace) -> None:
+    headers = {"Authorization": f"Bearer {mesh.api_key}", "Content-Type": "application/json"}
+    base = mesh.gateway_url
+    product = httpx.post(f"{base}/v0/products", json={"name": "Bench", "description": "bench"}, headers=headers).json()
+    event_type = f"bench.tokens.{uuid.uuid4().hex[:6]}"
+    metric = httpx.post(
+        f"{base}/v0/billableMetrics",
+        json={
+            "productId": product["id"], "name": "Tokens", "description": "tokens", "unit": "tokens",
+            "aggregation": "SUM", "eventType": event_type, "valueProperty": "$.tokens",
+        },
+        headers=headers,
+    ).json()  # fmt: skip
+    metering_db = mesh.database_url("metering")
+    single = {"type": event_type, "source": "bench", "subject": "cus_bench0001", "data": {"tokens": 1, "model": "m1"}}
+    single_bytes = json.dumps(single).encode()
+    expected = 0
+
+    # (a) raw ceiling ------------------------------------------------------------------
+    event = resources.MeterEvent(id="evt_x", merchant_id=mesh.merchant_id, type=event_type, source="bench", subject="cus_bench0001")
+    event.data.update({"tokens": 1, "model": "m1"})
+    payload = resources.MeterEventBatch(events=[event]).SerializeToString()
+    raw = asyncio.run(raw_ceiling(mesh.nats_url, payload, args.seconds / 2))
+    print("(a) raw ceiling", flush=True)
+    _line("nats-py -> JetStream, one event per message, 256 in flight", f"{raw:,.0f} msgs/s")
+
+    # (b) single-event REST ------------------------------------------------------------
+    url = f"{base}/v0/events"
+    request = encode_request("POST", url, headers, single_bytes)
+    warm = asyncio.run(run_load(url, request, seconds=3, concurrency=64))
+    result = asyncio.run(run_load(url, request, seconds=args.seconds, concurrency=64))
+    expected += warm.statuses.get(202, 0) + result.statuses.get(202, 0)
+    print("(b) single-event POST /v0/events, 64 connections", flush=True)
+    _line("requests/s (202)", f"{result.statuses.get(202, 0) / result.seconds:,.0f}")
+    _line("latency p50 / p99", f"{result.percentile_ms(0.5):.1f} ms / {result.percentile_ms(0.99):.1f} ms")
+    _line("non-202 answers", str(sum(n for s, n in result.statuses.items() if s != 202)))
+
+    # (c) batch REST and gRPC stream ---------------------------------------------------
+    batch_body = json.dumps({"events": [single] * 1000}).encode()
+    url = f"{base}/accrue/v1/events:batchIngest"
+    request = encode_request("POST", url, headers, batch_body)
+    batch = asyncio.run(run_load(url, request, seconds=args.seconds, concurrency=4))
+    batch_rate = batch.statuses.get(202, 0) * 1000 / batch.seconds
+    expected += batch.statuses.get(202, 0) * 1000
+    print("(c) batches of 1,000 events", flush=True)
+    _line("REST batch, 4 connections: events/s accepted", f"{batch_rate:,.0f}  (p99 {batch.percentile_ms(0.99):.0f} ms/request)")
+    grpc_body = svc.BatchIngestEventsRequest(
+        events=[svc.IngestEventRequest(type=event_type, source="bench", subject="cus_bench0001")] * 1000
+    )
+    for item in grpc_body.events:
+        item.data.update({"tokens": 1, "model": "m1"})
+    stream_rate, streamed = asyncio.run(
+        grpc_stream(f"127.0.0.1:{mesh.processes['metering'].port}", mesh.merchant_id, grpc_body, args.seconds)
+    )
+    expected += streamed
+    _line("gRPC StreamIngestEvents, 4 streams x 2 batches in flight: events/s", f"{stream_rate:,.0f}")
+    best = max(batch_rate, stream_rate)
+    _line("ratio of (c) to (a)", f"{best / raw:.2f}")
+
+    # drain, then count everything accepted so far -------------------------------------
+    print("(waiting for the aggregator to drain the backlog...)", flush=True)
+    stable_since, last = time.monotonic(), -1
+    while time.monotonic() - stable_since < 3:
+        count, _ = _count_events(metering_db, mesh.merchant_id)
+        if count != last:
+            stable_since, last = time.monotonic(), count
+        time.sleep(0.5)
+
+    # (d) 202 -> visible ---------------------------------------------------------------
+    delays = asyncio.run(visibility_delays(base, headers, metric["id"], event_type, samples=200))
+    expected += len(delays)
+    print("(d) 202 -> visible in GET /v0/billableMetrics/{id}/meter (idle mesh, 200 samples)", flush=True)
+    _line("p50 / p99", f"{_percentile(delays, 0.5) * 1000:.0f} ms / {_percentile(delays, 0.99) * 1000:.0f} ms")
+
+    # (e) aggregator from a backlog ------------------------------------------------------
+    before, _ = _count_events(metering_db, mesh.merchant_id)
+    mesh.kill("metering", 15)
+    env = mesh.service_env("metering")
+    env["ACCRUE_AGGREGATOR_ENABLED"] = "false"
+    mesh.processes["metering"] = mesh.spawn("metering", "services.metering.app", env)
+    mesh.wait_healthy("metering")
+    queued = 0
+    while queued < args.backlog:
+        _, accepted = asyncio.run(grpc_stream(f"127.0.0.1:{mesh.processes['metering'].port}", mesh.merchant_id, grpc_body, 2.0))
+        queued += accepted
+    expected += queued
+    aggregator_env = mesh.service_env("metering")
+    started = time.perf_counter()
+    worker = subprocess.Popen([sys.executable, "-m", "services.metering.aggregator"], env=aggregator_env, cwd=Path(__file__).parent.parent)
+    try:
+        while True:
+            count, _ = _count_events(metering_db, mesh.merchant_id)
+            if count >= before + queued:
+                break
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - started
+    finally:
+        worker.terminate()
+        worker.wait(10)
+    print(f"(e) aggregator: {queued:,} queued events, one worker process", flush=True)
+    _line("events/s into PostgreSQL (incl. process start)", f"{queued / elapsed:,.0f}")
+
+    count, total = _count_events(metering_db, mesh.merchant_id)
+    print("exactly once", flush=True)
+    _line("stored events / SUM(tokens) (every event has tokens=1)", f"{count:,} / {total:,}")
+    _line("events answered 202 / accepted", f"{expected:,}")
+    _line("zero lost and zero double-counted", str(count == total == expected))
+
+
+if __name__ == "__main__":
+    main()
