@@ -47,6 +47,8 @@ class Mesh:
     gateway_port: int | None = None
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # database names are <prefix>_<service>: two meshes can share one PostgreSQL
+    db_prefix: str = "accrue"
     pg: EmbeddedPostgres | None = None
     nats: EmbeddedNats | None = None
     postgres_url: str = ""
@@ -57,7 +59,7 @@ class Mesh:
     api_key: str = ""
 
     def database_url(self, name: str) -> str:
-        return make_url(self.postgres_url).set(database=f"accrue_{name}").render_as_string(hide_password=False)
+        return make_url(self.postgres_url).set(database=f"{self.db_prefix}_{name}").render_as_string(hide_password=False)
 
     def start_infra(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -117,8 +117,12 @@ class ServiceHost:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.gather(*pending, return_exceptions=True)
         if self.runtime is not None:
+            # not drain(): it waits up to 30 s for pull subscriptions; the workers have
+            # stopped, unacked messages are redelivered, and publishes were all awaited
             with contextlib.suppress(Exception):
-                await self.runtime.nats.drain()
+                await self.runtime.nats.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await self.runtime.nats.close()
             await self.runtime.db.dispose()
         log.info("service_stopped")
 

@@ -27,6 +27,7 @@ from libs.core.clock import as_utc
 from libs.infra.db import Database
 from libs.infra.logging import get_logger
 from services.metering import store
+from services.metering.subjects import resolve_subjects
 
 log = get_logger(__name__)
 METER_STREAM = "ACCRUE_METER"
@@ -35,6 +36,11 @@ DURABLE = "metering-aggregator"
 # A pull returns a partial batch only when this expires: it bounds the 202-to-visible
 # delay at low load (an idle aggregator polls this often; under load batches fill first).
 FETCH_WAIT_SECONDS = 0.02
+# A stream message packs up to 1,000 events: fetch few messages, insert in bounded chunks.
+MESSAGES_PER_FETCH = 16
+# Unacked messages of a crashed worker come back after this long.
+ACK_WAIT_SECONDS = 15.0
+ROWS_PER_STATEMENT = 5000
 
 
 def row_of(event: resources.MeterEvent) -> dict[str, Any]:
@@ -85,7 +91,7 @@ async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> No
 
 
 class Aggregator:
-    def __init__(self, db: Database, js: JetStreamContext, *, batch_size: int = 1000) -> None:
+    def __init__(self, db: Database, js: JetStreamContext, *, batch_size: int = MESSAGES_PER_FETCH) -> None:
         self._db = db
         self._js = js
         self._batch_size = batch_size
@@ -100,29 +106,43 @@ class Aggregator:
             METER_SUBJECTS,
             durable=DURABLE,
             stream=METER_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=50_000),
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_SECONDS, max_ack_pending=1_000),
         )
         while not self._stopping.is_set():
-            fetch_started = datetime.now(UTC)
             try:
-                msgs = await sub.fetch(self._batch_size, timeout=FETCH_WAIT_SECONDS)
-            except (NatsTimeoutError, TimeoutError):
-                await self._mark_drained(fetch_started)
-                continue
-            try:
-                await self._store([event for m in msgs for event in resources.MeterEventBatch.FromString(m.data).events])
-            except Exception as exc:  # redelivered after ack_wait; log and keep going
-                log.error("aggregator_batch_failed", error=str(exc), size=len(msgs))
+                await self._step(sub)
+            except Exception as exc:  # never die silently: the next fetch redelivers what was not acked
+                log.error("aggregator_step_failed", error=repr(exc))
                 await asyncio.sleep(0.5)
-                continue
-            await asyncio.gather(*(m.ack() for m in msgs))
-            if msgs[-1].metadata.num_pending == 0:
-                await self._mark_drained(fetch_started)
+
+    async def _step(self, sub: Any) -> None:
+        fetch_started = datetime.now(UTC)
+        try:
+            msgs = await sub.fetch(self._batch_size, timeout=FETCH_WAIT_SECONDS)
+        except (NatsTimeoutError, TimeoutError):
+            await self._mark_drained(fetch_started)
+            return
+        if not msgs:
+            await self._mark_drained(fetch_started)
+            return
+        try:
+            await self._store([event for m in msgs for event in resources.MeterEventBatch.FromString(m.data).events])
+        except Exception:
+            # nothing committed: hand the batch back now rather than after the ack wait
+            await asyncio.gather(*(m.nak(delay=0.5) for m in msgs), return_exceptions=True)
+            raise
+        await asyncio.gather(*(m.ack() for m in msgs))
+        if msgs[-1].metadata.num_pending == 0:
+            await self._mark_drained(fetch_started)
 
     async def _store(self, events: list[resources.MeterEvent]) -> None:
         rows = [row_of(e) for e in events]
         async with self._db.engine.begin() as conn:
-            await insert_events(conn, rows)
+            # externalSubject-only events: attributed at once if their customer is known
+            # (same transaction, before the insert: see subjects.resolve_subjects)
+            await resolve_subjects(conn, rows)
+            for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                await insert_events(conn, rows[start : start + ROWS_PER_STATEMENT])
         self.stored += len(rows)
 
     async def _mark_drained(self, at: datetime) -> None:
@@ -151,7 +171,7 @@ async def _run_standalone(settings: Any) -> None:
     try:
         await aggregator.run()
     finally:
-        await nc.drain()
+        await nc.close()
         await db.dispose()
         log.info("aggregator_stopped", stored=aggregator.stored)
 

@@ -15,6 +15,7 @@ from services.metering.metrics import MetricIndex
 from services.metering.server import MeteringServicer
 from services.metering.settings import MeteringSettings
 from services.metering.store import metadata
+from services.metering.subjects import CUSTOMER_DURABLE, CUSTOMER_STREAM, CUSTOMER_STREAM_SUBJECTS, CUSTOMER_SUBJECTS, on_customer_event
 
 SERVICE_NAME = metering_service_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
 CATALOG_STREAM = "ACCRUE_CATALOG"
@@ -45,6 +46,16 @@ def workers(runtime: Runtime) -> Sequence[Worker]:
             handler=_index(runtime).on_catalog_event,
         )
     ]
+    out.append(
+        EventConsumer(
+            runtime.db,
+            runtime.js,
+            stream=CUSTOMER_STREAM,
+            durable=CUSTOMER_DURABLE,
+            filter_subject=CUSTOMER_SUBJECTS,
+            handler=on_customer_event,
+        )
+    )
     if settings.aggregator_enabled:
         out.append(Aggregator(runtime.db, runtime.js, batch_size=settings.aggregator_batch_size))
     return out
@@ -56,9 +67,9 @@ DEFINITION = ServiceDefinition(
     metadata=metadata,
     migrations_dir=Path(__file__).parent / "migrations",
     register=register,
-    # the meter stream is metering's; the catalog stream is ensured so that a metering
-    # started before the catalog can still subscribe to it
-    streams={METER_STREAM: [METER_SUBJECTS], CATALOG_STREAM: ["accrue.catalog.v1.>"]},
+    # the meter stream is metering's; the catalog's and subscription's streams are ensured
+    # so that a metering started before them can still subscribe
+    streams={METER_STREAM: [METER_SUBJECTS], CATALOG_STREAM: ["accrue.catalog.v1.>"], CUSTOMER_STREAM: [CUSTOMER_STREAM_SUBJECTS]},
     workers=workers,
 )
 

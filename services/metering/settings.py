@@ -12,4 +12,5 @@ class MeteringSettings(BaseSettings):
     meter_partitions: int = 8
     # run the aggregator inside this process (off when aggregators run as their own processes)
     aggregator_enabled: bool = True
-    aggregator_batch_size: int = 1000
+    # stream messages per fetch (each packs up to 1,000 events)
+    aggregator_batch_size: int = 16

@@ -49,6 +49,8 @@ meter_events = sa.Table(
     sa.Column("data", pg.JSONB, nullable=False),
     sa.Column("ingested_at", TS, nullable=False),
     sa.Index("ix_meter_events_type_time", "merchant_id", "type", "time"),
+    # usage of one customer (invoicing, entitlements, the meter endpoint with subject=)
+    sa.Index("ix_meter_events_subject_type_time", "merchant_id", "subject", "type", "time"),
 )
 
 # Events still waiting for their external subject to name a customer (subject = ''): the

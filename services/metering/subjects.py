@@ -142,7 +142,8 @@ async def attribute_stored_events(conn: AsyncConnection, merchant_id: str, exter
             m.c.customer_id.is_not(None),
             e.c.merchant_id == merchant_id,
             e.c.external_subject == m.c.external_subject,
-            e.c.subject == "",
+            # a literal, not a parameter: a generic plan must still match the partial index
+            e.c.subject == sa.literal_column("''"),
         )
     )
     result = await conn.execute(stmt)

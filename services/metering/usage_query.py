@@ -166,7 +166,7 @@ def _held_spans(q: UsageQuery, dims: list[Any]) -> Any:
     before = (
         sa.select(*sample)
         .where(*where, e.c.time < start)
-        .distinct(*partition)
+        .ext(pg.distinct_on(*partition))
         .order_by(*partition, e.c.time.desc(), e.c.idempotency_key.desc())
         .subquery("before")
     )

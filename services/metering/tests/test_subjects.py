@@ -16,14 +16,13 @@ from accrue.metering.v1 import metering_resources_pb2 as resources
 from accrue.subscription.v1 import subscription_events_pb2 as ev
 from accrue.subscription.v1 import subscription_service_pb2 as sub
 from google.protobuf import struct_pb2, timestamp_pb2
-from sqlalchemy.dialects import postgresql as pg
 
 from libs.infra import migrations
 from libs.infra.db import Database, create_engine
 from libs.infra.messaging import EVENT_TYPE_HEADER, MERCHANT_HEADER, MSG_ID_HEADER, ReceivedEvent
 from libs.testing.fixtures import Infra
 from services.metering import store
-from services.metering.aggregator import row_of
+from services.metering.aggregator import insert_events, row_of
 from services.metering.subjects import CUSTOMER_DURABLE, customer_subject, on_customer_event, resolve_subjects
 
 pytestmark = pytest.mark.integration
@@ -99,10 +98,10 @@ def meter_row(key: str, *, external: str | None, subject: str = "", merchant_id:
 
 
 async def store_batch(db: Database, rows: list[dict[str, Any]]) -> None:
-    """What the aggregator does with a batch (once integrated): resolve, insert, commit."""
+    """What Aggregator._store does with a batch (once integrated): resolve, insert, commit."""
     async with db.engine.begin() as conn:
         await resolve_subjects(conn, rows)
-        await conn.execute(pg.insert(store.meter_events).values(rows).on_conflict_do_nothing())
+        await insert_events(conn, rows)
 
 
 async def subjects(db: Database, merchant_id: str = M) -> dict[str, str]:
@@ -297,7 +296,7 @@ async def test_a_batch_resolving_first_makes_the_backfill_wait_and_see_its_event
         # the customer arrives while the batch is between resolve and insert
         handler = asyncio.create_task(deliver(db, customer_event(CREATED, "cus_1", "acme", 10)))
         assert await _blocked(handler), "the mapping change must wait for the batch holding the row"
-        await conn.execute(pg.insert(store.meter_events).values(rows).on_conflict_do_nothing())
+        await insert_events(conn, rows)
     assert await asyncio.wait_for(handler, 10)
     assert (await subjects(db))["e1"] == "cus_1"
 
@@ -317,6 +316,24 @@ async def test_a_mapping_change_in_flight_makes_the_batch_wait_and_read_it(db: D
     await asyncio.wait_for(batch, 10)
     assert rows[0]["subject"] == "cus_1"
     assert (await subjects(db))["e1"] == "cus_1"
+
+
+@pytest.mark.parametrize("target", ["placeholder", "no row"])
+async def test_a_mapping_committed_after_the_batch_snapshot_is_still_read(db: Database, target: str) -> None:
+    """The batch's statement takes its snapshot, then waits on another row's lock while the
+    customer event commits; the row it locks afterwards is read in its newest version."""
+    await store_batch(db, [meter_row("p0", external="aaa")] + ([meter_row("p1", external="zzz")] if target == "placeholder" else []))
+    rows = [meter_row("e1", external="aaa"), meter_row("e2", external="zzz")]
+    t = store.subject_map
+    async with db.engine.begin() as blocker:
+        await blocker.execute(sa.select(t).where(t.c.merchant_id == M, t.c.external_subject == "aaa").with_for_update())
+        batch = asyncio.create_task(store_batch(db, rows))
+        assert await _blocked(batch), "the batch waits on the row 'aaa' held by the blocker"
+        # meanwhile the customer of 'zzz' is created and its backfill runs: nothing to see yet
+        assert await asyncio.wait_for(deliver(db, customer_event(CREATED, "cus_1", "zzz", 1)), 5)
+    await asyncio.wait_for(batch, 10)
+    assert [r["subject"] for r in rows] == ["", "cus_1"]
+    assert await subjects(db) == {"p0": "", **({"p1": "cus_1"} if target == "placeholder" else {}), "e1": "", "e2": "cus_1"}
 
 
 async def test_aggregator_batches_do_not_block_each_other_on_an_unmapped_subject(db: Database) -> None:
