@@ -49,9 +49,12 @@ def _ts(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 def _decimal_text(value: Decimal | int | None) -> str:
+    """Exact, without exponent or trailing zeros (not Decimal.normalize: it rounds to 28 digits)."""
     if value is None:
         return "0"
-    text = format(Decimal(value).normalize(), "f")
+    text = format(Decimal(value), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
 
