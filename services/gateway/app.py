@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import grpc
+import orjson
 import uvicorn
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
@@ -205,7 +206,7 @@ class Gateway:
             raw = await _read_body(receive)
             if raw.strip():
                 try:
-                    parsed = json.loads(raw)
+                    parsed = orjson.loads(raw)
                 except json.JSONDecodeError as exc:
                     raise InvalidArgument(
                         "body", f"the body is not valid JSON: {exc.msg} at position {exc.pos}", reason="INVALID_JSON"
@@ -239,7 +240,7 @@ class Gateway:
 
 
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return orjson.dumps(value)
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -120,7 +120,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             raise Unavailable("METER_STREAM_UNAVAILABLE", f"the meter stream did not acknowledge: {exc}") from exc
 
     async def _ingest(
-        self, items: Sequence[svc.IngestEventRequest], merchant_id: str, now: datetime, *, check_duplicates: bool
+        self, items: Sequence[svc.IngestEventRequest], merchant_id: str, now: datetime, *, check_duplicates: bool, include_events: bool
     ) -> tuple[list[svc.EventReceipt], list[DomainError | None]]:
         """Validate every event, publish the valid ones (one JetStream message per subject
         partition), and answer once JetStream has them. Receipts and errors by position."""
@@ -143,7 +143,8 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         for index, event in valid:
             receipt = receipts[index]
             receipt.id = event.id
-            receipt.event.CopyFrom(self._response(event))
+            if include_events:
+                receipt.event.CopyFrom(self._response(event))
             if event.idempotency_key in first_of_key or event.idempotency_key in known:
                 receipt.status = "duplicate"
                 continue
@@ -177,7 +178,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         return out
 
     async def IngestEvent(self, request: svc.IngestEventRequest, context: grpc.aio.ServicerContext) -> svc.IngestEventResponse:
-        receipts, errors = await self._ingest([request], current_merchant_id(), self._clock.now(), check_duplicates=False)
+        receipts, errors = await self._ingest(
+            [request], current_merchant_id(), self._clock.now(), check_duplicates=False, include_events=True
+        )
         if errors[0] is not None:
             raise errors[0]
         return receipts[0].event
@@ -185,7 +188,13 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def _batch(self, request: svc.BatchIngestEventsRequest, merchant_id: str) -> svc.BatchIngestEventsResponse:
         if not 1 <= len(request.events) <= MAX_BATCH:
             raise InvalidArgument("events", f"a batch holds 1 to {MAX_BATCH} events; got {len(request.events)}", reason="BATCH_SIZE")
-        receipts, _ = await self._ingest(request.events, merchant_id, self._clock.now(), check_duplicates=not request.skip_duplicate_check)
+        receipts, _ = await self._ingest(
+            request.events,
+            merchant_id,
+            self._clock.now(),
+            check_duplicates=not request.skip_duplicate_check,
+            include_events=request.include_events,
+        )
         counts = {status: sum(1 for r in receipts if r.status == status) for status in ("accepted", "duplicate", "rejected")}
         return svc.BatchIngestEventsResponse(
             object="list",
