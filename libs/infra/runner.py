@@ -102,7 +102,17 @@ class Mesh:
         return process
 
     def start_service(self, name: str) -> Process:
-        return self.spawn(name, f"services.{name}.app", self.service_env(name))
+        env = self.service_env(name)
+        if name == "metering":
+            # aggregation runs in its own process (as on Kubernetes), on the other core
+            env.setdefault("ACCRUE_AGGREGATOR_ENABLED", "false")
+        return self.spawn(name, f"services.{name}.app", env)
+
+    def start_aggregator(self) -> Process:
+        """A metering aggregator worker (``python -m services.metering.aggregator``)."""
+        env = self.service_env("metering")
+        env["ACCRUE_PORT_FILE"] = str(self.state_dir / "ports" / "metering-aggregator")
+        return self.spawn("metering-aggregator", "services.metering.aggregator", env)
 
     def wait_port(self, process: Process, timeout: float = 90) -> int:
         deadline = time.monotonic() + timeout
@@ -157,6 +167,8 @@ class Mesh:
             self.start_service(name)
         for name in SERVICES:
             self.wait_healthy(name)
+        if self.extra_env.get("ACCRUE_AGGREGATOR_ENABLED") != "false":
+            self.start_aggregator()
         self.start_gateway()
         self.merchant_id, self.api_key = self.create_merchant("Demo merchant")
         (self.state_dir / "run.env").write_text(
@@ -213,12 +225,13 @@ def main() -> None:
         mesh.start()
         elapsed = time.monotonic() - started
         print(f"\nAccrue is up in {elapsed:.1f}s", flush=True)
-        print(f"  gateway     {mesh.gateway_url}   (OpenAPI: {mesh.gateway_url}/openapi.json)")
+        print(f"  gateway      {mesh.gateway_url}   (OpenAPI: {mesh.gateway_url}/openapi.json)")
         for name in SERVICES:
-            print(f"  {name:<11} grpc 127.0.0.1:{mesh.processes[name].port}")
-        print(f"  postgres    {mesh.postgres_url}")
-        print(f"  nats        {mesh.nats_url}")
-        print(f"  logs        {mesh.state_dir / 'logs'}")
+            print(f"  {name:<12} grpc 127.0.0.1:{mesh.processes[name].port}")
+        print("  aggregator   metering's aggregator worker (python -m services.metering.aggregator)")
+        print(f"  postgres     {mesh.postgres_url}")
+        print(f"  nats         {mesh.nats_url}")
+        print(f"  logs         {mesh.state_dir / 'logs'}")
         print(f"\nACCRUE_GATEWAY_URL={mesh.gateway_url}")
         print(f"ACCRUE_MERCHANT_ID={mesh.merchant_id}")
         print(f"ACCRUE_API_KEY={mesh.api_key}")

@@ -61,6 +61,7 @@ def mesh(infra_mesh: Mesh) -> Mesh:
         infra_mesh.start_service(name)
     for name in SERVICES:
         infra_mesh.wait_healthy(name)
+    infra_mesh.start_aggregator()
     infra_mesh.start_gateway()
     infra_mesh.merchant_id, infra_mesh.api_key = infra_mesh.create_merchant("Merchant A")
     return infra_mesh

@@ -176,3 +176,25 @@ def test_aggregations_windows_and_groups(merchant_a: MerchantClient) -> None:
     assert windows.windowed_values[1].window_start == base + timedelta(hours=1)
     groups = sdk.billable_metrics.meter(id=metrics["SUM"].id, from_=start, to=end, subject=customer, group_by="model")
     assert {g.group_by["model"]: g.value for g in groups.grouped_values} == {"a": 35, "b": 25}
+
+
+def test_the_same_event_sent_concurrently_counts_once(merchant_a: MerchantClient) -> None:
+    import asyncio
+
+    metric = _metric(merchant_a)
+    customer = f"cus_{uuid.uuid4().hex[:12]}"
+    body = {"type": metric.event_type, "source": "t", "subject": customer, "data": {"tokens": 7}, "idempotencyKey": "concurrent-1"}
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=merchant_a.base_url, headers=merchant_a.headers) as client:
+            responses = await asyncio.gather(*(client.post("/v0/events", json=body) for _ in range(30)))
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(burst()) == [202] * 30
+    start, end = _window()
+    assert (
+        _eventually(lambda: merchant_a.sdk.billable_metrics.meter(id=metric.id, from_=start, to=end, subject=customer).total_value, 7) == 7
+    )
+    time.sleep(0.5)
+    listed = merchant_a.sdk.billable_metrics.list_events(id=metric.id, from_=start, to=end, subject=customer)
+    assert listed.pagination.total == 1
