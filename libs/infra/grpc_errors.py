@@ -14,20 +14,31 @@ from libs.core.errors import DomainError
 ERROR_DOMAIN = "accrue.dev"
 
 
+# Error text travels in gRPC trailers (8 KiB by default): echoed input is cut short so a
+# long bad value still answers 400, not RESOURCE_EXHAUSTED.
+MAX_TEXT = 512
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
 def to_grpc_status(err: DomainError) -> grpc.Status:
     details = []
+    message = _cut(err.message)
+    metadata = {_cut(k): _cut(v) for k, v in err.metadata.items()}
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=err.metadata))
+    info.Pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=metadata))
     details.append(info)
     if err.field is not None:
         bad = any_pb2.Any()
         bad.Pack(
             error_details_pb2.BadRequest(
-                field_violations=[error_details_pb2.BadRequest.FieldViolation(field=err.field, description=err.message)]
+                field_violations=[error_details_pb2.BadRequest.FieldViolation(field=_cut(err.field), description=message)]
             )
         )
         details.append(bad)
-    return rpc_status.to_status(status_pb2.Status(code=err.code.value, message=err.message, details=details))
+    return rpc_status.to_status(status_pb2.Status(code=err.code.value, message=message, details=details))
 
 
 @dataclass

@@ -163,7 +163,9 @@ class EventConsumer:
         )
         while not self._stopping.is_set():
             try:
-                msgs = await sub.fetch(self._batch_size, timeout=0.5)
+                # a partial batch returns only when the pull expires: keep it short, it bounds
+                # the delay of every event at low load
+                msgs = await sub.fetch(self._batch_size, timeout=0.05)
             except (NatsTimeoutError, TimeoutError):
                 continue
             for msg in msgs:

@@ -98,6 +98,11 @@ class Coalescer:
                 if not future.done():
                     future.set_exception(exc)
             return
+        except Exception as exc:  # every waiting request gets an answer, whatever failed
+            for _, future in taken:
+                if not future.done():
+                    future.set_result(Outcome(http_status=500, code="INTERNAL", message=f"internal error: {type(exc).__name__}"))
+            return
         receipts = getattr(response, self._options.receipt_field)
         for (_, future), receipt in zip(taken, receipts, strict=True):
             if future.done():

@@ -17,10 +17,12 @@ from typing import Any
 import sqlalchemy as sa
 from accrue.metering.v1 import metering_resources_pb2 as resources
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.core.clock import as_utc
@@ -90,6 +92,11 @@ async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> No
     await conn.execute(_INSERT, params)
 
 
+# Errors a retry cannot fix: the data itself is refused. Anything else (connection lost,
+# deadlock) is retried with the batch whole, never dead-lettered.
+PERMANENT_ERRORS = (DataError, IntegrityError, DecodeError, ValueError)
+
+
 class Aggregator:
     def __init__(self, db: Database, js: JetStreamContext, *, batch_size: int = MESSAGES_PER_FETCH) -> None:
         self._db = db
@@ -120,19 +127,59 @@ class Aggregator:
         try:
             msgs = await sub.fetch(self._batch_size, timeout=FETCH_WAIT_SECONDS)
         except (NatsTimeoutError, TimeoutError):
-            await self._mark_drained(fetch_started)
-            return
-        if not msgs:
-            await self._mark_drained(fetch_started)
-            return
+            msgs = []
+        if msgs:
+            try:
+                await self._store([event for m in msgs for event in resources.MeterEventBatch.FromString(m.data).events])
+            except PERMANENT_ERRORS as exc:
+                log.warning("aggregator_batch_failed_storing_one_by_one", error=repr(exc), messages=len(msgs))
+                await self._store_each(msgs)
+            except Exception:
+                # transient (PostgreSQL down, a deadlock): nothing committed, hand the batch
+                # back now rather than after the ack wait, and let run() log and pause
+                await asyncio.gather(*(m.nak(delay=0.5) for m in msgs), return_exceptions=True)
+                raise
+            await asyncio.gather(*(m.ack() for m in msgs))
+        if not msgs or msgs[-1].metadata.num_pending == 0:
+            await self._mark_drained_if_idle(sub, fetch_started)
+
+    async def _store_each(self, msgs: list[Any]) -> None:
+        """A batch that failed: store message by message, event by event, so one poisoned
+        event can never hold up the stream; what still fails goes to the dead letters."""
+        for msg in msgs:
+            try:
+                events = list(resources.MeterEventBatch.FromString(msg.data).events)
+            except DecodeError as exc:  # undecodable: keep the bytes
+                await self._dead_letter("", "", msg.data, repr(exc))
+                continue
+            try:
+                await self._store(events)
+                continue
+            except PERMANENT_ERRORS:
+                pass
+            for event in events:
+                try:
+                    await self._store([event])
+                except PERMANENT_ERRORS as exc:
+                    await self._dead_letter(event.merchant_id, event.idempotency_key, event.SerializeToString(), repr(exc))
+
+    async def _dead_letter(self, merchant_id: str, key: str, payload: bytes, error: str) -> None:
+        log.error("meter_event_dead_lettered", merchant_id=merchant_id, idempotency_key=key, error=error)
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                store.dead_letters.insert().values(
+                    merchant_id=merchant_id, idempotency_key=key, event=payload, error=error[:2000], created_at=datetime.now(UTC)
+                )
+            )
+
+    async def _mark_drained_if_idle(self, sub: Any, fetch_started: datetime) -> None:
+        """Advance the watermark only when nothing is pending or unacked on the consumer,
+        for any worker: then every event accepted before fetch_started is stored."""
         try:
-            await self._store([event for m in msgs for event in resources.MeterEventBatch.FromString(m.data).events])
+            info = await sub.consumer_info()
         except Exception:
-            # nothing committed: hand the batch back now rather than after the ack wait
-            await asyncio.gather(*(m.nak(delay=0.5) for m in msgs), return_exceptions=True)
-            raise
-        await asyncio.gather(*(m.ack() for m in msgs))
-        if msgs[-1].metadata.num_pending == 0:
+            return
+        if info.num_pending == 0 and info.num_ack_pending == 0:
             await self._mark_drained(fetch_started)
 
     async def _store(self, events: list[resources.MeterEvent]) -> None:

@@ -30,7 +30,9 @@ def _index(runtime: Runtime) -> MetricIndex:
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     settings = MeteringSettings()
-    servicer = MeteringServicer(runtime.db, runtime.js, runtime.clock, _index(runtime), partitions=settings.meter_partitions)
+    servicer = MeteringServicer(
+        runtime.db, runtime.js, runtime.clock, _index(runtime), partitions=settings.meter_partitions, max_payload=runtime.nats.max_payload
+    )
     metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
 
 

@@ -22,6 +22,8 @@ from services.metering import store
 
 # How long a confirmed "no metric consumes this type" is trusted before looking again.
 NEGATIVE_TTL_SECONDS = 2.0
+# How long a merchant's known event types are trusted before they are read again.
+POSITIVE_TTL_SECONDS = 30.0
 # How long a miss waits for a just-created metric to arrive through the catalog's events.
 MISS_WAIT_SECONDS = 1.0
 
@@ -46,6 +48,7 @@ class MetricIndex:
         self._db = db
         self._types: dict[str, set[str]] = {}
         self._loaded: set[str] = set()
+        self._loaded_at: dict[str, float] = {}
         self._negative: dict[tuple[str, str], float] = {}
         self._changed = asyncio.Event()
 
@@ -55,25 +58,42 @@ class MetricIndex:
             rows = (await conn.execute(sa.select(m.c.event_type).where(m.c.merchant_id == merchant_id, ~m.c.deleted))).all()
         self._types[merchant_id] = {r.event_type for r in rows}
         self._loaded.add(merchant_id)
+        self._loaded_at[merchant_id] = time.monotonic()
 
     async def has_event_type(self, merchant_id: str, event_type: str) -> bool:
-        if event_type in self._types.get(merchant_id, ()):
-            return True
-        key = (merchant_id, event_type)
-        if self._negative.get(key, 0.0) > time.monotonic():
-            return False
-        deadline = time.monotonic() + MISS_WAIT_SECONDS
-        while True:
+        return event_type in await self.known_types(merchant_id, {event_type})
+
+    async def known_types(self, merchant_id: str, event_types: set[str]) -> set[str]:
+        """Which of ``event_types`` some metric of the merchant consumes.
+
+        Cached per merchant for POSITIVE_TTL_SECONDS (replicas that did not see a metric
+        change through the catalog's events catch up within that). An unknown type may
+        be a metric created a moment ago whose event is still on its way: the call waits,
+        once, at most MISS_WAIT_SECONDS for all its unknown types together.
+        """
+        now = time.monotonic()
+        if self._loaded_at.get(merchant_id, 0.0) + POSITIVE_TTL_SECONDS < now:
             await self._load(merchant_id)
-            if event_type in self._types[merchant_id]:
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._negative[key] = time.monotonic() + NEGATIVE_TTL_SECONDS
-                return False
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
+        known = self._types.get(merchant_id, set())
+        missing = {t for t in event_types if t not in known and self._negative.get((merchant_id, t), 0.0) <= now}
+        if missing:
+            deadline = now + MISS_WAIT_SECONDS
+            while True:
+                await self._load(merchant_id)
+                known = self._types[merchant_id]
+                missing -= known
+                remaining = deadline - time.monotonic()
+                if not missing or remaining <= 0:
+                    break
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
+            expiry = time.monotonic() + NEGATIVE_TTL_SECONDS
+            for event_type in missing:
+                self._negative[(merchant_id, event_type)] = expiry
+            if len(self._negative) > 10_000:  # bounded: drop what has expired
+                self._negative = {k: v for k, v in self._negative.items() if v > time.monotonic()}
+        return {t for t in event_types if t in known}
 
     def learned(self, merchant_id: str, event_type: str) -> None:
         if merchant_id in self._loaded:
@@ -83,6 +103,7 @@ class MetricIndex:
 
     def forget(self, merchant_id: str) -> None:
         self._loaded.discard(merchant_id)
+        self._loaded_at.pop(merchant_id, None)
         self._types.pop(merchant_id, None)
 
     async def get(self, merchant_id: str, metric_id: str) -> Metric:

@@ -59,7 +59,10 @@ def _decimal_text(value: Decimal | int | None) -> str:
 
 
 class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
-    def __init__(self, db: Database, js: JetStreamContext, clock: Clock, metrics: MetricIndex, *, partitions: int) -> None:
+    def __init__(
+        self, db: Database, js: JetStreamContext, clock: Clock, metrics: MetricIndex, *, partitions: int, max_payload: int = 1 << 20
+    ) -> None:
+        self._max_payload = max_payload
         self._db = db
         self._js = js
         self._clock = clock
@@ -68,7 +71,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
 
     # --- ingestion --------------------------------------------------------------------
 
-    async def _validate(self, request: svc.IngestEventRequest, merchant_id: str, now: datetime) -> resources.MeterEvent:
+    async def _validate(
+        self, request: svc.IngestEventRequest, merchant_id: str, now: datetime, known_types: set[str]
+    ) -> resources.MeterEvent:
         if request.HasField("namespace") and request.namespace and request.namespace != merchant_id:
             raise NotFound("merchant", request.namespace, field="namespace")
         event_type = rules.check_type(request.type)
@@ -76,12 +81,17 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         subject = request.subject if request.HasField("subject") else ""
         external_subject = request.external_subject if request.HasField("external_subject") else None
         rules.check_subjects(subject, external_subject)
+        rules.check_text(subject, "subject")
+        rules.check_text(external_subject, "externalSubject")
+        if request.HasField("idempotency_key"):
+            rules.check_text(request.idempotency_key, "idempotencyKey")
+        rules.check_data(request.data)
         when = rules.check_time(as_utc(request.timestamp.ToDatetime()), now) if request.HasField("timestamp") else now
         key = rules.idempotency_key(request.idempotency_key if request.HasField("idempotency_key") else None)
         external_id = rules.external_id(request.external_id if request.HasField("external_id") else None)
         if not request.HasField("data"):
             raise InvalidArgument("data", "data is required (an object, possibly empty)", reason="REQUIRED")
-        if not await self._metrics.has_event_type(merchant_id, event_type):
+        if event_type not in known_types:
             raise Unprocessable(
                 "UNKNOWN_EVENT_TYPE", f"no billable metric of this merchant consumes events of type {event_type!r}", field="type"
             )
@@ -109,6 +119,21 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             return {row.idempotency_key for row in rows}
 
     async def _publish(self, partition: int, events: list[resources.MeterEvent]) -> None:
+        """One stream message per chunk that fits NATS's payload limit, with room for headers."""
+        limit = max(64 * 1024, self._max_payload - 16 * 1024)
+        chunk: list[resources.MeterEvent] = []
+        size = 0
+        for event in events:
+            event_size = event.ByteSize() + 8
+            if chunk and size + event_size > limit:
+                await self._publish_chunk(partition, chunk)
+                chunk, size = [], 0
+            chunk.append(event)
+            size += event_size
+        if chunk:
+            await self._publish_chunk(partition, chunk)
+
+    async def _publish_chunk(self, partition: int, events: list[resources.MeterEvent]) -> None:
         batch = resources.MeterEventBatch(events=events)
         keys = "\n".join(rules.dedupe_id(e.merchant_id, e.idempotency_key) for e in events)
         message_id = hashlib.sha256(keys.encode()).hexdigest()  # a retried identical call is dropped by JetStream
@@ -127,9 +152,11 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         receipts: list[svc.EventReceipt] = [svc.EventReceipt(index=i) for i in range(len(items))]
         errors: list[DomainError | None] = [None] * len(items)
         valid: list[tuple[int, resources.MeterEvent]] = []
+        # one look-up (and at most one bounded wait) per call, not per event
+        known_types = await self._metrics.known_types(merchant_id, {item.type for item in items})
         for index, item in enumerate(items):
             try:
-                valid.append((index, await self._validate(item, merchant_id, now)))
+                valid.append((index, await self._validate(item, merchant_id, now, known_types)))
             except DomainError as err:
                 errors[index] = err
                 receipt = receipts[index]

@@ -403,6 +403,8 @@ def renewal_reminder_days(days: int) -> int:
 def tax_rate(rate: float) -> Decimal:
     # A JSON number on the wire (the SDK sends 0.0); its shortest repr is what was typed.
     value = Decimal(repr(rate))
+    if not value.is_finite():
+        raise InvalidArgument("defaultTaxRate", "defaultTaxRate must be a finite number", reason="OUT_OF_RANGE")
     if -value.as_tuple().exponent > 6:  # type: ignore[operator]
         raise InvalidArgument("defaultTaxRate", f"defaultTaxRate has more than 6 decimal places: {value}", reason="TOO_MANY_DECIMAL_PLACES")
     if not Decimal(0) <= value <= Decimal(100):

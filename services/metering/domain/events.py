@@ -6,6 +6,9 @@ import hashlib
 import os
 import re
 from datetime import datetime, timedelta
+from typing import Any
+
+from google.protobuf import struct_pb2
 
 from libs.core.errors import InvalidArgument
 
@@ -46,6 +49,7 @@ def check_type(value: str) -> str:
 
 
 def check_source(value: str) -> str:
+    check_text(value, "source")
     if not value:
         raise InvalidArgument("source", "source is required", reason="REQUIRED")
     if len(value) > 1024:
@@ -80,3 +84,40 @@ def external_id(value: str | None) -> str | None:
     if value is not None and not _EXTERNAL_ID.fullmatch(value):
         raise InvalidArgument("externalId", "externalId must be 1-255 characters of [A-Za-z0-9_-]", reason="INVALID_EXTERNAL_ID")
     return value
+
+
+# Integers beyond this lose digits in a JSON number's trip through a double.
+MAX_EXACT_INTEGER = 2**53
+MAX_DATA_DEPTH = 32
+
+
+def check_text(value: str | None, field: str) -> None:
+    """PostgreSQL text cannot hold NUL: refused here, not discovered by the aggregator."""
+    if value is not None and "\x00" in value:
+        raise InvalidArgument(field, f"{field} contains a NUL character", reason="INVALID_CHARACTER")
+
+
+def check_data(data: Any, path: str = "data", depth: int = 0) -> None:
+    """Walk a Struct/Value tree: no NUL text, no number beyond a double's exact range,
+    bounded depth. Large or fractional-precision quantities belong in decimal strings."""
+    if depth > MAX_DATA_DEPTH:
+        raise InvalidArgument(path, f"{path} is nested more than {MAX_DATA_DEPTH} levels deep", reason="TOO_DEEP")
+    if isinstance(data, struct_pb2.Struct):
+        for key, item in data.fields.items():
+            check_text(key, path)
+            check_data(item, f"{path}.{key}", depth + 1)
+        return
+    kind = data.WhichOneof("kind")
+    if kind == "string_value":
+        check_text(data.string_value, path)
+    elif kind == "number_value":
+        number = data.number_value
+        if number != number or number in (float("inf"), float("-inf")) or abs(number) >= MAX_EXACT_INTEGER:
+            raise InvalidArgument(
+                path, f"{path} is too large to be exact as a JSON number; send it as a decimal string", reason="NUMBER_NOT_EXACT"
+            )
+    elif kind == "struct_value":
+        check_data(data.struct_value, path, depth + 1)
+    elif kind == "list_value":
+        for index, item in enumerate(data.list_value.values):
+            check_data(item, f"{path}[{index}]", depth + 1)
