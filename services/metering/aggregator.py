@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from accrue.metering.v1 import metering_resources_pb2 as resources
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -25,7 +25,6 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.core.clock import as_utc
 from libs.infra.db import Database
 from libs.infra.logging import get_logger
 from services.metering import store
@@ -45,6 +44,24 @@ ACK_WAIT_SECONDS = 15.0
 ROWS_PER_STATEMENT = 5000
 
 
+def _plain(value: struct_pb2.Value) -> Any:
+    """A Struct value as plain Python, without json_format's generic machinery (5-10x
+    faster on this path). Whole numbers become ints: exact, and tidy in JSONB."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {k: _plain(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(v) for v in value.list_value.values]
+    return None
+
+
 def row_of(event: resources.MeterEvent) -> dict[str, Any]:
     return {
         "merchant_id": event.merchant_id,
@@ -55,41 +72,28 @@ def row_of(event: resources.MeterEvent) -> dict[str, Any]:
         "subject": event.subject,
         "external_subject": event.external_subject if event.HasField("external_subject") else None,
         "external_id": event.external_id if event.HasField("external_id") else None,
-        "time": as_utc(event.time.ToDatetime()),
-        "data": json_format.MessageToDict(event.data),
-        "ingested_at": as_utc(event.ingest_time.ToDatetime()),
+        "time": event.time.ToDatetime(tzinfo=UTC),
+        "data": {k: _plain(v) for k, v in event.data.fields.items()},
+        "ingested_at": event.ingest_time.ToDatetime(tzinfo=UTC),
     }
 
 
-_COLUMNS = (
-    "merchant_id",
-    "idempotency_key",
-    "id",
-    "type",
-    "source",
-    "subject",
-    "external_subject",
-    "external_id",
-    "time",
-    "data",
-    "ingested_at",
-)
-_TYPES = ("text", "text", "text", "text", "text", "text", "text", "text", "timestamptz", "jsonb", "timestamptz")
-# One statement, eleven array parameters, whatever the batch size: nothing to compile per
-# batch and one round trip. The primary key drops events already stored (exactly once).
+# One statement per chunk, one JSON parameter: orjson writes it in C and PostgreSQL
+# reads it in C, so no Python runs per value (binding arrays of values cost more than
+# the rest of the aggregator). The primary key drops events already stored.
 _INSERT = sa.text(
-    f"INSERT INTO meter_events ({', '.join(_COLUMNS)}) "
-    f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t}[])' for c, t in zip(_COLUMNS, _TYPES, strict=True))}) "
+    "INSERT INTO meter_events (merchant_id, idempotency_key, id, type, source, subject, external_subject, external_id, "
+    "time, data, ingested_at) "
+    "SELECT merchant_id, idempotency_key, id, type, source, subject, external_subject, external_id, time, data, ingested_at "
+    "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(merchant_id text, idempotency_key text, id text, type text, "
+    "source text, subject text, external_subject text, external_id text, time timestamptz, data jsonb, ingested_at timestamptz) "
     "ON CONFLICT (merchant_id, idempotency_key) DO NOTHING"
 )
 
 
 async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    params: dict[str, list[Any]] = {c: [row[c] for row in rows] for c in _COLUMNS}
-    params["data"] = [json.dumps(d, separators=(",", ":")) for d in params["data"]]
-    await conn.execute(_INSERT, params)
+    if rows:
+        await conn.execute(_INSERT, {"rows": orjson.dumps(rows).decode()})
 
 
 # Errors a retry cannot fix: the data itself is refused. Anything else (connection lost,
@@ -235,6 +239,12 @@ def main() -> None:
 
     settings = ServiceSettings()
     configure_logging("metering-aggregator", settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
     asyncio.run(_run_standalone(settings))
 
 

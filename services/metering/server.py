@@ -72,7 +72,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     # --- ingestion --------------------------------------------------------------------
 
     async def _validate(
-        self, request: svc.IngestEventRequest, merchant_id: str, now: datetime, known_types: set[str]
+        self, request: svc.IngestEventRequest, merchant_id: str, now: datetime, known_types: set[str], now_ts: timestamp_pb2.Timestamp
     ) -> resources.MeterEvent:
         if request.HasField("namespace") and request.namespace and request.namespace != merchant_id:
             raise NotFound("merchant", request.namespace, field="namespace")
@@ -86,7 +86,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         if request.HasField("idempotency_key"):
             rules.check_text(request.idempotency_key, "idempotencyKey")
         rules.check_data(request.data)
-        when = rules.check_time(as_utc(request.timestamp.ToDatetime()), now) if request.HasField("timestamp") else now
+        when = rules.check_time(as_utc(request.timestamp.ToDatetime()), now) if request.HasField("timestamp") else None
         key = rules.idempotency_key(request.idempotency_key if request.HasField("idempotency_key") else None)
         external_id = rules.external_id(request.external_id if request.HasField("external_id") else None)
         if not request.HasField("data"):
@@ -102,10 +102,10 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             type=event_type,
             source=source,
             subject=subject,
-            time=_ts(when),
+            time=now_ts if when is None else _ts(when),
             idempotency_key=key,
             data=request.data,
-            ingest_time=_ts(now),
+            ingest_time=now_ts,
         )
         if external_subject is not None:
             event.external_subject = external_subject
@@ -154,9 +154,10 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         valid: list[tuple[int, resources.MeterEvent]] = []
         # one look-up (and at most one bounded wait) per call, not per event
         known_types = await self._metrics.known_types(merchant_id, {item.type for item in items})
+        now_ts = _ts(now)
         for index, item in enumerate(items):
             try:
-                valid.append((index, await self._validate(item, merchant_id, now, known_types)))
+                valid.append((index, await self._validate(item, merchant_id, now, known_types, now_ts)))
             except DomainError as err:
                 errors[index] = err
                 receipt = receipts[index]

@@ -1,0 +1,121 @@
+"""Where the time goes on the ingest hot path: py-spy samples every process of the mesh
+under load and prints, per process, its CPU use and the heaviest frames.
+
+    .venv/bin/python -m bench.profile_ingest --mode single   # POST /v0/events, 64 connections
+    .venv/bin/python -m bench.profile_ingest --mode stream   # gRPC StreamIngestEvents batches
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from accrue.metering.v1 import metering_service_pb2 as svc
+
+from bench.httpload import encode_request, run_load
+from bench.ingest import grpc_stream
+from libs.infra.runner import Mesh
+
+PROCESSES = ("gateway", "metering", "metering-aggregator")
+
+
+def _summarize(path: Path, seconds: float, top: int) -> None:
+    total = 0
+    inclusive: collections.Counter[str] = collections.Counter()
+    for line in path.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        frames = stack.split(";")
+        total += int(samples)
+        for frame in set(frames):
+            inclusive[frame] += int(samples)
+    print(f"  busy {total / (seconds * 100):.0%} of one core (py-spy samples at 100 Hz, idle excluded)")
+    skip = ("runpy", "asyncio/runners.py", "<module>", "main (", "_run_code", "Thread._bootstrap")
+    shown = 0
+    for frame, count in inclusive.most_common():
+        if any(s in frame for s in skip):
+            continue
+        print(f"  {count * 100 // max(total, 1):3d}%  {frame[:140]}")
+        shown += 1
+        if shown == top:
+            break
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["single", "stream"], default="single")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--top", type=int, default=18)
+    args = parser.parse_args()
+    spy = Path(sys.executable).parent / "py-spy"
+    with tempfile.TemporaryDirectory(prefix="accrue-profile-") as state:
+        mesh = Mesh(Path(state), durable=True, gateway_port=0, log_level="WARNING")
+        try:
+            mesh.start()
+            headers = {"Authorization": f"Bearer {mesh.api_key}", "Content-Type": "application/json"}
+            product = httpx.post(f"{mesh.gateway_url}/v0/products", json={"name": "P", "description": "d"}, headers=headers).json()
+            event_type = f"profile.{uuid.uuid4().hex[:6]}"
+            metric = {"productId": product["id"], "name": "T", "description": "d", "unit": "t", "aggregation": "SUM"}
+            httpx.post(
+                f"{mesh.gateway_url}/v0/billableMetrics",
+                json={**metric, "eventType": event_type, "valueProperty": "$.tokens"},
+                headers=headers,
+            )
+            single = {"type": event_type, "source": "bench", "subject": "cus_profile01", "data": {"tokens": 1, "model": "m1"}}
+            outputs = {name: Path(state) / f"{name}.txt" for name in PROCESSES}
+            spies = [
+                subprocess.Popen(
+                    [
+                        str(spy),
+                        "record",
+                        "-d",
+                        str(int(args.seconds)),
+                        "-r",
+                        "100",
+                        "-f",
+                        "raw",
+                        "-o",
+                        str(outputs[name]),
+                        "-p",
+                        str(mesh.processes[name].popen.pid),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for name in PROCESSES
+            ]
+            time.sleep(0.5)
+            if args.mode == "single":
+                url = f"{mesh.gateway_url}/v0/events"
+                result = asyncio.run(
+                    run_load(url, encode_request("POST", url, headers, json.dumps(single).encode()), seconds=args.seconds, concurrency=64)
+                )
+                print(f"single events: {result.rate:,.0f} requests/s during the profile")
+            else:
+                body = svc.BatchIngestEventsRequest(
+                    events=[svc.IngestEventRequest(type=event_type, source="bench", subject="cus_profile01")] * 1000
+                )
+                for item in body.events:
+                    item.data.update({"tokens": 1, "model": "m1"})
+                rate, _ = asyncio.run(grpc_stream(f"127.0.0.1:{mesh.processes['metering'].port}", mesh.merchant_id, body, args.seconds))
+                print(f"gRPC stream: {rate:,.0f} events/s during the profile")
+            for process in spies:
+                process.wait()
+            for name in PROCESSES:
+                print(f"\n[{name}]")
+                if outputs[name].exists():
+                    _summarize(outputs[name], args.seconds, args.top)
+        finally:
+            mesh.stop()
+
+
+if __name__ == "__main__":
+    main()
