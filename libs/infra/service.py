@@ -8,7 +8,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -149,16 +149,17 @@ def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> No
         log.info("migrated")
         return
     configure_tracing(definition.name, settings.otel_exporter_otlp_endpoint)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(_serve_until_signalled(ServiceHost(definition, settings)))
+    run(_serve_until_signalled(ServiceHost(definition, settings)))
 
 
 def unimplemented_servicer(servicer_class: type[Any]) -> Any:
     """The generated base servicer, which answers UNIMPLEMENTED to every RPC: what a
     service serves until its issue comes."""
     return servicer_class()
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a process's main coroutine on uvloop (the same event loop for every process)."""
+    import uvloop
+
+    uvloop.run(main)

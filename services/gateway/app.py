@@ -32,6 +32,7 @@ from libs.infra.context import IDEMPOTENCY_METADATA_KEY, MERCHANT_METADATA_KEY
 from libs.infra.db import create_engine
 from libs.infra.grpc_errors import decode_rpc_error
 from libs.infra.logging import configure_logging, get_logger
+from libs.infra.service import run
 from libs.infra.telemetry import configure_tracing, extract_context
 from services.gateway import restjson, store
 from services.gateway.coalescing import Coalescer
@@ -329,13 +330,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         migrations.upgrade(settings.database_url, Path(__file__).parent / "migrations", store.metadata)
         return
     configure_tracing("gateway", settings.otel_exporter_otlp_endpoint)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(_serve(settings))
+    run(_serve(settings))
 
 
 if __name__ == "__main__":

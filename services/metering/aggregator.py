@@ -242,17 +242,12 @@ def main() -> None:
     metering service with ACCRUE_AGGREGATOR_ENABLED=false to keep aggregation out of it.
     """
     from libs.infra.logging import configure_logging
+    from libs.infra.service import run
     from libs.infra.settings import ServiceSettings
 
     settings = ServiceSettings()
     configure_logging("metering-aggregator", settings.log_level)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(_run_standalone(settings))
+    run(_run_standalone(settings))
 
 
 if __name__ == "__main__":

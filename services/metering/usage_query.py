@@ -27,6 +27,7 @@ events in range:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -123,21 +124,29 @@ async def query_usage(conn: AsyncConnection, q: UsageQuery) -> Usage:
         dims = [dimension(q.metric, name).label(f"dim_{i}") for i, name in enumerate(q.group_by)]
         query = sa.select(*keys, *dims, aggregate, sa.func.count().label("events")).where(*where).group_by(*keys, *dims)
         found = list((await conn.execute(query.order_by(sa.text("value DESC")))).all())
-        if q.group_by and q.group_limit is not None:
-            group_count = len(found)
-            found = found[q.group_offset : q.group_offset + q.group_limit]
-        if q.window_unit is not None:
-            found.sort(key=lambda r: r.window)
-        for row in found:
-            rows.append(
-                UsageRow(
-                    window_start=row.window if q.window_unit is not None else None,
-                    group={name: getattr(row, f"dim_{i}") or "" for i, name in enumerate(q.group_by)},
-                    value=_exact(row.value),
-                    events=int(row.events),
-                )
-            )
+        rows, group_count = _usage_rows(q, found, _exact)
     return Usage(total=total, rows=rows, group_count=group_count, complete_until=await complete_until(conn))
+
+
+def _usage_rows(q: UsageQuery, found: list[Any], value_of: Callable[[Any], Decimal]) -> tuple[list[UsageRow], int | None]:
+    """Grouped/windowed result rows: top groups by value (group_limit/offset), then in
+    window order; the count of groups before truncation."""
+    group_count: int | None = None
+    if q.group_by and q.group_limit is not None:
+        group_count = len(found)
+        found = found[q.group_offset : q.group_offset + q.group_limit]
+    if q.window_unit is not None:
+        found.sort(key=lambda r: r.window)
+    rows = [
+        UsageRow(
+            window_start=row.window if q.window_unit is not None else None,
+            group={name: getattr(row, f"dim_{i}") or "" for i, name in enumerate(q.group_by)},
+            value=value_of(row.value),
+            events=int(row.events),
+        )
+        for row in found
+    ]
+    return rows, group_count
 
 
 # --- TIME_WEIGHTED_SUM ----------------------------------------------------------------
@@ -231,18 +240,5 @@ async def _query_time_weighted(conn: AsyncConnection, q: UsageQuery) -> Usage:
             .group_by(p.window, *dims)
         )
     found = list((await conn.execute(query.order_by(sa.text("value DESC")))).all())
-    if q.group_by and q.group_limit is not None:
-        group_count = len(found)
-        found = found[q.group_offset : q.group_offset + q.group_limit]
-    if q.window_unit is not None:
-        found.sort(key=lambda r: r.window)
-    for row in found:
-        rows.append(
-            UsageRow(
-                window_start=row.window if q.window_unit is not None else None,
-                group={name: getattr(row, f"dim_{i}") or "" for i, name in enumerate(q.group_by)},
-                value=value_hours(_exact(row.value)),
-                events=int(row.events),
-            )
-        )
+    rows, group_count = _usage_rows(q, found, lambda value: value_hours(_exact(value)))
     return Usage(total=total, rows=rows, group_count=group_count, complete_until=await complete_until(conn))
