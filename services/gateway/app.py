@@ -288,7 +288,19 @@ class GatewayHost:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((s.http_host, s.http_port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.gateway, log_config=None, access_log=False, lifespan="on", http="httptools", loop="none", backlog=2048)
+        config = uvicorn.Config(
+            self.gateway,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            http="httptools",
+            loop="none",
+            backlog=2048,
+            # no proxy-header rewriting, no Server/Date headers: per-request work nobody reads
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+        )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
