@@ -10,10 +10,10 @@ SITE := $(VENV)/lib/python3.11/site-packages
 PROTO_FILES := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
 
-.PHONY: run test gen lint fmt bench clean help
+.PHONY: run test gen lint fmt bench bench-ingest clean help
 
 help:
-	@echo "make run | make test | make gen | make lint | make bench | make clean"
+	@echo "make run | make test | make gen | make lint | make bench | make bench-ingest | make clean"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -51,6 +51,10 @@ fmt: $(STAMP)
 
 bench: $(GEN_STAMP)
 	$(PY) -m bench.get_product
+
+# meter-event ingestion (a)-(e), about 4 minutes; SECONDS=60 for the sustained runs
+bench-ingest: $(GEN_STAMP)
+	$(PY) -m bench.ingest --seconds $${SECONDS:-20}
 
 clean:
 	rm -rf gen .build .accrue .pytest_cache .mypy_cache
