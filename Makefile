@@ -52,9 +52,9 @@ fmt: $(STAMP)
 bench: $(GEN_STAMP)
 	$(PY) -m bench.get_product
 
-# meter-event ingestion (a)-(e), about 4 minutes; SECONDS=60 for the sustained runs
+# meter-event ingestion (a)-(e), about 4 minutes; BENCH_SECONDS=60 for the sustained runs
 bench-ingest: $(GEN_STAMP)
-	$(PY) -m bench.ingest --seconds $${SECONDS:-20}
+	$(PY) -m bench.ingest --seconds $${BENCH_SECONDS:-20}
 
 clean:
 	rm -rf gen .build .accrue .pytest_cache .mypy_cache
