@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import uuid
 from typing import Final
@@ -46,7 +45,3 @@ def new_id(prefix: str) -> str:
 def new_event_id() -> str:
     """Domain-event ids: UUIDs, since they travel as ``Nats-Msg-Id`` and inbox keys."""
     return str(uuid.uuid4())
-
-
-def has_prefix(value: str, prefix: str) -> bool:
-    return re.fullmatch(rf"{re.escape(prefix)}_[A-Za-z0-9]+", value) is not None

