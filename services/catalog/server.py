@@ -157,6 +157,8 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     async def UpdateProduct(self, request: svc.UpdateProductRequest, context: grpc.aio.ServicerContext) -> res.Product:
         async def work(uow: UnitOfWork, merchant_id: str, now: datetime) -> res.Product:
             mask = _Mask(request, ("name", "description"))
+            if not mask.paths:
+                return await self._product(uow.conn, merchant_id, request.id)
             await store.get_row(uow.conn, store.products, merchant_id, request.id, "product", lock=True)
             values: dict[str, Any] = {"updated_at": now}
             if "name" in mask:
@@ -232,6 +234,8 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     async def UpdateBillableMetric(self, request: svc.UpdateBillableMetricRequest, context: grpc.aio.ServicerContext) -> res.BillableMetric:
         async def work(uow: UnitOfWork, merchant_id: str, now: datetime) -> res.BillableMetric:
             mask = _Mask(request, ("name", "description", "unit", "item_id", "event_type", "value_property", "group_by", "event_from_time"))
+            if not mask.paths:
+                return await self._metric(uow.conn, merchant_id, request.id)
             row = await store.get_row(uow.conn, store.billable_metrics, merchant_id, request.id, "billable_metric", lock=True)
             values: dict[str, Any] = {"updated_at": now}
             if "name" in mask:
@@ -317,6 +321,8 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     async def UpdateFeature(self, request: svc.UpdateFeatureRequest, context: grpc.aio.ServicerContext) -> res.Feature:
         async def work(uow: UnitOfWork, merchant_id: str, now: datetime) -> res.Feature:
             mask = _Mask(request, ("key", "name", "type", "metadata"))
+            if not mask.paths:
+                return await self._feature(uow.conn, merchant_id, request.id)
             row = await store.get_row(uow.conn, store.features, merchant_id, request.id, "feature", lock=True)
             values: dict[str, Any] = {"updated_at": now}
             if "key" in mask:
@@ -403,6 +409,8 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     async def UpdateFee(self, request: svc.UpdateFeeRequest, context: grpc.aio.ServicerContext) -> res.Fee:
         async def work(uow: UnitOfWork, merchant_id: str, now: datetime) -> res.Fee:
             mask = _Mask(request, ("name", "description", "item_id"))
+            if not mask.paths:
+                return await self._fee(uow.conn, merchant_id, request.id)
             await store.get_row(uow.conn, store.fees, merchant_id, request.id, "fee", lock=True)
             values: dict[str, Any] = {"updated_at": now}
             if "name" in mask:
@@ -444,13 +452,20 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
 
     async def _check_price_refs(self, conn: AsyncConnection, merchant_id: str, draft: rules.PriceDraft) -> None:
         if draft.billable_metric_id is not None:
-            await store.get_row(
+            owner = await store.get_row(
                 conn, store.billable_metrics, merchant_id, draft.billable_metric_id, "billable_metric", field="billableMetricId"
             )
-        if draft.fee_id is not None:
-            await store.get_row(conn, store.fees, merchant_id, draft.fee_id, "fee", field="feeId")
+        else:
+            owner = await store.get_row(conn, store.fees, merchant_id, draft.fee_id or "", "fee", field="feeId")
         if draft.feature_id is not None:
-            await store.get_row(conn, store.features, merchant_id, draft.feature_id, "feature", field="feature.featureId")
+            feature = await store.get_row(conn, store.features, merchant_id, draft.feature_id, "feature", field="feature.featureId")
+            if feature.product_id != owner.product_id:
+                raise InvalidArgument(
+                    "feature.featureId",
+                    f"feature {feature.id} belongs to product {feature.product_id}, the price's "
+                    f"{'metric' if draft.billable_metric_id else 'fee'} to {owner.product_id}",
+                    reason="FEATURE_PRODUCT_MISMATCH",
+                )
 
     @staticmethod
     def _price_values(draft: rules.PriceDraft, valid: rules.ValidPrice) -> dict[str, Any]:
@@ -550,6 +565,8 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                     "rate_type", "tax", "quantity",
                 ),
             )  # fmt: skip
+            if not mask.paths:
+                return await self._price(uow.conn, merchant_id, request.id)
             row = await store.get_row(uow.conn, store.prices, merchant_id, request.id, "price", lock=True)
             draft = rules.PriceDraft(
                 billable_metric_id=row.billable_metric_id,
@@ -828,6 +845,8 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                     "version_transition",
                 ),
             )  # fmt: skip
+            if not mask.paths:
+                return await self._plan(uow.conn, merchant_id, request.id)
             row = await store.get_row(uow.conn, store.plans, merchant_id, request.id, "plan", lock=True)
             values: dict[str, Any] = {"updated_at": now}
             if "billing_cadence" in mask or "billing_interval" in mask:

@@ -667,3 +667,24 @@ def test_sdk_bad_key_raises_error_401(merchant_a: MerchantClient) -> None:
     assert excinfo.value.status_code == 401
     assert excinfo.value.data.code == "UNAUTHENTICATED"
     assert "API key" in excinfo.value.message
+
+
+def test_empty_patch_changes_nothing_and_emits_nothing(http: httpx.Client) -> None:
+    product = http.post("/v0/products", json={"name": "Unchanged", "description": "d"}).json()
+    patched = http.patch(f"/v0/products/{product['id']}", json={})
+    assert patched.status_code == 200
+    assert patched.json() == product  # updatedAt included: nothing was written
+
+
+def test_a_price_cannot_attach_a_feature_of_another_product(http: httpx.Client) -> None:
+    first = http.post("/v0/products", json={"name": "A", "description": "d"}).json()
+    second = http.post("/v0/products", json={"name": "B", "description": "d"}).json()
+    feature = http.post("/v0/features", json={"productId": second["id"], "key": "sso-x", "name": "SSO"}).json()
+    fee = http.post("/v0/fees", json={"productId": first["id"], "name": "Base", "description": "d"}).json()
+    body = {
+        "feeId": fee["id"], "invoiceDisplayName": "Base", "paymentTerm": "in_advance", "billingCadence": "P1M",
+        "properties": {"unitPrice": "10.00"}, "feature": {"featureId": feature["id"]},
+    }  # fmt: skip
+    response = http.post("/v0/prices", json=body)
+    assert response.status_code == 400, response.text
+    assert (response.json()["code"], response.json()["details"]["field"]) == ("FEATURE_PRODUCT_MISMATCH", "feature.featureId")
