@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import re
@@ -21,9 +20,8 @@ _EXTERNAL_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 def event_id(merchant_id: str, idempotency_key: str) -> str:
     """A stable id per (merchant, key): a duplicate answers with the original's id.
-    120 bits of SHA-256 in lowercase base32 (alphanumeric, as ids are; encoded in C)."""
-    digest = hashlib.sha256(f"{merchant_id}\0{idempotency_key}".encode()).digest()
-    return "evt_" + base64.b32encode(digest[:15]).decode().lower()
+    128 bits of SHA-256 in hex (alphanumeric, as ids are; base64's base32 is pure Python)."""
+    return "evt_" + hashlib.sha256(f"{merchant_id}\0{idempotency_key}".encode()).hexdigest()[:32]
 
 
 def dedupe_id(merchant_id: str, idempotency_key: str) -> str:
