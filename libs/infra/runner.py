@@ -108,11 +108,12 @@ class Mesh:
             env.setdefault("ACCRUE_AGGREGATOR_ENABLED", "false")
         return self.spawn(name, f"services.{name}.app", env)
 
-    def start_aggregator(self) -> Process:
-        """A metering aggregator worker (``python -m services.metering.aggregator``)."""
+    def start_aggregator(self, name: str = "metering-aggregator") -> Process:
+        """A metering aggregator worker (``python -m services.metering.aggregator``);
+        several may run (give each its own name): they share one durable consumer."""
         env = self.service_env("metering")
-        env["ACCRUE_PORT_FILE"] = str(self.state_dir / "ports" / "metering-aggregator")
-        return self.spawn("metering-aggregator", "services.metering.aggregator", env)
+        env["ACCRUE_PORT_FILE"] = str(self.state_dir / "ports" / name)
+        return self.spawn(name, "services.metering.aggregator", env)
 
     def wait_port(self, process: Process, timeout: float = 90) -> int:
         deadline = time.monotonic() + timeout
