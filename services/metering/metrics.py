@@ -25,7 +25,7 @@ NEGATIVE_TTL_SECONDS = 2.0
 # How long a merchant's known event types are trusted before they are read again.
 POSITIVE_TTL_SECONDS = 30.0
 # How long a miss waits for a just-created metric to arrive through the catalog's events.
-MISS_WAIT_SECONDS = 1.0
+MISS_WAIT_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
