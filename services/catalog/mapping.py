@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Any
 
 from accrue.catalog.v1 import catalog_resources_pb2 as res
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2
 
+from libs.infra.proto_time import to_timestamp
 from services.catalog.domain import rules
-
-
-def ts(value: datetime) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
 
 
 def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -59,8 +53,8 @@ def product(row: Any) -> res.Product:
         name=row.name,
         description=row.description,
         metadata=row.metadata,
-        create_time=ts(row.created_at),
-        update_time=ts(row.updated_at),
+        create_time=to_timestamp(row.created_at),
+        update_time=to_timestamp(row.updated_at),
     )
 
 
@@ -76,15 +70,15 @@ def billable_metric(row: Any) -> res.BillableMetric:
         aggregation=row.aggregation,
         event_type=row.event_type,
         group_by=row.group_by,
-        create_time=ts(row.created_at),
-        update_time=ts(row.updated_at),
+        create_time=to_timestamp(row.created_at),
+        update_time=to_timestamp(row.updated_at),
     )
     if row.value_property is not None:
         out.value_property = row.value_property
     if row.item_id is not None:
         out.item_id = row.item_id
     if row.event_from is not None:
-        out.event_from_time.CopyFrom(ts(row.event_from))
+        out.event_from_time.CopyFrom(to_timestamp(row.event_from))
     return out
 
 
@@ -98,8 +92,8 @@ def feature(row: Any) -> res.Feature:
         name=row.name,
         type=row.type,
         metadata=row.metadata,
-        create_time=ts(row.created_at),
-        update_time=ts(row.updated_at),
+        create_time=to_timestamp(row.created_at),
+        update_time=to_timestamp(row.updated_at),
     )
 
 
@@ -111,8 +105,8 @@ def fee(row: Any) -> res.Fee:
         product_id=row.product_id,
         name=row.name,
         description=row.description,
-        create_time=ts(row.created_at),
-        update_time=ts(row.updated_at),
+        create_time=to_timestamp(row.created_at),
+        update_time=to_timestamp(row.updated_at),
     )
     if row.item_id is not None:
         out.item_id = row.item_id
@@ -154,8 +148,8 @@ def price(row: Any, features: dict[str, Any]) -> res.Price:
         is_obligation=row.is_obligation,
         tax=_tax(row),
         quantity=row.quantity,
-        create_time=ts(row.created_at),
-        update_time=ts(row.updated_at),
+        create_time=to_timestamp(row.created_at),
+        update_time=to_timestamp(row.updated_at),
     )
     for name in ("billable_metric_id", "fee_id", "invoice_display_group", "billing_cadence", "rate_type"):
         value = getattr(row, name)
@@ -200,10 +194,10 @@ def plan_version(
         status=row.status,
         is_default=row.id == default_version_id,
         subscription_count=row.subscription_count,
-        publish_time=ts(row.published_at),
+        publish_time=to_timestamp(row.published_at),
         prices=[plan_version_slot(key, price_row, currency, features) for key, price_row in lines],
-        create_time=ts(row.created_at),
-        update_time=ts(row.updated_at),
+        create_time=to_timestamp(row.created_at),
+        update_time=to_timestamp(row.updated_at),
     )
     if row.based_on_version_id is not None:
         out.based_on_version_id = row.based_on_version_id
@@ -229,15 +223,15 @@ def plan(row: Any, lines: list[tuple[str, Any]], features: dict[str, Any]) -> re
         stable_price_ids=row.stable_price_ids,
         version_transition=res.VersionTransition(effective_date=row.version_effective_date, proration="none"),
         prices=[price(price_row, features) for _, price_row in lines if price_row.deleted_at is None],
-        create_time=ts(row.created_at),
-        update_time=ts(row.updated_at),
+        create_time=to_timestamp(row.created_at),
+        update_time=to_timestamp(row.updated_at),
     )
     for name in ("description", "invoice_display_name", "default_version_id"):
         value = getattr(row, name)
         if value is not None:
             setattr(out, name, value)
     if row.billing_anchor is not None:
-        out.billing_anchor_time.CopyFrom(ts(row.billing_anchor))
+        out.billing_anchor_time.CopyFrom(to_timestamp(row.billing_anchor))
     if row.deleted_at is not None:
-        out.delete_time.CopyFrom(ts(row.deleted_at))
+        out.delete_time.CopyFrom(to_timestamp(row.deleted_at))
     return out

@@ -18,11 +18,12 @@ from google.protobuf.message import Message
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.core.clock import Clock, as_utc
+from libs.core.clock import Clock
 from libs.core.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from libs.core.ids import new_id
 from libs.infra.context import current_idempotency_key, current_merchant_id
 from libs.infra.db import Database, UnitOfWork
+from libs.infra.proto_time import from_timestamp
 from services.catalog import mapping, store
 from services.catalog.domain import rules
 
@@ -197,7 +198,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 "value_property": rules.metric_value_property(aggregation, _opt(request, "value_property")),
                 "group_by": rules.group_by(dict(request.group_by)),
                 "item_id": _opt(request, "item_id"),
-                "event_from": as_utc(request.event_from_time.ToDatetime()) if request.HasField("event_from_time") else None,
+                "event_from": from_timestamp(request.event_from_time) if request.HasField("event_from_time") else None,
                 "created_at": now,
                 "updated_at": now,
             }
@@ -254,7 +255,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 values["group_by"] = rules.group_by(mask.value("group_by"))
             if "event_from_time" in mask:
                 when = mask.value("event_from_time", clearable=True)
-                values["event_from"] = None if when is None else as_utc(when.ToDatetime())
+                values["event_from"] = None if when is None else from_timestamp(when)
             await uow.conn.execute(store.billable_metrics.update().where(store.billable_metrics.c.id == request.id).values(**values))
             metric = await self._metric(uow.conn, merchant_id, request.id)
             await self._changed(uow, ev.CHANGE_KIND_UPDATED, merchant_id, now, billable_metric=metric)
@@ -749,7 +750,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 raise InvalidArgument(
                     "creditAllocations", "credit allocations (pricing units) are not supported yet", reason="NOT_SUPPORTED"
                 )
-            anchor = as_utc(request.billing_anchor_time.ToDatetime()) if request.HasField("billing_anchor_time") else None
+            anchor = from_timestamp(request.billing_anchor_time) if request.HasField("billing_anchor_time") else None
             if anchor is not None and anchor > now:
                 raise InvalidArgument("billingAnchor", "billingAnchor must not be in the future", reason="OUT_OF_RANGE")
             effective_date = "end_of_current_period"
@@ -871,7 +872,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 values["renewal_reminder_days"] = rules.renewal_reminder_days(mask.value("renewal_reminder_days"))
             if "billing_anchor_time" in mask:
                 anchor = mask.value("billing_anchor_time", clearable=True)
-                values["billing_anchor"] = None if anchor is None else as_utc(anchor.ToDatetime())
+                values["billing_anchor"] = None if anchor is None else from_timestamp(anchor)
                 if values["billing_anchor"] is not None and values["billing_anchor"] > now:
                     raise InvalidArgument("billingAnchor", "billingAnchor must not be in the future", reason="OUT_OF_RANGE")
             if "credit_allocations" in mask and len(request.credit_allocations) > 0:

@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from accrue.catalog.v1 import catalog_events_pb2 as catalog_events
 from sqlalchemy.dialects import postgresql as pg
 
-from libs.core.clock import as_utc
 from libs.core.errors import NotFound
 from libs.infra.db import Database, UnitOfWork
 from libs.infra.messaging import ReceivedEvent
+from libs.infra.proto_time import from_timestamp
 from services.metering import store
 
 # How long a confirmed "no metric consumes this type" is trusted before looking again.
@@ -123,9 +123,9 @@ class MetricIndex:
             "aggregation": bm.aggregation,
             "value_property": bm.value_property if bm.HasField("value_property") else None,
             "group_by": dict(bm.group_by),
-            "event_from": as_utc(bm.event_from_time.ToDatetime()) if bm.HasField("event_from_time") else None,
+            "event_from": from_timestamp(bm.event_from_time) if bm.HasField("event_from_time") else None,
             "deleted": change.kind == catalog_events.CHANGE_KIND_DELETED,
-            "updated_at": as_utc(bm.update_time.ToDatetime()) if bm.HasField("update_time") else datetime.now(UTC),
+            "updated_at": from_timestamp(bm.update_time) if bm.HasField("update_time") else datetime.now(UTC),
         }
         m = store.metrics
         stmt = pg.insert(m).values(id=bm.id, **values)

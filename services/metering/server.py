@@ -20,11 +20,12 @@ from accrue.type.v1 import pagination_pb2
 from google.protobuf import json_format, timestamp_pb2
 from nats.js import JetStreamContext
 
-from libs.core.clock import Clock, as_utc
+from libs.core.clock import Clock
 from libs.core.errors import DomainError, InvalidArgument, NotFound, Unavailable, Unprocessable
 from libs.infra.context import current_merchant_id
 from libs.infra.db import Database
 from libs.infra.messaging import MSG_ID_HEADER
+from libs.infra.proto_time import from_timestamp, to_timestamp
 from libs.infra.telemetry import inject_headers
 from services.metering import store
 from services.metering.domain import events as rules
@@ -40,12 +41,6 @@ _KNOWN_KEYS = sa.text(
     "SELECT idempotency_key FROM meter_events WHERE merchant_id = :merchant_id AND idempotency_key = ANY(CAST(:keys AS text[]))"
 )
 _HTTP_OF = {"InvalidArgument": 400, "NotFound": 404, "Unprocessable": 422, "Unavailable": 503}
-
-
-def _ts(value: datetime) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
 
 
 def _decimal_text(value: Decimal | int | None) -> str:
@@ -86,7 +81,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         if request.HasField("idempotency_key"):
             rules.check_text(request.idempotency_key, "idempotencyKey")
         rules.check_data(request.data)
-        when = rules.check_time(as_utc(request.timestamp.ToDatetime()), now) if request.HasField("timestamp") else None
+        when = rules.check_time(from_timestamp(request.timestamp), now) if request.HasField("timestamp") else None
         key = rules.idempotency_key(request.idempotency_key if request.HasField("idempotency_key") else None)
         external_id = rules.external_id(request.external_id if request.HasField("external_id") else None)
         if not request.HasField("data"):
@@ -102,7 +97,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             type=event_type,
             source=source,
             subject=subject,
-            time=now_ts if when is None else _ts(when),
+            time=now_ts if when is None else to_timestamp(when),
             idempotency_key=key,
             data=request.data,
             ingest_time=now_ts,
@@ -154,7 +149,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         valid: list[tuple[int, resources.MeterEvent]] = []
         # one look-up (and at most one bounded wait) per call, not per event
         known_types = await self._metrics.known_types(merchant_id, {item.type for item in items})
-        now_ts = _ts(now)
+        now_ts = to_timestamp(now)
         for index, item in enumerate(items):
             try:
                 valid.append((index, await self._validate(item, merchant_id, now, known_types, now_ts)))
@@ -252,7 +247,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             raise InvalidArgument("from", "from is required", reason="REQUIRED")
         if not request.HasField("to_time"):
             raise InvalidArgument("to", "to is required", reason="REQUIRED")
-        start, end = as_utc(request.from_time.ToDatetime()), as_utc(request.to_time.ToDatetime())
+        start, end = from_timestamp(request.from_time), from_timestamp(request.to_time)
         if end <= start:
             raise InvalidArgument("to", "to must be after from", reason="OUT_OF_RANGE")
         return start, end
@@ -293,8 +288,8 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             if row.window_start is not None and query.window_unit is not None:
                 response.windowed_values.append(
                     svc.WindowedValue(
-                        window_start=_ts(row.window_start),
-                        window_end=_ts(_window_end(row.window_start, query.window_unit)),
+                        window_start=to_timestamp(row.window_start),
+                        window_end=to_timestamp(_window_end(row.window_start, query.window_unit)),
                         value=float(row.value),
                         value_decimal=text,
                     )
@@ -306,7 +301,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         if usage.group_count is not None:
             response.group_count = usage.group_count
         if usage.complete_until is not None:
-            response.complete_until.CopyFrom(_ts(usage.complete_until))
+            response.complete_until.CopyFrom(to_timestamp(usage.complete_until))
         return response
 
     async def ListMeterEvents(self, request: svc.ListMeterEventsRequest, context: grpc.aio.ServicerContext) -> svc.MeterEventList:
@@ -345,9 +340,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
                 type=row.type,
                 source=row.source,
                 subject=row.subject,
-                time=_ts(row.time),
+                time=to_timestamp(row.time),
                 idempotency_key=row.idempotency_key,
-                ingest_time=_ts(row.ingested_at),
+                ingest_time=to_timestamp(row.ingested_at),
             )
             json_format.ParseDict(row.data, event.data)
             if row.external_subject is not None:

@@ -40,10 +40,10 @@ from accrue.subscription.v1 import subscription_events_pb2 as subscription_event
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.core.clock import as_utc
 from libs.infra.db import UnitOfWork
 from libs.infra.logging import get_logger
 from libs.infra.messaging import ReceivedEvent
+from libs.infra.proto_time import from_timestamp
 from services.metering import store
 
 log = get_logger(__name__)
@@ -99,7 +99,7 @@ async def on_customer_event(event: ReceivedEvent, uow: UnitOfWork) -> None:
     facts = _facts(change)
     if not facts:
         return
-    updated_at = as_utc(change.change_time.ToDatetime()) if change.HasField("change_time") else datetime.now(UTC)
+    updated_at = from_timestamp(change.change_time) if change.HasField("change_time") else datetime.now(UTC)
     t = store.subject_map
     stmt = pg.insert(t).values(
         [
