@@ -58,6 +58,18 @@ class ReceivedEvent:
     payload: bytes
     headers: Mapping[str, str]
 
+    @classmethod
+    def of(cls, msg: Msg) -> ReceivedEvent:
+        headers = dict(msg.headers or {})
+        return cls(
+            event_id=headers.get(MSG_ID_HEADER, ""),
+            subject=msg.subject,
+            event_type=headers.get(EVENT_TYPE_HEADER, ""),
+            merchant_id=headers.get(MERCHANT_HEADER, ""),
+            payload=msg.data,
+            headers=headers,
+        )
+
 
 class OutboxRelay:
     """Publishes committed outbox rows to JetStream with ``Nats-Msg-Id`` = event id.
@@ -172,15 +184,8 @@ class EventConsumer:
                 await self._handle(msg)
 
     async def _handle(self, msg: Msg) -> None:
-        headers = dict(msg.headers or {})
-        event = ReceivedEvent(
-            event_id=headers.get(MSG_ID_HEADER, ""),
-            subject=msg.subject,
-            event_type=headers.get(EVENT_TYPE_HEADER, ""),
-            merchant_id=headers.get(MERCHANT_HEADER, ""),
-            payload=msg.data,
-            headers=headers,
-        )
+        event = ReceivedEvent.of(msg)
+        headers = event.headers
         with _tracer.start_as_current_span(
             f"{msg.subject} process",
             context=extract_context(headers),

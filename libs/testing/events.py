@@ -68,17 +68,7 @@ async def messages_on(nc: NatsClient, stream: str, subject: str) -> list[messagi
         except (NatsTimeoutError, TimeoutError):
             break
         for msg in batch:
-            headers = dict(msg.headers or {})
-            out.append(
-                messaging.ReceivedEvent(
-                    event_id=headers.get(messaging.MSG_ID_HEADER, ""),
-                    subject=msg.subject,
-                    event_type=headers.get(messaging.EVENT_TYPE_HEADER, ""),
-                    merchant_id=headers.get(messaging.MERCHANT_HEADER, ""),
-                    payload=msg.data,
-                    headers=headers,
-                )
-            )
+            out.append(messaging.ReceivedEvent.of(msg))
             await msg.ack()
     await sub.unsubscribe()
     return out
