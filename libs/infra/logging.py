@@ -41,6 +41,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    logging.captureWarnings(True)  # Python warnings too, instead of bare stderr text
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -41,7 +41,7 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def infra_mesh(state_dir: Path) -> Iterator[Mesh]:
     """Real PostgreSQL (fsync off) and NATS, without services yet."""
-    mesh = Mesh(state_dir, durable=False, gateway_port=0, log_level="WARNING")
+    mesh = Mesh(state_dir, durable=False, gateway_port=0, log_level="INFO")
     mesh.start_infra()
     yield mesh
     mesh.stop()

@@ -62,3 +62,16 @@ def test_unbuilt_services_answer_not_implemented(merchant_a: MerchantClient) -> 
         response = httpx.get(f"{merchant_a.base_url}{path}", headers=merchant_a.headers)
         assert response.status_code == 501, path
         assert response.json()["code"] == "UNIMPLEMENTED"
+
+
+def test_every_process_logs_one_json_object_per_line(mesh: Mesh, merchant_a: MerchantClient) -> None:
+    import json
+
+    httpx.get(f"{merchant_a.base_url}/v0/products/prod_missing", headers=merchant_a.headers)  # something to log
+    names = ["gateway", "catalog", "metering", "metering-aggregator", "subscription"]
+    for name in names:
+        lines = [line for line in (mesh.state_dir / "logs" / f"{name}.log").read_text().splitlines() if line.strip()]
+        assert lines, name
+        for line in lines:
+            record = json.loads(line)
+            assert "event" in record and "level" in record and "timestamp" in record, (name, line)
