@@ -127,7 +127,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 "merchant_id": merchant_id,
                 "name": rules.required_text(request.name, "name"),
                 "description": rules.optional_text(request.description, "description"),
-                "metadata": dict(request.metadata),
+                "metadata": rules.metadata(request.metadata),
                 "created_at": now,
                 "updated_at": now,
             }
@@ -197,7 +197,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 "event_type": rules.required_text(request.event_type, "eventType"),
                 "value_property": rules.metric_value_property(aggregation, _opt(request, "value_property")),
                 "group_by": rules.group_by(dict(request.group_by)),
-                "item_id": _opt(request, "item_id"),
+                "item_id": rules.nullable_text(_opt(request, "item_id"), "itemId"),
                 "event_from": from_timestamp(request.event_from_time) if request.HasField("event_from_time") else None,
                 "created_at": now,
                 "updated_at": now,
@@ -246,7 +246,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             if "unit" in mask:
                 values["unit"] = rules.required_text(mask.value("unit"), "unit")
             if "item_id" in mask:
-                values["item_id"] = mask.value("item_id", clearable=True)
+                values["item_id"] = rules.nullable_text(mask.value("item_id", clearable=True), "itemId")
             if "event_type" in mask:
                 values["event_type"] = rules.required_text(mask.value("event_type"), "eventType")
             if "value_property" in mask:
@@ -280,7 +280,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 "key": rules.feature_key(request.key),
                 "name": rules.required_text(request.name, "name"),
                 "type": rules.one_of(_opt(request, "type") or "boolean", rules.FEATURE_TYPES, "type"),
-                "metadata": dict(request.metadata),
+                "metadata": rules.metadata(request.metadata),
                 "created_at": now,
                 "updated_at": now,
             }
@@ -334,7 +334,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             if "type" in mask:
                 values["type"] = rules.one_of(mask.value("type"), rules.FEATURE_TYPES, "type")
             if "metadata" in mask:
-                values["metadata"] = mask.value("metadata")
+                values["metadata"] = rules.metadata(mask.value("metadata"))
             await uow.conn.execute(store.features.update().where(store.features.c.id == request.id).values(**values))
             feature = await self._feature(uow.conn, merchant_id, request.id)
             await self._changed(uow, ev.CHANGE_KIND_UPDATED, merchant_id, now, feature=feature)
@@ -377,7 +377,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 "product_id": request.product_id,
                 "name": rules.required_text(request.name, "name"),
                 "description": rules.optional_text(request.description, "description"),
-                "item_id": _opt(request, "item_id"),
+                "item_id": rules.nullable_text(_opt(request, "item_id"), "itemId"),
                 "created_at": now,
                 "updated_at": now,
             }
@@ -419,7 +419,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             if "description" in mask:
                 values["description"] = rules.optional_text(mask.value("description"), "description")
             if "item_id" in mask:
-                values["item_id"] = mask.value("item_id", clearable=True)
+                values["item_id"] = rules.nullable_text(mask.value("item_id", clearable=True), "itemId")
             await uow.conn.execute(store.fees.update().where(store.fees.c.id == request.id).values(**values))
             fee = await self._fee(uow.conn, merchant_id, request.id)
             await self._changed(uow, ev.CHANGE_KIND_UPDATED, merchant_id, now, fee=fee)
@@ -765,10 +765,10 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 "merchant_id": merchant_id,
                 "product_id": request.product_id,
                 "name": rules.required_text(request.name, "name"),
-                "description": _opt(request, "description"),
+                "description": rules.nullable_text(_opt(request, "description"), "description", max_length=rules.LIMITS.description),
                 "currency": rules.currency(request.currency),
                 "billing_cadence": rules.plan_cadence(_opt(request, "billing_cadence"), _opt(request, "billing_interval")),
-                "invoice_display_name": _opt(request, "invoice_display_name"),
+                "invoice_display_name": rules.nullable_text(_opt(request, "invoice_display_name"), "invoiceDisplayName"),
                 "default_tax_code": rules.required_text(_opt(request, "default_tax_code") or "eservice", "defaultTaxCode"),
                 "default_tax_rate": rules.tax_rate(_opt(request, "default_tax_rate") or 0.0),
                 "tax_behavior": rules.one_of(_opt(request, "tax_behavior") or "exclusive", rules.TAX_BEHAVIORS, "taxBehavior"),
@@ -859,9 +859,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 values["default_tax_code"] = rules.required_text(mask.value("default_tax_code"), "defaultTaxCode")
             if "default_tax_rate" in mask:
                 values["default_tax_rate"] = rules.tax_rate(mask.value("default_tax_rate"))
-            for name in ("description", "invoice_display_name"):
+            for name, most in (("description", rules.LIMITS.description), ("invoice_display_name", rules.LIMITS.name)):
                 if name in mask:
-                    values[name] = mask.value(name, clearable=True)
+                    values[name] = rules.nullable_text(mask.value(name, clearable=True), mapping.camel(name), max_length=most)
             if "name" in mask:
                 values["name"] = rules.required_text(mask.value("name"), "name")
             if "tax_behavior" in mask:

@@ -7,6 +7,7 @@ sees exactly what to fix and nothing is written. Nothing here does I/O.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -39,8 +40,30 @@ ENTITLEMENT_TEMPLATE_KEYS = (
 )
 # Tier bounds and band prices: at most 6 decimal places (Paygentic's rule).
 TIER_PLACES = 6
-MAX_NAME = 255
-MAX_DESCRIPTION = 5000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How large a catalog request may be, in one place: the rules below enforce these,
+    the README's limits table and the OpenAPI document cite them. Lengths count
+    characters (Unicode code points). The numbers follow Stripe's where Stripe has one
+    (metadata: 50 keys, 40-character keys, 500-character values).
+    """
+
+    tiers: int = 100  # properties.tiers of a volume or graduated price
+    metadata_keys: int = 50  # metadata of products and features
+    metadata_key_length: int = 40
+    metadata_value_length: int = 500
+    name: int = 255  # name and every other one-line text: unit, eventType, itemId, invoiceDisplayName, ...
+    description: int = 5000
+    plan_prices: int = 100  # prices of a plan (version)
+    group_by_dimensions: int = 20  # groupBy of a billable metric
+    group_by_name_length: int = 40
+    jsonpath_length: int = 255  # valueProperty and groupBy paths
+    page_size: int = 100  # limit of every list; offset must be 0 or more
+
+
+LIMITS = Limits()
 
 _JSONPATH = re.compile(r"\$(\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\]|\['[^']+'\])+")
 _FEATURE_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -54,7 +77,7 @@ def one_of(value: str, allowed: tuple[str, ...], field_name: str) -> str:
     return value
 
 
-def required_text(value: str, field_name: str, *, max_length: int = MAX_NAME) -> str:
+def required_text(value: str, field_name: str, *, max_length: int = LIMITS.name) -> str:
     text = value.strip()
     if not text:
         raise InvalidArgument(field_name, f"{field_name} is required", reason="REQUIRED")
@@ -63,13 +86,50 @@ def required_text(value: str, field_name: str, *, max_length: int = MAX_NAME) ->
     return text
 
 
-def optional_text(value: str, field_name: str, *, max_length: int = MAX_DESCRIPTION) -> str:
+def optional_text(value: str, field_name: str, *, max_length: int = LIMITS.description) -> str:
     if len(value) > max_length:
         raise InvalidArgument(field_name, f"{field_name} is longer than {max_length} characters", reason="TOO_LONG")
     return value
 
 
+def nullable_text(value: str | None, field_name: str, *, max_length: int = LIMITS.name) -> str | None:
+    """An optional field that may be absent (None): checked only when present."""
+    return None if value is None else optional_text(value, field_name, max_length=max_length)
+
+
+def _shown(key: str) -> str:
+    # a refused key may be huge; the message quotes only its start
+    return repr(key if len(key) <= 60 else key[:60] + "...")
+
+
+def metadata(values: Mapping[str, str], field_name: str = "metadata") -> dict[str, str]:
+    """A free-form string map: at most 50 keys of at most 40 characters, values of at most 500.
+
+    A key that is too long is reported on the map itself (``metadata``), since the key
+    cannot name a field; a value that is too long on its key (``metadata.plan``).
+    """
+    if len(values) > LIMITS.metadata_keys:
+        raise InvalidArgument(
+            field_name,
+            f"{field_name} has {len(values)} keys; at most {LIMITS.metadata_keys} are allowed",
+            reason="TOO_MANY_METADATA_KEYS",
+        )
+    for key, value in values.items():
+        if len(key) > LIMITS.metadata_key_length:
+            raise InvalidArgument(
+                field_name,
+                f"{field_name} key {_shown(key)} is longer than {LIMITS.metadata_key_length} characters",
+                reason="KEY_TOO_LONG",
+            )
+        if len(value) > LIMITS.metadata_value_length:
+            here = f"{field_name}.{key}"
+            raise InvalidArgument(here, f"{here} is longer than {LIMITS.metadata_value_length} characters", reason="TOO_LONG")
+    return dict(values)
+
+
 def jsonpath(value: str, field_name: str) -> str:
+    if len(value) > LIMITS.jsonpath_length:
+        raise InvalidArgument(field_name, f"{field_name} is longer than {LIMITS.jsonpath_length} characters", reason="TOO_LONG")
     if not _JSONPATH.fullmatch(value):
         raise InvalidArgument(
             field_name,
@@ -88,9 +148,21 @@ def metric_value_property(aggregation: str, value_property: str | None) -> str |
 
 
 def group_by(mapping: dict[str, str]) -> dict[str, str]:
+    if len(mapping) > LIMITS.group_by_dimensions:
+        raise InvalidArgument(
+            "groupBy",
+            f"groupBy has {len(mapping)} dimensions; at most {LIMITS.group_by_dimensions} are allowed",
+            reason="TOO_MANY_DIMENSIONS",
+        )
     for name, path in mapping.items():
         if not name.strip():
             raise InvalidArgument("groupBy", "groupBy dimension names must not be empty", reason="REQUIRED")
+        if len(name) > LIMITS.group_by_name_length:
+            raise InvalidArgument(
+                "groupBy",
+                f"groupBy dimension name {_shown(name)} is longer than {LIMITS.group_by_name_length} characters",
+                reason="KEY_TOO_LONG",
+            )
         jsonpath(path, f"groupBy.{name}")
     return dict(mapping)
 
@@ -136,8 +208,8 @@ def currency(value: str) -> str:
 def page(limit: int | None, offset: int | None) -> tuple[int, int]:
     size = 10 if limit is None else limit
     skip = 0 if offset is None else offset
-    if not 1 <= size <= 100:
-        raise InvalidArgument("limit", f"limit must be between 1 and 100; got {size}", reason="OUT_OF_RANGE")
+    if not 1 <= size <= LIMITS.page_size:
+        raise InvalidArgument("limit", f"limit must be between 1 and {LIMITS.page_size}; got {size}", reason="OUT_OF_RANGE")
     if skip < 0:
         raise InvalidArgument("offset", f"offset must be 0 or more; got {skip}", reason="OUT_OF_RANGE")
     return size, skip
@@ -176,6 +248,12 @@ def _tiers(props: dict[str, Any], model: str) -> tuple[Tier, ...]:
     raw = props.get("tiers")
     if not isinstance(raw, list) or not raw:
         raise InvalidArgument("properties.tiers", f"properties.tiers is required for the {model} model", reason="REQUIRED")
+    if len(raw) > LIMITS.tiers:
+        raise InvalidArgument(
+            "properties.tiers",
+            f"properties.tiers has {len(raw)} tiers; at most {LIMITS.tiers} are allowed",
+            reason="TOO_MANY_TIERS",
+        )
     tiers = []
     for index, item in enumerate(raw):
         here = f"properties.tiers[{index}]"
@@ -287,6 +365,7 @@ def validate_price(draft: PriceDraft) -> ValidPrice:
     if (draft.billable_metric_id is None) == (draft.fee_id is None):
         raise InvalidArgument("billableMetricId", "exactly one of billableMetricId or feeId is required", reason="METRIC_XOR_FEE")
     required_text(draft.invoice_display_name, "invoiceDisplayName")
+    nullable_text(draft.invoice_display_group, "invoiceDisplayGroup")
     one_of(draft.payment_term, PAYMENT_TERMS, "paymentTerm")
     if metered and draft.payment_term != "in_arrears":
         raise InvalidArgument(
@@ -380,6 +459,13 @@ def entitlement_template(template: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, dict) or not isinstance(value.get("interval"), str):
                 raise InvalidArgument(name, f"{name} must be an object with an ISO-8601 interval", reason="INVALID_TYPE")
             duration(value["interval"], f"{name}.interval")
+            # the template is stored as sent: nothing unknown (and so unbounded) rides along
+            for extra in value:
+                if extra not in ("interval", "anchor"):
+                    raise InvalidArgument(f"{name}.{extra}", f"{name}.{extra} is not a usagePeriod field", reason="UNKNOWN_PROPERTY")
+            anchor = value.get("anchor")
+            if anchor is not None and (not isinstance(anchor, str) or len(anchor) > 64):
+                raise InvalidArgument(f"{name}.anchor", f"{name}.anchor must be a date-time string", reason="INVALID_TYPE")
     return template
 
 
@@ -420,6 +506,12 @@ class PlanLine:
 
 def plan_lines(values: list[Any], field_name: str = "prices") -> list[PlanLine]:
     """``prices`` entries: a bare price id, or {priceId, key}. Keys default to the price id."""
+    if len(values) > LIMITS.plan_prices:
+        raise InvalidArgument(
+            field_name,
+            f"{field_name} has {len(values)} entries; a plan has at most {LIMITS.plan_prices} prices",
+            reason="TOO_MANY_PRICES",
+        )
     lines: list[PlanLine] = []
     seen_keys: set[str] = set()
     seen_prices: set[str] = set()
