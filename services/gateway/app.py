@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import socket
-import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import grpc
@@ -25,6 +26,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from libs.core.errors import DomainError, InvalidArgument
 from libs.infra import migrations
@@ -35,6 +37,7 @@ from libs.infra.logging import configure_logging, get_logger
 from libs.infra.service import run
 from libs.infra.telemetry import configure_tracing, extract_context
 from services.gateway import restjson, store
+from services.gateway.auth import ApiKeys
 from services.gateway.coalescing import Coalescer
 from services.gateway.openapi import build_openapi
 from services.gateway.settings import GatewaySettings
@@ -68,7 +71,30 @@ HTTP_OF_CODE: dict[int, tuple[int, str]] = {
     16: (401, "unauthorized"),
 }
 MAX_BODY_BYTES = 1 << 20
-_CATEGORY = {400: "bad_request", 404: "not_found", 409: "conflict", 422: "unprocessable_entity", 503: "service_unavailable"}
+_CATEGORY = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable_entity",
+    500: "internal_error",
+    503: "service_unavailable",
+    504: "timeout",
+}
+# gRPC metadata values are printable ASCII; Stripe caps idempotency keys at 255 characters
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+# what a gRPC status without one of our reasons means to a REST caller (its own text names
+# addresses and library internals, so it goes to the log, not to the client)
+_PLAIN_STATUS: dict[int, str] = {
+    1: "the request was cancelled",
+    4: "the {backend} service did not answer in time; retry the request",
+    8: "the {backend} service is out of capacity; retry the request later",
+    12: "{route} is not built yet",
+    14: "the {backend} service is unavailable; retry the request",
+}
 
 
 def _error_body(status: int, message: str, error: str, code: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -78,20 +104,58 @@ def _error_body(status: int, message: str, error: str, code: str, details: dict[
     return body
 
 
+@dataclass
+class Reply:
+    status: int
+    body: bytes | None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+def error_reply(
+    status: int, code: str, message: str, field_name: str | None = None, headers: list[tuple[bytes, bytes]] | None = None
+) -> Reply:
+    details = {"field": field_name} if field_name else None
+    return Reply(status, _json(_error_body(status, message, _CATEGORY.get(status, "error"), code, details)), headers or [])
+
+
+class HttpError(Exception):
+    """A request refused before it reaches a service (HTTP-level: 405, 413, 415 ...)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
+
+
+class KeyResolver(Protocol):
+    """API key -> merchant (services/gateway/auth.py; tests pass a fake)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def merchant_for(self, authorization: str | None) -> str | None: ...
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was answered."""
+
+
 class Gateway:
     """The ASGI application."""
 
-    def __init__(self, settings: GatewaySettings, engine: AsyncEngine) -> None:
+    def __init__(self, settings: GatewaySettings, engine: AsyncEngine, *, keys: KeyResolver | None = None) -> None:
         self.settings = settings
         self.engine = engine
+        self.keys: KeyResolver = keys if keys is not None else ApiKeys(settings, engine)
         self.router = Router(build_routes())
         self.openapi = json.dumps(build_openapi(self.router.routes)).encode()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
-        self._keys: dict[str, tuple[str, float]] = {}
         self._coalescers: dict[str, Coalescer] = {}
+        # the whole request (body, auth, backend call) fits in this; a gRPC deadline of
+        # rpc_timeout_seconds fires first, so this only bounds what has no deadline of its own
+        self._deadline = settings.rpc_timeout_seconds + 1.0
 
     async def start(self) -> None:
+        await self.keys.start()
         for route in self.router.routes:
             if route.backend not in self._channels:
                 self._channels[route.backend] = grpc.aio.insecure_channel(
@@ -114,21 +178,9 @@ class Gateway:
                 )
 
     async def close(self) -> None:
+        await self.keys.close()
         for channel in self._channels.values():
             await channel.close(grace=None)
-
-    async def _merchant_for(self, authorization: str | None) -> str | None:
-        if not authorization or not authorization.lower().startswith("bearer "):
-            return None
-        secret = authorization[7:].strip()
-        cached = self._keys.get(secret)
-        now = time.monotonic()
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        merchant_id = await store.merchant_for_key(self.engine, secret)
-        if merchant_id is not None:
-            self._keys[secret] = (merchant_id, now + self.settings.api_key_cache_seconds)
-        return merchant_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -139,73 +191,121 @@ class Gateway:
         path: str = scope["path"]
         method: str = scope["method"]
         if method == "GET" and path == "/healthz":
-            await _respond(send, 200, b'{"status":"ok"}')
+            await _respond(send, Reply(200, b'{"status":"ok"}'))
             return
         if method == "GET" and path == "/openapi.json":
-            await _respond(send, 200, self.openapi)
+            await _respond(send, Reply(200, self.openapi))
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         with _tracer.start_as_current_span(
             f"{method} {path}", context=extract_context(headers), kind=SpanKind.SERVER, attributes={"http.request.method": method}
         ) as span:
-            status, body = await self._handle(scope, receive, method, path, headers)
-            span.set_attribute("http.response.status_code", status)
-            if status >= 500:
+            reply = await self._serve(scope, receive, method, path, headers)
+            if reply is None:  # the client went away; nobody to answer
+                span.set_attribute("http.client_disconnected", True)
+                return
+            span.set_attribute("http.response.status_code", reply.status)
+            if reply.status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
-            await _respond(send, status, body)
+            await _respond(send, reply)
 
-    async def _handle(self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes | None]:
-        route, path_vars, path_known = self.router.match(method, path)
+    async def _serve(self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str]) -> Reply | None:
+        """Every request gets an answer within its deadline, and a JSON one, whatever fails."""
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await self._handle(scope, receive, method, path, headers)
+        except HttpError as err:
+            return err.reply
+        except ClientGone:
+            return None
+        except TimeoutError:
+            return error_reply(504, "DEADLINE_EXCEEDED", f"the request did not complete within {self._deadline:g} seconds")
+        except Exception:
+            log.exception("request_failed", method=method, path=path)
+            return error_reply(500, "INTERNAL", "internal error; the request may be retried with the same Idempotency-Key")
+
+    async def _handle(self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str]) -> Reply | None:
+        route, path_vars, allowed = self.router.match(method, path)
         if route is None:
-            if path_known:
-                return 405, _json(_error_body(405, f"{method} is not allowed on {path}", "method_not_allowed", "METHOD_NOT_ALLOWED"))
-            return 404, _json(_error_body(404, f"no route for {method} {path}", "not_found", "ROUTE_NOT_FOUND"))
-        merchant_id = await self._merchant_for(headers.get("authorization"))
+            if allowed:
+                allow = ", ".join(allowed).encode()
+                return error_reply(405, "METHOD_NOT_ALLOWED", f"{method} is not allowed on {path}", headers=[(b"allow", allow)])
+            return error_reply(404, "ROUTE_NOT_FOUND", f"no route for {method} {path}")
+        merchant_id = await self.keys.merchant_for(headers.get("authorization"))
         if merchant_id is None:
-            return 401, _json(
-                _error_body(401, "a valid API key is required: Authorization: Bearer <key>", "unauthorized", "UNAUTHENTICATED")
+            return error_reply(401, "UNAUTHENTICATED", "a valid API key is required: Authorization: Bearer <key>")
+        idempotency_key = headers.get("idempotency-key")
+        if idempotency_key is not None and idempotency_key != "" and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            return error_reply(
+                400,
+                "INVALID_IDEMPOTENCY_KEY",
+                "Idempotency-Key must be 1 to 255 printable ASCII characters (no tabs, no control or non-ASCII characters)",
+                "Idempotency-Key",
             )
         try:
-            request = await self._build_request(route, scope, receive, path_vars)
+            request = await self._build_request(route, scope, receive, path_vars, headers)
         except DomainError as err:
-            return 400, _json(_error_body(400, err.message, "bad_request", err.reason, err.metadata))
+            return Reply(400, _json(_error_body(400, err.message, "bad_request", err.reason, err.metadata)))
         metadata: list[tuple[str, str]] = [(MERCHANT_METADATA_KEY, merchant_id)]
-        idempotency_key = headers.get("idempotency-key")
         if idempotency_key:
             metadata.append((IDEMPOTENCY_METADATA_KEY, idempotency_key))
-        coalescer = self._coalescers.get(route.grpc_path) if not idempotency_key else None
+        call = asyncio.ensure_future(self._call(route, request, metadata, merchant_id, coalesce=not idempotency_key))
+        gone = asyncio.ensure_future(_client_gone(receive))
+        try:
+            await asyncio.wait((call, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not call.done():  # the client left (or this request was cancelled): free what it held
+                call.cancel()
+            gone.cancel()
+        if not call.done() or call.cancelled():
+            return None
+        return call.result()
+
+    async def _call(self, route: Route, request: Message, metadata: list[tuple[str, str]], merchant_id: str, *, coalesce: bool) -> Reply:
+        coalescer = self._coalescers.get(route.grpc_path) if coalesce else None
         try:
             if coalescer is not None:
                 outcome = await coalescer.submit(metadata, merchant_id, request)
                 if outcome.response is None:
                     details = {"field": outcome.field} if outcome.field else None
                     category = _CATEGORY.get(outcome.http_status, "error")
-                    return outcome.http_status, _json(_error_body(outcome.http_status, outcome.message, category, outcome.code, details))
+                    return Reply(
+                        outcome.http_status, _json(_error_body(outcome.http_status, outcome.message, category, outcome.code, details))
+                    )
                 response = outcome.response
             else:
                 response = await self._calls[route.grpc_path](request, metadata=metadata, timeout=self.settings.rpc_timeout_seconds)
         except grpc.aio.AioRpcError as exc:
-            decoded = decode_rpc_error(exc)
-            status, category = HTTP_OF_CODE.get(decoded.code, (500, "internal_error"))
-            override = decoded.metadata.pop("http_status", None)
-            if override == "422":
-                status, category = 422, "unprocessable_entity"
-            code = decoded.reason or exc.code().name
-            if decoded.code == 14 and decoded.reason is None:
-                log.warning("backend_unavailable", backend=route.backend, detail=decoded.message)
-            return status, _json(_error_body(status, decoded.message, category, code, decoded.metadata))
+            return self._rpc_error_reply(route, exc)
         if route.success_code == 204:
-            return 204, None
-        return route.success_code, _json(restjson.message_to_json(response))
+            return Reply(204, None)
+        return Reply(route.success_code, _json(restjson.message_to_json(response)))
 
-    async def _build_request(self, route: Route, scope: Scope, receive: Receive, path_vars: dict[str, str]) -> Message:
+    def _rpc_error_reply(self, route: Route, exc: grpc.aio.AioRpcError) -> Reply:
+        decoded = decode_rpc_error(exc)
+        status, category = HTTP_OF_CODE.get(decoded.code, (500, "internal_error"))
+        override = decoded.metadata.pop("http_status", None)
+        if override == "422":
+            status, category = 422, "unprocessable_entity"
+        if decoded.reason is not None:
+            return Reply(status, _json(_error_body(status, decoded.message, category, decoded.reason, decoded.metadata)))
+        # not one of our domain errors: gRPC's own text (addresses, library internals) is for the log
+        log.warning("backend_error", backend=route.backend, method=route.method.name, code=exc.code().name, detail=decoded.message)
+        template = _PLAIN_STATUS.get(decoded.code, "internal error in the {backend} service")
+        message = template.format(backend=route.backend, route=f"{route.http_method} {route.openapi_path}")
+        return Reply(status, _json(_error_body(status, message, category, exc.code().name)))
+
+    async def _build_request(
+        self, route: Route, scope: Scope, receive: Receive, path_vars: dict[str, str], headers: dict[str, str]
+    ) -> Message:
         request = route.request_class()
         descriptor: Descriptor = request.DESCRIPTOR  # type: ignore[assignment]
         payload: dict[str, Any] = {}
         body_fields: list[str] = []
         if route.body:
-            raw = await _read_body(receive)
+            raw = await _read_body(receive, headers)
             if raw.strip():
+                _check_json_media_type(headers.get("content-type"))
                 try:
                     parsed = orjson.loads(raw)
                 except json.JSONDecodeError as exc:
@@ -216,13 +316,13 @@ class Gateway:
                     raise InvalidArgument("body", "the body must be a JSON object", reason="INVALID_JSON")
                 payload = parsed
             body_fields = restjson.mask_paths(descriptor, payload)
-        query = parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True)
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         if query and not route.body:
             payload = restjson.query_to_json(descriptor, query)
         for name, value in path_vars.items():
-            field = descriptor.fields_by_name[name]
-            payload[field.json_name] = value
-            payload.pop(name, None) if name != field.json_name else None
+            field_descriptor = descriptor.fields_by_name[name]
+            payload[field_descriptor.json_name] = value
+            payload.pop(name, None) if name != field_descriptor.json_name else None
         restjson.parse_into(request, payload)
         if route.http_method == "PATCH" and "update_mask" in descriptor.fields_by_name:
             request.update_mask.paths.extend(p for p in body_fields if p not in path_vars)  # type: ignore[attr-defined]
@@ -244,27 +344,72 @@ def _json(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
-async def _read_body(receive: Receive) -> bytes:
+def _check_json_media_type(content_type: str | None) -> None:
+    """A JSON endpoint takes JSON: an absent Content-Type is read as JSON (curl -d, old
+    clients), any other media type is 415."""
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise HttpError(
+        error_reply(
+            415, "UNSUPPORTED_MEDIA_TYPE", f"the body must be application/json, not {media or 'an empty media type'!r}", "Content-Type"
+        )
+    )
+
+
+def _too_large() -> HttpError:
+    return HttpError(error_reply(413, "BODY_TOO_LARGE", f"the body is larger than {MAX_BODY_BYTES} bytes", "body"))
+
+
+async def _read_body(receive: Receive, headers: dict[str, str]) -> bytes:
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
     chunks = []
     size = 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise InvalidArgument("body", f"the body is larger than {MAX_BODY_BYTES} bytes", reason="BODY_TOO_LARGE")
+            raise _too_large()
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
 
 
-async def _respond(send: Send, status: int, body: bytes | None) -> None:
-    payload = body or b""
-    headers = [(b"content-length", str(len(payload)).encode())]
-    if body is not None:
+async def _client_gone(receive: Receive) -> None:
+    """Returns when the client disconnects (the request body is already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _respond(send: Send, reply: Reply) -> None:
+    payload = reply.body or b""
+    headers = [(b"content-length", str(len(payload)).encode()), *reply.headers]
+    if reply.body is not None:
         headers.append((b"content-type", b"application/json"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, but a request the HTTP parser refuses (a control
+    character in a header, a malformed request line) gets the JSON error body too."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = _json(_error_body(400, "the HTTP request is malformed (invalid request line or header)", "bad_request", "MALFORMED_HTTP"))
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\nconnection: close\r\n\r\n"
+            + body
+        )
+        self.transport.close()
 
 
 class GatewayHost:
@@ -293,7 +438,9 @@ class GatewayHost:
             log_config=None,
             access_log=False,
             lifespan="on",
-            http="httptools",
+            http=JsonErrorsHttpToolsProtocol,
+            # a stop waits this long for requests in flight (each is bounded by its deadline)
+            timeout_graceful_shutdown=5,
             loop="none",
             backlog=2048,
             # no proxy-header rewriting, no Server/Date headers: per-request work nobody reads

@@ -68,12 +68,20 @@ def _field_for_key(descriptor: Any, key: str) -> Any:
 
 
 def normalize_timestamps(descriptor: Any, value: Any) -> Any:
-    """Give offset-less date-time strings a Z, at every Timestamp field of the message."""
+    """Prepare a JSON object for json_format, at every level of the message:
+    offset-less date-time strings get a Z (UTC), and null for a repeated or map field
+    means absent (json_format has no null for a list)."""
     if not isinstance(value, dict):
         return value
-    for key, item in value.items():
+    for key in list(value):
+        item = value[key]
         field = _field_for_key(descriptor, key)
-        if field is None or field.message_type is None or _is_map(field):
+        if field is None:
+            continue
+        if item is None and field.is_repeated:
+            del value[key]
+            continue
+        if field.message_type is None or _is_map(field):
             continue
         name = field.message_type.full_name
         if name == _TS:
@@ -88,9 +96,102 @@ def normalize_timestamps(descriptor: Any, value: Any) -> Any:
     return value
 
 
+_INT_RANGES = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+}
+_WELL_KNOWN_TEXT = {
+    _TS: "an RFC 3339 date-time such as 2026-01-31T12:00:00Z",
+    "google.protobuf.Duration": "a duration such as 3.5s",
+    "google.protobuf.Struct": "a JSON object",
+    "google.protobuf.ListValue": "a JSON array",
+    "google.protobuf.FieldMask": "a comma-separated list of field names",
+}
+
+
+def expected_value(field: Any, *, element: bool = False) -> str:
+    """What a field takes, in the user's terms (for error messages)."""
+    if field.is_repeated and not element:
+        if _is_map(field):
+            return "a JSON object whose values are " + _plural(expected_value(field.message_type.fields_by_name["value"]))
+        return "an array of " + _plural(expected_value(field, element=True))
+    if field.message_type is not None:
+        return _WELL_KNOWN_TEXT.get(field.message_type.full_name, "a JSON object")
+    if field.enum_type is not None:
+        return "one of " + ", ".join(v.name for v in field.enum_type.values)
+    if field.type in _INT_RANGES:
+        low, high = _INT_RANGES[field.type]
+        return f"an integer from {low} to {high}"
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return "true or false"
+    if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return "a number"
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return "a base64 string"
+    return "a string"
+
+
+def _plural(text: str) -> str:
+    for article in ("an ", "a "):
+        if text.startswith(article):
+            noun = text[len(article) :]
+            return (
+                noun.replace("object", "objects", 1)
+                .replace("string", "strings", 1)
+                .replace("integer", "integers", 1)
+                .replace("number", "numbers", 1)
+                .replace("date-time", "date-times", 1)
+            )
+    return text
+
+
+def _resolve(descriptor: Any, names: list[str]) -> tuple[str, Any]:
+    """The REST spelling of a path of (json or proto) field names, and its last field."""
+    spelled: list[str] = []
+    field = None
+    current = descriptor
+    for name in names:
+        index = ""
+        if "[" in name:
+            name, index = name[: name.index("[")], name[name.index("[") :]
+        field = _field_for_key(current, name) if current is not None else None
+        spelled.append((field.json_name if field is not None else name) + index)
+        current = field.message_type if field is not None and field.message_type is not None and not _is_map(field) else None
+    return ".".join(spelled), field
+
+
 _PARSE_FIELD = re.compile(r"Failed to parse (\w+) field")
-_NO_FIELD = re.compile(r'has no field named "([^"]+)"')
-_AT_PATH = re.compile(r" at [A-Za-z0-9_]+\.([A-Za-z0-9_.\[\]]+)\.?$")
+_NO_FIELD = re.compile(r'has no field named "(.*)" at "([^"]*)"', re.DOTALL)
+_AT_PATH = re.compile(r" at [A-Za-z0-9_]+\.([A-Za-z0-9_.\[\]]+?)\.?$")
+
+
+def _parse_error(descriptor: Any, text: str) -> InvalidArgument:
+    """json_format's text names Python parsers, protobuf types and field lists: none of
+    that reaches a user. The error names the field in its REST spelling and says what it
+    takes, from the descriptor."""
+    unknown = _NO_FIELD.search(text)
+    if unknown:
+        parent_names = unknown.group(2).split(".")[1:]
+        parent, _ = _resolve(descriptor, parent_names) if parent_names else ("", None)
+        key = unknown.group(1)
+        path = f"{parent}.{key}" if parent else key
+        where = f" in {parent}" if parent else ""
+        return InvalidArgument(path, f"unknown field {key!r}{where}", reason="UNKNOWN_FIELD")
+    at_path = _AT_PATH.search(text)
+    names = at_path.group(1).split(".") if at_path else _PARSE_FIELD.findall(text)
+    if not names:
+        return InvalidArgument("body", "the body does not match the request's fields", reason="INVALID_FIELD")
+    path, field = _resolve(descriptor, names)
+    message = f"{path} must be {expected_value(field)}" if field is not None else f"{path} has the wrong type"
+    return InvalidArgument(path, message, reason="INVALID_FIELD")
 
 
 MAX_DEPTH = 32
@@ -122,28 +223,19 @@ def parse_into(message: Message, value: dict[str, Any]) -> None:
     try:
         json_format.ParseDict(value, message, ignore_unknown_fields=False)
     except json_format.ParseError as exc:
-        text = str(exc)
-        unknown = _NO_FIELD.search(text)
-        if unknown:
-            raise InvalidArgument(unknown.group(1), f"unknown field {unknown.group(1)!r}", reason="UNKNOWN_FIELD") from exc
-        bad = _PARSE_FIELD.findall(text)
-        at_path = _AT_PATH.search(text)
-        if not bad and at_path:  # "Expected true or false ... at CreatePriceRequest.isObligation"
-            bad = at_path.group(1).split(".")
-        field = ".".join(bad) if bad else "body"
-        field_descriptor = _field_for_key(message.DESCRIPTOR, bad[0]) if bad else None
-        if field_descriptor is not None:
-            field = ".".join([field_descriptor.json_name, *bad[1:]])
-        raise InvalidArgument(field, f"{field} has the wrong type or format: {text}", reason="INVALID_FIELD") from exc
+        raise _parse_error(message.DESCRIPTOR, str(exc)) from exc
 
 
 def mask_paths(descriptor: Any, body: dict[str, Any]) -> list[str]:
     """Top-level JSON keys sent in a PATCH body, as proto field names (AIP-134)."""
     paths = []
-    for key in body:
+    for key, value in body.items():
         field = _field_for_key(descriptor, key)
-        if field is not None and field.name != "update_mask":
-            paths.append(field.name)
+        if field is None or field.name == "update_mask":
+            continue
+        if value is None and field.is_repeated:  # null for a list or map means absent, not "clear"
+            continue
+        paths.append(field.name)
     return paths
 
 

@@ -23,8 +23,10 @@ class GatewaySettings(BaseSettings):
     entitlement_addr: str = "127.0.0.1:50056"
     # per-call deadline to the services
     rpc_timeout_seconds: float = 30.0
-    # how long a resolved API key is trusted before it is looked up again
-    api_key_cache_seconds: float = 30.0
+    # how long a resolved API key is trusted before it is looked up again. Revocations
+    # reach every gateway at once (LISTEN/NOTIFY, services/gateway/auth.py); this is the
+    # bound if a notification is lost, so it stays short. 0 looks every key up every time.
+    api_key_cache_seconds: float = 1.0
     log_level: str = "INFO"
     otel_exporter_otlp_endpoint: str | None = None
 

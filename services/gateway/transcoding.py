@@ -126,15 +126,15 @@ class Router:
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = list(routes)
 
-    def match(self, http_method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
-        """(route, path variables, whether the path exists under another method)."""
-        path_known = False
+    def match(self, http_method: str, path: str) -> tuple[Route | None, dict[str, str], tuple[str, ...]]:
+        """(route, path variables, the methods the path answers: for 405's Allow header)."""
+        allowed: list[str] = []
         for route in self.routes:
             found = route.pattern.match(path)
             if found is None:
                 continue
             if route.http_method != http_method:
-                path_known = True
+                allowed.append(route.http_method)
                 continue
-            return route, {k.replace("__", "."): v for k, v in found.groupdict().items()}, True
-        return None, {}, path_known
+            return route, {k.replace("__", "."): v for k, v in found.groupdict().items()}, ()
+        return None, {}, tuple(sorted(set(allowed)))

@@ -32,10 +32,10 @@ def test_router_matches_variables_and_tells_a_wrong_method_from_an_unknown_path(
     route, variables, _ = router.match("GET", "/v0/plans/plan_1/versions/3")
     assert route is not None and route.method.name == "GetPlanVersion"
     assert variables == {"id": "plan_1", "version_number": "3"}
-    route, _, known = router.match("PUT", "/v0/products/prod_1")
-    assert route is None and known
-    route, _, known = router.match("GET", "/v0/nothing")
-    assert route is None and not known
+    route, _, allowed = router.match("PUT", "/v0/products/prod_1")
+    assert route is None and allowed == ("GET", "PATCH")
+    route, _, allowed = router.match("GET", "/v0/nothing")
+    assert route is None and allowed == ()
 
 
 def test_openapi_document_has_every_route_in_rest_spelling() -> None:
