@@ -43,6 +43,7 @@ log = get_logger(__name__)
 
 # how the listener's connection shows in pg_stat_activity
 LISTENER_APPLICATION_NAME = "accrue-gateway-key-revocations"
+_MAX_RECONNECT_SECONDS = 10.0
 # a cache past this many entries sheds its expired ones (live keys bound its size anyway)
 _PRUNE_ABOVE = 10_000
 
@@ -160,19 +161,26 @@ class ApiKeys:
             self._listening.clear()
 
     async def _listen_forever(self) -> None:
+        failures = 0
+        delay = self._reconnect_seconds
         while True:
             try:
                 await self._listen_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._listening.is_set():
-                    log.warning("api_key_listener_lost", error=type(exc).__name__, detail=str(exc)[:200])
-                else:
-                    log.warning("api_key_listener_unavailable", error=type(exc).__name__, detail=str(exc)[:200])
+                lost = self.listening
+                if lost:
+                    failures = 0
+                # uncached meanwhile (every request asks the database): come back soon, but
+                # back off from a database that stays down
+                delay = min(self._reconnect_seconds * 2**failures, _MAX_RECONNECT_SECONDS)
+                failures += 1
+                event = "api_key_listener_lost" if lost else "api_key_listener_unavailable"
+                log.warning(event, error=type(exc).__name__, detail=str(exc)[:200], retry_in_seconds=delay)
             finally:
                 self._set_listening(False)
-            await asyncio.sleep(self._reconnect_seconds)
+            await asyncio.sleep(delay)
 
     async def _listen_once(self) -> None:
         conn = await psycopg.AsyncConnection.connect(
