@@ -4,6 +4,14 @@ Starts a real PostgreSQL and NATS (embedded, from pip wheels) unless ACCRUE_POST
 ACCRUE_NATS_URL point at existing servers, then every service and the gateway as
 separate processes on free ports, waits until each is healthy (gRPC health checking;
 the gateway's /healthz), creates a demo merchant, and writes .accrue/run.env.
+
+``main()`` (``make run``) then supervises the processes the way a container runtime
+would: one that exits is restarted with exponential backoff on the port it had (the
+gateway and the printed URLs hold that address), and after too many restarts in a row
+the runner stops everything and exits non-zero. See ``Supervisor``.
+
+main() reads ACCRUE_STATE_DIR (default .accrue: data, logs/, pids/, run.env),
+ACCRUE_HTTP_PORT (the gateway's; 0 for any free one) and ACCRUE_RESTART_MAX (default 5).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +46,11 @@ class Process:
     port_file: Path
     log_file: Path
     port: int = 0
+    # what it takes to start it again (Mesh.respawn): module, environment, and the
+    # variable that chooses its port (none for a process that listens on nothing)
+    module: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    port_env: str | None = "ACCRUE_GRPC_PORT"
 
 
 @dataclass
@@ -89,7 +103,7 @@ class Mesh:
         env.update(self.extra_env)
         return env
 
-    def spawn(self, name: str, module: str, env: dict[str, str]) -> Process:
+    def spawn(self, name: str, module: str, env: dict[str, str], port_env: str | None = "ACCRUE_GRPC_PORT") -> Process:
         port_file = Path(env["ACCRUE_PORT_FILE"])
         port_file.unlink(missing_ok=True)
         log_file = self.state_dir / "logs" / f"{name}.log"
@@ -97,8 +111,22 @@ class Mesh:
             popen = subprocess.Popen(
                 [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        process = Process(name=name, popen=popen, port_file=port_file, log_file=log_file)
+        pid_dir = self.state_dir / "pids"
+        pid_dir.mkdir(exist_ok=True)
+        (pid_dir / name).write_text(str(popen.pid))
+        process = Process(name=name, popen=popen, port_file=port_file, log_file=log_file, module=module, env=env, port_env=port_env)
         self.processes[name] = process
+        return process
+
+    def respawn(self, name: str) -> Process:
+        """Start ``name`` again as it was started, on the port it had bound: whoever holds
+        its address (the gateway, run.env) keeps a valid one."""
+        old = self.processes[name]
+        env = dict(old.env)
+        if old.port_env is not None and old.port:
+            env[old.port_env] = str(old.port)
+        process = self.spawn(name, old.module, env, old.port_env)
+        process.port = old.port
         return process
 
     def start_service(self, name: str) -> Process:
@@ -106,6 +134,8 @@ class Mesh:
         if name == "metering":
             # aggregation runs in its own process (as on Kubernetes), on the other core
             env.setdefault("ACCRUE_AGGREGATOR_ENABLED", "false")
+            if "catalog" in self.processes:  # metering asks the catalog about event types it has not heard of
+                env.setdefault("ACCRUE_CATALOG_ADDR", f"127.0.0.1:{self.wait_port(self.processes['catalog'])}")
         return self.spawn(name, f"services.{name}.app", env)
 
     def start_aggregator(self, name: str = "metering-aggregator") -> Process:
@@ -113,7 +143,7 @@ class Mesh:
         several may run (give each its own name): they share one durable consumer."""
         env = self.service_env("metering")
         env["ACCRUE_PORT_FILE"] = str(self.state_dir / "ports" / name)
-        return self.spawn(name, "services.metering.aggregator", env)
+        return self.spawn(name, "services.metering.aggregator", env, port_env=None)
 
     def wait_port(self, process: Process, timeout: float = 90) -> int:
         deadline = time.monotonic() + timeout
@@ -146,7 +176,7 @@ class Mesh:
         env.update(ACCRUE_HTTP_PORT=str(port))
         for name in SERVICES:
             env[f"ACCRUE_{name.upper()}_ADDR"] = f"127.0.0.1:{self.processes[name].port}"
-        process = self.spawn("gateway", "services.gateway.app", env)
+        process = self.spawn("gateway", "services.gateway.app", env, port_env="ACCRUE_HTTP_PORT")
         self.wait_port(process)
         self.gateway_url = f"http://127.0.0.1:{process.port}"
         deadline = time.monotonic() + 30
@@ -196,6 +226,7 @@ class Mesh:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.popen.pid, signal.SIGKILL)
+            (self.state_dir / "pids" / process.name).unlink(missing_ok=True)
         if self.nats is not None:
             self.nats.stop()
         if self.pg is not None:
@@ -211,17 +242,131 @@ def _preferred_port(port: int) -> int:
     return port
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Exponential backoff (0.5 s, 1 s, 2 s ... capped); a process that stays up
+    ``stable_after`` seconds has its count reset; one more exit after ``max_restarts``
+    restarts in a row is given up on."""
+
+    initial_backoff: float = 0.5
+    max_backoff: float = 8.0
+    max_restarts: int = 5
+    stable_after: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> RestartPolicy:
+        return cls(max_restarts=int(os.environ.get("ACCRUE_RESTART_MAX", cls.max_restarts)))
+
+    def backoff(self, restarts: int) -> float:
+        return float(min(self.initial_backoff * 2**restarts, self.max_backoff))
+
+
+class GaveUp(Exception):
+    def __init__(self, process: Process, code: int, restarts: int) -> None:
+        super().__init__(
+            f"gave up on {process.name}: it exited ({describe_exit(code)}) again after {restarts} restarts; see {process.log_file}"
+        )
+        self.process = process
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+@dataclass
+class _Watch:
+    started_at: float
+    restarts: int = 0  # in a row: since it last stayed up policy.stable_after
+    restart_at: float | None = None  # dead, to be started again then
+    back: bool = True  # its restart has been reported as serving
+
+
+class Supervisor:
+    """Restarts the mesh's processes when they exit, as ``make run`` does.
+
+    ``poll()`` is one non-blocking round over ``mesh.processes`` (call it every few
+    hundred milliseconds); it raises ``GaveUp`` when a process has used up its restarts.
+    """
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        policy: RestartPolicy | None = None,
+        say: Callable[[str], None] = lambda line: print(line, flush=True),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.mesh = mesh
+        self.policy = policy or RestartPolicy()
+        self.say = say
+        self.clock = clock
+        self._watches: dict[str, _Watch] = {}
+
+    def poll(self) -> None:
+        now = self.clock()
+        for name, process in list(self.mesh.processes.items()):
+            watch = self._watches.setdefault(name, _Watch(started_at=now))
+            if watch.restart_at is not None:
+                if now >= watch.restart_at:
+                    self._restart(name, watch, now)
+                continue
+            code = process.popen.poll()
+            if code is None:
+                self._check_running(process, watch, now)
+                continue
+            if watch.restarts >= self.policy.max_restarts:
+                raise GaveUp(process, code, watch.restarts)
+            delay = self.policy.backoff(watch.restarts)
+            self.say(
+                f"{name} (pid {process.popen.pid}) exited, {describe_exit(code)}; see {process.log_file}; "
+                f"restarting in {delay:g}s (restart {watch.restarts + 1} of at most {self.policy.max_restarts} in a row)"
+            )
+            watch.restart_at = now + delay
+
+    def run(self, should_stop: Callable[[], bool], interval: float = 0.2) -> None:
+        while not should_stop():
+            self.poll()
+            time.sleep(interval)
+
+    def _restart(self, name: str, watch: _Watch, now: float) -> None:
+        old = self.mesh.processes[name]
+        watch.restarts += 1
+        watch.restart_at = None
+        watch.started_at = now
+        with contextlib.suppress(OSError), open(old.log_file, "a") as log:
+            log.write(f"--- restarted by the runner (restart {watch.restarts}) ---\n")
+        process = self.mesh.respawn(name)
+        where = f" on 127.0.0.1:{process.port}" if process.port_env is not None and process.port else ""
+        watch.back = not where  # nothing to wait for when it listens on nothing
+        self.say(f"{name} restarted (pid {process.popen.pid}){where}")
+
+    def _check_running(self, process: Process, watch: _Watch, now: float) -> None:
+        if not watch.back and process.port_file.exists() and process.port_file.read_text().strip():
+            watch.back = True
+            self.say(f"{process.name} is serving again on 127.0.0.1:{process.port_file.read_text().strip()}")
+        if watch.restarts and now - watch.started_at >= self.policy.stable_after:
+            watch.restarts = 0
+
+
 def main() -> None:
     started = time.monotonic()
-    mesh = Mesh(ROOT / ".accrue", gateway_port=int(os.environ["ACCRUE_HTTP_PORT"]) if "ACCRUE_HTTP_PORT" in os.environ else None)
+    state_dir = Path(os.environ["ACCRUE_STATE_DIR"]) if "ACCRUE_STATE_DIR" in os.environ else ROOT / ".accrue"
+    gateway_port = int(os.environ["ACCRUE_HTTP_PORT"]) if "ACCRUE_HTTP_PORT" in os.environ else None
+    mesh = Mesh(state_dir, gateway_port=gateway_port)
     stop = False
+    received: list[str] = []
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stop
         stop = True
+        received.append(signal.Signals(signum).name)  # printed after the loop: print() is not reentrant
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    gave_up: GaveUp | None = None
     try:
         mesh.start()
         elapsed = time.monotonic() - started
@@ -232,21 +377,22 @@ def main() -> None:
         print("  aggregator   metering's aggregator worker (python -m services.metering.aggregator)")
         print(f"  postgres     {mesh.postgres_url}")
         print(f"  nats         {mesh.nats_url}")
-        print(f"  logs         {mesh.state_dir / 'logs'}")
+        print(f"  logs         {mesh.state_dir / 'logs'}   (pids in {mesh.state_dir / 'pids'})")
         print(f"\nACCRUE_GATEWAY_URL={mesh.gateway_url}")
         print(f"ACCRUE_MERCHANT_ID={mesh.merchant_id}")
         print(f"ACCRUE_API_KEY={mesh.api_key}")
         print(f"\n(also in {mesh.state_dir / 'run.env'}; Ctrl-C stops everything)", flush=True)
-        while not stop:
-            for process in mesh.processes.values():
-                if process.popen.poll() is not None:
-                    print(f"{process.name} exited with {process.popen.returncode}; see {process.log_file}", flush=True)
-                    stop = True
-            time.sleep(0.2)
+        try:
+            Supervisor(mesh, RestartPolicy.from_env()).run(lambda: stop)
+        except GaveUp as err:
+            gave_up = err
+            print(f"accrue: {err}; stopping everything", file=sys.stderr, flush=True)
     finally:
-        print("stopping...", flush=True)
+        print(f"stopping ({received[0]})..." if received else "stopping...", flush=True)
         mesh.stop()
         print("stopped", flush=True)
+    if gave_up is not None:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
