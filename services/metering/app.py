@@ -11,7 +11,7 @@ from accrue.metering.v1 import metering_service_pb2, metering_service_pb2_grpc
 from libs.infra.messaging import EventConsumer
 from libs.infra.service import Runtime, ServiceDefinition, Worker, main
 from services.metering.aggregator import METER_STREAM, METER_SUBJECTS, Aggregator
-from services.metering.metrics import MetricIndex
+from services.metering.metrics import CatalogClient, MetricIndex
 from services.metering.server import MeteringServicer
 from services.metering.settings import MeteringSettings
 from services.metering.store import metadata
@@ -23,7 +23,8 @@ CATALOG_STREAM = "ACCRUE_CATALOG"
 
 def _index(runtime: Runtime) -> MetricIndex:
     if "metrics" not in runtime.extras:
-        runtime.extras["metrics"] = MetricIndex(runtime.db)
+        address = MeteringSettings().catalog_addr
+        runtime.extras["metrics"] = MetricIndex(runtime.db, CatalogClient(address) if address else None)
     index: MetricIndex = runtime.extras["metrics"]
     return index
 
@@ -31,7 +32,13 @@ def _index(runtime: Runtime) -> MetricIndex:
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     settings = MeteringSettings()
     servicer = MeteringServicer(
-        runtime.db, runtime.js, runtime.clock, _index(runtime), partitions=settings.meter_partitions, max_payload=runtime.nats.max_payload
+        runtime.db,
+        runtime.js,
+        runtime.clock,
+        _index(runtime),
+        partitions=settings.meter_partitions,
+        max_payload=runtime.nats.max_payload,
+        max_event_age_days=settings.metering_max_event_age_days,
     )
     metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
 

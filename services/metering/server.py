@@ -30,7 +30,7 @@ from libs.infra.telemetry import inject_headers
 from services.metering import store
 from services.metering.domain import events as rules
 from services.metering.domain.usage import window_unit
-from services.metering.metrics import MetricIndex
+from services.metering.metrics import MetricIndex, TypeCheck
 from services.metering.usage_query import UsageQuery, query_usage
 from services.metering.usage_query import conditions as usage_conditions
 
@@ -55,9 +55,18 @@ def _decimal_text(value: Decimal | int | None) -> str:
 
 class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     def __init__(
-        self, db: Database, js: JetStreamContext, clock: Clock, metrics: MetricIndex, *, partitions: int, max_payload: int = 1 << 20
+        self,
+        db: Database,
+        js: JetStreamContext,
+        clock: Clock,
+        metrics: MetricIndex,
+        *,
+        partitions: int,
+        max_payload: int = 1 << 20,
+        max_event_age_days: int = rules.DEFAULT_MAX_AGE_DAYS,
     ) -> None:
         self._max_payload = max_payload
+        self._max_event_age_days = max_event_age_days
         self._db = db
         self._js = js
         self._clock = clock
@@ -67,8 +76,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     # --- ingestion --------------------------------------------------------------------
 
     async def _validate(
-        self, request: svc.IngestEventRequest, merchant_id: str, now: datetime, known_types: set[str], now_ts: timestamp_pb2.Timestamp
+        self, request: svc.IngestEventRequest, merchant_id: str, now: datetime, types: TypeCheck, now_ts: timestamp_pb2.Timestamp
     ) -> resources.MeterEvent:
+        """The same rules for single, batched and streamed events (every path is _ingest)."""
         if request.HasField("namespace") and request.namespace and request.namespace != merchant_id:
             raise NotFound("merchant", request.namespace, field="namespace")
         event_type = rules.check_type(request.type)
@@ -76,17 +86,20 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         subject = request.subject if request.HasField("subject") else ""
         external_subject = request.external_subject if request.HasField("external_subject") else None
         rules.check_subjects(subject, external_subject)
-        rules.check_text(subject, "subject")
-        rules.check_text(external_subject, "externalSubject")
         if request.HasField("idempotency_key"):
             rules.check_text(request.idempotency_key, "idempotencyKey")
+        rules.check_data_size(request.data)
         rules.check_data(request.data)
-        when = rules.check_time(from_timestamp(request.timestamp), now) if request.HasField("timestamp") else None
+        when = rules.check_time(_event_time(request.timestamp), now, self._max_event_age_days) if request.HasField("timestamp") else None
         key = rules.idempotency_key(request.idempotency_key if request.HasField("idempotency_key") else None)
         external_id = rules.external_id(request.external_id if request.HasField("external_id") else None)
         if not request.HasField("data"):
             raise InvalidArgument("data", "data is required (an object, possibly empty)", reason="REQUIRED")
-        if event_type not in known_types:
+        if event_type in types.unconfirmed:
+            raise Unavailable(
+                "CATALOG_UNAVAILABLE", f"the event type {event_type!r} could not be checked against the catalog just now; retry"
+            )
+        if event_type not in types.known:
             raise Unprocessable(
                 "UNKNOWN_EVENT_TYPE", f"no billable metric of this merchant consumes events of type {event_type!r}", field="type"
             )
@@ -147,12 +160,12 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         receipts: list[svc.EventReceipt] = [svc.EventReceipt(index=i) for i in range(len(items))]
         errors: list[DomainError | None] = [None] * len(items)
         valid: list[tuple[int, resources.MeterEvent]] = []
-        # one look-up (and at most one bounded wait) per call, not per event
-        known_types = await self._metrics.known_types(merchant_id, {item.type for item in items})
+        # one look-up per call (none when every type is known), not per event
+        types = await self._metrics.known_types(merchant_id, {item.type for item in items})
         now_ts = to_timestamp(now)
         for index, item in enumerate(items):
             try:
-                valid.append((index, await self._validate(item, merchant_id, now, known_types, now_ts)))
+                valid.append((index, await self._validate(item, merchant_id, now, types, now_ts)))
             except DomainError as err:
                 errors[index] = err
                 receipt = receipts[index]
@@ -351,6 +364,15 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
                 event.external_id = row.external_id
             out.events.append(event)
         return out
+
+
+def _event_time(value: timestamp_pb2.Timestamp) -> datetime:
+    try:
+        return from_timestamp(value)
+    except ValueError as exc:  # a gRPC caller's seconds or nanos out of Timestamp's range
+        raise InvalidArgument(
+            "timestamp", "timestamp is not a valid instant (between 0001-01-01 and 9999-12-31, UTC)", reason="INVALID_TIMESTAMP"
+        ) from exc
 
 
 def _window_end(start: datetime, unit: str) -> datetime:

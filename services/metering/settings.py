@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.metering.domain.events import DEFAULT_MAX_AGE_DAYS
 
 
 class MeteringSettings(BaseSettings):
@@ -14,3 +17,10 @@ class MeteringSettings(BaseSettings):
     aggregator_enabled: bool = True
     # stream messages per fetch (each packs up to 1,000 events)
     aggregator_batch_size: int = 16
+    # the catalog's gRPC address (host:port): event types metering has not heard of yet
+    # are asked of it, so a metric is usable the moment it is created. Unset: only the
+    # catalog's events teach metering its metrics.
+    catalog_addr: str | None = None
+    # the backdating window: events whose timestamp is older than this many days are
+    # refused (400 TIMESTAMP_TOO_OLD); ACCRUE_METERING_MAX_EVENT_AGE_DAYS
+    metering_max_event_age_days: int = Field(default=DEFAULT_MAX_AGE_DAYS, ge=1, le=3660)

@@ -86,7 +86,7 @@ def test_deeply_nested_data_is_refused_and_does_not_hold_up_its_neighbours(merch
 def test_large_events_to_one_customer_are_split_across_stream_messages(merchant_a: MerchantClient) -> None:
     metric = _metric(merchant_a)
     subject = f"cus_{uuid.uuid4().hex[:10]}"
-    padding = "p" * 200_000
+    padding = "p" * 60_000  # data is at most 64 KiB; 20 of these still exceed one stream message
 
     async def burst() -> list[int]:
         async with httpx.AsyncClient(base_url=merchant_a.base_url, headers=merchant_a.headers, timeout=30) as client:

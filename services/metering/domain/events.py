@@ -13,7 +13,15 @@ from google.protobuf import struct_pb2
 from libs.core.errors import InvalidArgument
 
 MAX_FUTURE = timedelta(minutes=5)
+# The backdating window's default (Stripe takes 35 days): older usage is refused, so a
+# closed period cannot keep moving. A service setting (ACCRUE_METERING_MAX_EVENT_AGE_DAYS).
+DEFAULT_MAX_AGE_DAYS = 35
 MAX_KEY_LENGTH = 255
+# type, subject, externalSubject, source and idempotencyKey: at most this many characters
+MAX_TEXT_LENGTH = 255
+# data's encoded size (protobuf Struct bytes, about its compact JSON size): one event
+# always fits a stream message, and a walk of it stays cheap
+MAX_DATA_BYTES = 64 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EXTERNAL_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
@@ -35,34 +43,61 @@ def partition_of(merchant_id: str, subject_key: str, partitions: int) -> int:
     return int.from_bytes(digest, "big") % partitions
 
 
+def valid_type(value: str) -> bool:
+    """Whether ``check_type`` accepts it: only such types are worth looking up."""
+    return bool(value) and len(value) <= MAX_TEXT_LENGTH and not _CONTROL.search(value)
+
+
 def check_type(value: str) -> str:
     if not value:
         raise InvalidArgument("type", "type is required", reason="REQUIRED")
-    if _CONTROL.search(value) or len(value) > 255:
-        raise InvalidArgument("type", "type must be at most 255 characters without control characters", reason="INVALID_TYPE")
+    if not valid_type(value):
+        raise InvalidArgument(
+            "type", f"type must be at most {MAX_TEXT_LENGTH} characters without control characters", reason="INVALID_TYPE"
+        )
     return value
+
+
+def check_length(value: str | None, field: str) -> None:
+    if value is not None and len(value) > MAX_TEXT_LENGTH:
+        raise InvalidArgument(field, f"{field} is {len(value)} characters long; at most {MAX_TEXT_LENGTH} are allowed", reason="TOO_LONG")
 
 
 def check_source(value: str) -> str:
     check_text(value, "source")
     if not value:
         raise InvalidArgument("source", "source is required", reason="REQUIRED")
-    if len(value) > 1024:
-        raise InvalidArgument("source", "source is longer than 1024 characters", reason="TOO_LONG")
+    check_length(value, "source")
     return value
 
 
-def check_subjects(subject: str | None, external_subject: str | None) -> None:
+def check_subjects(subject: str, external_subject: str | None) -> None:
+    """``subject`` (a customer id) or ``externalSubject`` (the merchant's own customer
+    key) is required. When both are given, ``subject`` wins, as in Paygentic: the event
+    is the subject's usage from the start, and ``externalSubject`` is stored and echoed
+    (it filters event listings) but never re-attributes it."""
     if not subject and not external_subject:
         raise InvalidArgument("subject", "subject (customer id) or externalSubject is required", reason="REQUIRED")
+    check_text(subject, "subject")
+    check_length(subject, "subject")
+    check_text(external_subject, "externalSubject")
+    check_length(external_subject, "externalSubject")
 
 
-def check_time(when: datetime, now: datetime) -> datetime:
+def check_time(when: datetime, now: datetime, max_age_days: int = DEFAULT_MAX_AGE_DAYS) -> datetime:
+    """At most 5 minutes ahead of the server's clock, and within the backdating window."""
     if when - now > MAX_FUTURE:
         raise InvalidArgument(
             "timestamp",
             f"timestamp {when.isoformat()} is more than 5 minutes in the future (server time {now.isoformat()})",
             reason="TIMESTAMP_IN_FUTURE",
+        )
+    if now - when > timedelta(days=max_age_days):
+        raise InvalidArgument(
+            "timestamp",
+            f"timestamp {when.isoformat()} is more than {max_age_days} days in the past (server time {now.isoformat()}); "
+            "usage older than the backdating window cannot be ingested",
+            reason="TIMESTAMP_TOO_OLD",
         )
     return when
 
@@ -90,6 +125,13 @@ def check_text(value: str | None, field: str) -> None:
     """PostgreSQL text cannot hold NUL: refused here, not discovered by the aggregator."""
     if value is not None and "\x00" in value:
         raise InvalidArgument(field, f"{field} contains a NUL character", reason="INVALID_CHARACTER")
+
+
+def check_data_size(data: struct_pb2.Struct) -> None:
+    """Before walking ``data``: its size bounds the walk."""
+    size = data.ByteSize()
+    if size > MAX_DATA_BYTES:
+        raise InvalidArgument("data", f"data is {size} bytes encoded; at most {MAX_DATA_BYTES} (64 KiB) are allowed", reason="TOO_LARGE")
 
 
 def check_data(data: Any, path: str = "data", depth: int = 0) -> None:
