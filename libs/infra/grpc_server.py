@@ -14,6 +14,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from libs.core.errors import DomainError, ErrorCode
 from libs.infra.context import IDEMPOTENCY_METADATA_KEY, MERCHANT_METADATA_KEY, idempotency_key_var, merchant_id_var
+from libs.infra.declared import check_declared
 from libs.infra.grpc_errors import to_grpc_status
 from libs.infra.logging import get_logger
 
@@ -21,9 +22,10 @@ log = get_logger(__name__)
 
 
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Sets the merchant and idempotency key from metadata; maps domain errors to Status.
+    """Sets the merchant and idempotency key from metadata, checks the request against
+    the rules its proto declares (libs/infra/declared.py), maps domain errors to Status.
 
-    One place for both, so handlers raise DomainError and never touch grpc.StatusCode.
+    One place for all three, so handlers raise DomainError and never touch grpc.StatusCode.
     """
 
     async def intercept_service(
@@ -46,6 +48,7 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
             merchant_token = merchant_id_var.set(md.get(MERCHANT_METADATA_KEY) or None)
             key_token = idempotency_key_var.set(md.get(IDEMPOTENCY_METADATA_KEY) or None)
             try:
+                check_declared(request)
                 return await inner(request, context)
             except DomainError as err:
                 await context.abort_with_status(to_grpc_status(err))

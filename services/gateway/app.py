@@ -235,7 +235,7 @@ class Gateway:
         if merchant_id is None:
             return error_reply(401, "UNAUTHENTICATED", "a valid API key is required: Authorization: Bearer <key>")
         idempotency_key = headers.get("idempotency-key")
-        if idempotency_key is not None and idempotency_key != "" and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
             return error_reply(
                 400,
                 "INVALID_IDEMPOTENCY_KEY",

@@ -6,14 +6,21 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from libs.infra.declared import is_required, rules_of
 from services.gateway.transcoding import Route
+
+_INT_BOUNDS = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+}
 
 _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_STRING: {"type": "string"},
     FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
     FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
     FieldDescriptor.TYPE_SINT32: {"type": "integer", "format": "int32"},
-    FieldDescriptor.TYPE_UINT32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_UINT32: {"type": "integer", "format": "int64"},
     FieldDescriptor.TYPE_INT64: {"type": "string", "format": "int64"},
     FieldDescriptor.TYPE_UINT64: {"type": "string", "format": "int64"},
     FieldDescriptor.TYPE_DOUBLE: {"type": "number"},
@@ -40,8 +47,14 @@ ERROR_SCHEMA = {
 
 
 class _Schemas:
-    def __init__(self) -> None:
+    """Components from descriptors. Request messages carry what the protos declare
+    (google.api.field_behavior REQUIRED, accrue.api.v1.field bounds: the rules every
+    service checks); response messages list every field as required, since the gateway
+    always prints each one (null when unset)."""
+
+    def __init__(self, output_only: set[str]) -> None:
         self.components: dict[str, Any] = {"Error": ERROR_SCHEMA}
+        self._output_only = output_only
 
     def ref(self, descriptor: Descriptor) -> dict[str, Any]:
         if descriptor.full_name in _WELL_KNOWN:
@@ -52,36 +65,94 @@ class _Schemas:
             self.components[name] = self._object(descriptor)
         return {"$ref": f"#/components/schemas/{name}"}
 
-    def _field(self, field: FieldDescriptor) -> dict[str, Any]:
+    def field(self, field: FieldDescriptor) -> dict[str, Any]:
+        rules = rules_of(field)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
-            return {"type": "object", "additionalProperties": self._single(value_field)}
-        schema = self._single(field)
+            schema: dict[str, Any] = {"type": "object", "additionalProperties": self._single(value_field, rules)}
+            if rules is not None and rules.HasField("max_items"):
+                schema["maxProperties"] = rules.max_items
+            if rules is not None and rules.HasField("max_key_length"):
+                schema["propertyNames"] = {"maxLength": rules.max_key_length}
+            return schema
         if field.is_repeated:
-            return {"type": "array", "items": schema}
-        return schema
+            array: dict[str, Any] = {"type": "array", "items": self._single(field, rules)}
+            if rules is not None and rules.HasField("max_items"):
+                array["maxItems"] = rules.max_items
+            if is_required(field):
+                array["minItems"] = 1
+            return array
+        return self._single(field, rules)
 
-    def _single(self, field: FieldDescriptor) -> dict[str, Any]:
+    def _single(self, field: FieldDescriptor, rules: Any = None) -> dict[str, Any]:
         if field.message_type is not None:
             return self.ref(field.message_type)
         if field.enum_type is not None:
             return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
-        return dict(_SCALARS.get(field.type, {"type": "string"}))
+        schema = dict(_SCALARS.get(field.type, {"type": "string"}))
+        if field.type in _INT_BOUNDS:
+            schema["minimum"], schema["maximum"] = _INT_BOUNDS[field.type]
+        if field.type == FieldDescriptor.TYPE_STRING and is_required(field) and not (rules is not None and rules.one_of):
+            schema["minLength"] = 1
+        if rules is None:
+            return schema
+        if rules.one_of:
+            schema["enum"] = list(rules.one_of)
+        if rules.HasField("max_length"):
+            schema["maxLength"] = rules.max_length
+        if rules.HasField("min_length"):
+            schema["minLength"] = rules.min_length
+        if rules.pattern:
+            schema["pattern"] = f"^(?:{rules.pattern})$"
+        if rules.HasField("minimum"):
+            schema["minimum"] = rules.minimum
+        if rules.HasField("maximum"):
+            schema["maximum"] = rules.maximum
+        return schema
 
-    def _object(self, descriptor: Descriptor) -> dict[str, Any]:
+    def body(self, descriptor: Descriptor, path_fields: tuple[str, ...]) -> dict[str, Any]:
+        """A request body: the request message without the fields the path carries."""
+        if not path_fields:
+            return self.ref(descriptor)
+        return self._object(descriptor, exclude=path_fields)
+
+    def _object(self, descriptor: Descriptor, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
         properties = {}
+        required = []
+        output = descriptor.full_name in self._output_only
         for field in descriptor.fields:
-            if field.name == "update_mask":
+            if field.name == "update_mask" or field.name in exclude:
                 continue
-            schema = self._field(field)
+            schema = self.field(field)
             if field.has_presence and not field.is_repeated:
                 schema = {"anyOf": [schema, {"type": "null"}]}
             properties[field.json_name] = schema
-        return {"type": "object", "properties": properties}
+            in_a_oneof = field.containing_oneof is not None and not field.containing_oneof.name.startswith("_")
+            if (output and not in_a_oneof) or (not output and is_required(field)):
+                required.append(field.json_name)
+        out: dict[str, Any] = {"type": "object", "properties": properties}
+        if not output:  # the gateway refuses unknown fields (400 UNKNOWN_FIELD)
+            out["additionalProperties"] = False
+        if required:
+            out["required"] = required
+        return out
+
+
+def _reachable(descriptors: list[Descriptor]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(descriptors)
+    while stack:
+        descriptor = stack.pop()
+        if descriptor.full_name in seen:
+            continue
+        seen.add(descriptor.full_name)
+        stack.extend(f.message_type for f in descriptor.fields if f.message_type is not None)
+    return seen
 
 
 def build_openapi(routes: list[Route], *, title: str = "Accrue API", version: str = "0.1.0") -> dict[str, Any]:
-    schemas = _Schemas()
+    inputs = _reachable([route.method.input_type for route in routes])
+    schemas = _Schemas(_reachable([route.method.output_type for route in routes]) - inputs)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         op: dict[str, Any] = {
@@ -110,20 +181,30 @@ def build_openapi(routes: list[Route], *, title: str = "Accrue API", version: st
                     "name": fields[path_field].json_name,
                     "in": "path",
                     "required": True,
-                    "schema": schemas._single(fields[path_field]),
+                    "schema": schemas.field(fields[path_field]),
                 }
             )
         if route.body:
             op["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": schemas.ref(route.method.input_type)}},
+                "content": {"application/json": {"schema": schemas.body(route.method.input_type, route.path_fields)}},
             }
-            op["parameters"].append({"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}})
+            op["parameters"].append(
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "A replay with the same key returns the first result; other parameters: 409",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+                }
+            )
         else:
             for field in route.method.input_type.fields:
                 if field.name in route.path_fields:
                     continue
-                op["parameters"].append({"name": field.json_name, "in": "query", "required": False, "schema": schemas._field(field)})
+                op["parameters"].append(
+                    {"name": field.json_name, "in": "query", "required": is_required(field), "schema": schemas.field(field)}
+                )
         paths.setdefault(route.openapi_path, {})[route.http_method.lower()] = op
     return {
         "openapi": "3.1.0",

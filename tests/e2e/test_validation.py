@@ -330,7 +330,7 @@ def test_metric_value_property_cannot_be_cleared_for_sum(ctx: Ctx, http: httpx.C
         ("Tokens", "INVALID_KEY"),
         ("api_calls", "INVALID_KEY"),
         ("-calls", "INVALID_KEY"),
-        ("", "INVALID_KEY"),
+        ("", "REQUIRED"),  # a missing required field is REQUIRED everywhere (declared in the proto)
         ("x" * 65, "INVALID_KEY"),
     ],
     ids=["uppercase", "underscore", "leading hyphen", "empty", "65 chars"],
