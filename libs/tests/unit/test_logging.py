@@ -5,9 +5,26 @@ from __future__ import annotations
 import json
 import logging
 
+from collections.abc import Iterator
+
 import pytest
+import structlog
 
 from libs.infra.logging import configure_logging, get_logger
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """configure_logging binds handlers to this test's captured stderr: undo it after, so
+    later tests do not log into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
 
 
 def _lines(err: str) -> list[dict[str, object]]:
