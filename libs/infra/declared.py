@@ -61,8 +61,11 @@ def _string_check(rules: accrue_annotations.FieldRules, override: str = "") -> C
     max_length = rules.max_length if rules.HasField("max_length") else None
     min_length = rules.min_length if rules.HasField("min_length") else None
     pattern = re.compile(rules.pattern) if rules.pattern else None
+    not_blank = rules.not_blank
 
     def check(value: str, where: str) -> None:
+        if not_blank and value and value.isspace():
+            raise InvalidArgument(where, f"{where} must not be blank", reason="REQUIRED")
         if allowed and value not in allowed:
             raise InvalidArgument(
                 where, f"{where} must be one of {', '.join(allowed)}; got {_quote(value)}", reason=override or "INVALID_ENUM_VALUE"
@@ -156,6 +159,25 @@ def _field_check(field: Any, nested: Check | None) -> Check | None:
     return check
 
 
+def _clear_check(descriptor: Any) -> Check:
+    """AIP-134: a path in the mask whose field is unset clears it (REST: null), which only
+    fields declared ``clearable`` allow."""
+    fixed = {
+        f.name: f.json_name
+        for f in descriptor.fields
+        if f.has_presence and not f.is_repeated and f.name != "update_mask" and not (rules_of(f) is not None and rules_of(f).clearable)  # type: ignore[union-attr]
+    }
+
+    def check(message: Message, prefix: str) -> None:
+        for path in message.update_mask.paths:  # type: ignore[attr-defined]
+            json_name = fixed.get(path)
+            if json_name is not None and not message.HasField(path):
+                where = prefix + json_name
+                raise InvalidArgument(where, f"{where} cannot be cleared", reason="FIELD_NOT_CLEARABLE")
+
+    return check
+
+
 _COMPILED: dict[str, Check | None] = {}
 _IN_PROGRESS = object()
 
@@ -169,6 +191,8 @@ def _compile(descriptor: Any) -> Check | None:
         return None
     _COMPILED[name] = None  # a message that refers to itself checks its own fields once
     checks: list[Check] = []
+    if "update_mask" in descriptor.fields_by_name:
+        checks.append(_clear_check(descriptor))
     for field in descriptor.fields:
         nested = _compile(field.message_type) if field.message_type is not None and not _is_map(field) else None
         check = _field_check(field, nested)

@@ -9,6 +9,12 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from libs.infra.declared import is_required, rules_of
 from services.gateway.transcoding import Route
 
+# Paygentic requests carry the merchant id; the gateway takes it from the key (a request
+# naming another merchant is refused), so the document marks it as set by the server.
+_MERCHANT_FIELD = "merchant_id"
+# one character that is not white space as Python's str.isspace() sees it (what the
+# services strip), spelled out: regex engines disagree on what \\s covers
+_NOT_BLANK = "[^\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028-\\u2029\\u202f\\u205f\\u3000]"
 _INT_BOUNDS = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
     FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
@@ -104,6 +110,8 @@ class _Schemas:
             schema["minLength"] = rules.min_length
         if rules.pattern:
             schema["pattern"] = f"^(?:{rules.pattern})$"
+        elif rules.not_blank:
+            schema["pattern"] = _NOT_BLANK  # unanchored: holds a character other than white space
         if rules.HasField("minimum"):
             schema["minimum"] = rules.minimum
         if rules.HasField("maximum"):
@@ -120,12 +128,16 @@ class _Schemas:
         properties = {}
         required = []
         output = descriptor.full_name in self._output_only
+        update = "update_mask" in descriptor.fields_by_name
         for field in descriptor.fields:
             if field.name == "update_mask" or field.name in exclude:
                 continue
             schema = self.field(field)
-            if field.has_presence and not field.is_repeated:
+            if (field.has_presence and not field.is_repeated) if output else _nullable_in_a_request(field, update):
                 schema = {"anyOf": [schema, {"type": "null"}]}
+            if not output and field.name == _MERCHANT_FIELD:
+                # the API key names the merchant; a request may repeat it, never choose it
+                schema = {**schema, "readOnly": True, "description": "The caller's merchant (from the API key); may be omitted."}
             properties[field.json_name] = schema
             in_a_oneof = field.containing_oneof is not None and not field.containing_oneof.name.startswith("_")
             if (output and not in_a_oneof) or (not output and is_required(field)):
@@ -136,6 +148,18 @@ class _Schemas:
         if required:
             out["required"] = required
         return out
+
+
+def _nullable_in_a_request(field: FieldDescriptor, update: bool) -> bool:
+    """In a request, null means "absent" (a list, a map, a plain scalar) or "clear" (an
+    optional field): accepted everywhere but where a value is required or may not be
+    empty, and in an update only where the field is declared clearable."""
+    if is_required(field):
+        return False
+    rules = rules_of(field)
+    if update and field.has_presence and not field.is_repeated:
+        return rules is not None and rules.clearable
+    return not (rules is not None and (rules.not_blank or (rules.HasField("min_length") and rules.min_length > 0)))
 
 
 def _reachable(descriptors: list[Descriptor]) -> set[str]:
@@ -150,11 +174,60 @@ def _reachable(descriptors: list[Descriptor]) -> set[str]:
     return seen
 
 
+def _resource_key(message: Descriptor) -> str:
+    """`Product` -> `productId`: how other requests name a reference to it."""
+    name = message.name
+    return name[0].lower() + name[1:] + "Id"
+
+
+def _links(route: Route, routes: list[Route]) -> dict[str, Any]:
+    """OpenAPI links from a create to what takes its id (stateful clients and fuzzers
+    follow them): the resource's own paths (`/v0/plans/{id}`, `/v0/plans/{id}/versions`),
+    and every request with a `<resource>Id` field (`productId`, `feeId`) or a list of
+    them (a plan's `prices`)."""
+    output = route.method.output_type
+    if route.http_method != "POST" or "id" not in output.fields_by_name:
+        return {}
+    key = _resource_key(output)
+    source_fields = {f.json_name for f in output.fields}
+    links: dict[str, Any] = {}
+    for target in routes:
+        if target is route:
+            continue
+        inputs = target.method.input_type.fields_by_name
+        link: dict[str, Any] = {"parameters": {}}
+        own_path = target.template.startswith(route.template + "/{id}")
+        parent_path = bool(route.path_fields) and target.template.startswith(route.template.rsplit("/", 1)[0] + "/")
+        for name in target.path_fields:
+            json_name = inputs[name].json_name
+            if name == "id" and own_path:
+                link["parameters"][f"path.{json_name}"] = "$response.body#/id"
+            elif name == "id" and parent_path and "id" in route.path_fields:
+                link["parameters"][f"path.{json_name}"] = "$request.path.id"
+            elif json_name in source_fields and name != "id":
+                link["parameters"][f"path.{json_name}"] = f"$response.body#/{json_name}"
+        if len(link["parameters"]) != len(target.path_fields):
+            link["parameters"] = {}
+        references = [f for f in target.method.input_type.fields if f.json_name == key or (key == "priceId" and f.json_name == "prices")]
+        for field in references:
+            value: Any = ["$response.body#/id"] if field.is_repeated else "$response.body#/id"
+            if target.body:
+                link.setdefault("requestBody", {})[field.json_name] = value
+            elif not field.is_repeated:
+                link["parameters"][f"query.{field.json_name}"] = value
+        if not link["parameters"] and "requestBody" not in link:
+            continue
+        if not target.path_fields or link["parameters"]:
+            links[f"{target.method.name}"] = {"operationId": target.method.name, **{k: v for k, v in link.items() if v}}
+    return links
+
+
 def build_openapi(routes: list[Route], *, title: str = "Accrue API", version: str = "0.1.0") -> dict[str, Any]:
     inputs = _reachable([route.method.input_type for route in routes])
     schemas = _Schemas(_reachable([route.method.output_type for route in routes]) - inputs)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
+        links = _links(route, routes)
         op: dict[str, Any] = {
             "operationId": route.method.name,
             "tags": [route.backend],
@@ -166,6 +239,7 @@ def build_openapi(routes: list[Route], *, title: str = "Accrue API", version: st
                     else {
                         "description": "Success",
                         "content": {"application/json": {"schema": schemas.ref(route.method.output_type)}},
+                        **({"links": links} if links else {}),
                     }
                 ),
                 "default": {

@@ -47,6 +47,8 @@ def test_a_valid_request_passes() -> None:
             "INVALID_EXTERNAL_ID",
         ),
         (metering.BatchIngestEventsRequest(), "events", "REQUIRED"),
+        (catalog.CreateProductRequest(name=" \u3000"), "name", "REQUIRED"),
+        (catalog.UpdateFeeRequest(id="fee_1", update_mask={"paths": ["description"]}), "description", "FIELD_NOT_CLEARABLE"),
     ],
 )
 def test_each_declared_rule_names_the_rest_field(message: object, field: str, reason: str) -> None:
@@ -63,3 +65,7 @@ def test_batch_items_are_left_to_the_handler_one_by_one() -> None:
 def test_nested_messages_are_checked_with_their_path() -> None:
     request = catalog.CreatePriceRequest(invoice_display_name="Base", payment_term="in_advance", model="flat")
     assert _refused(request) == ("model", "INVALID_ENUM_VALUE")
+
+
+def test_a_clearable_field_may_be_cleared() -> None:
+    check_declared(catalog.UpdateFeeRequest(id="fee_1", update_mask={"paths": ["item_id"]}))
