@@ -39,6 +39,8 @@ from libs.infra.telemetry import configure_tracing, extract_context
 from services.gateway import restjson, store
 from services.gateway.auth import ApiKeys
 from services.gateway.coalescing import Coalescer
+from services.gateway.inflight import InFlight
+from services.gateway.inflight import Request as InFlightRequest
 from services.gateway.openapi import build_openapi
 from services.gateway.settings import GatewaySettings
 from services.gateway.transcoding import Route, Router, build_routes
@@ -153,9 +155,11 @@ class Gateway:
         # the whole request (body, auth, backend call) fits in this; a gRPC deadline of
         # rpc_timeout_seconds fires first, so this only bounds what has no deadline of its own
         self._deadline = settings.rpc_timeout_seconds + 1.0
+        self.inflight = InFlight(deadline=self._deadline, watch_after=settings.disconnect_watch_after_seconds)
 
     async def start(self) -> None:
         await self.keys.start()
+        self.inflight.start()
         for route in self.router.routes:
             if route.backend not in self._channels:
                 self._channels[route.backend] = grpc.aio.insecure_channel(
@@ -178,6 +182,7 @@ class Gateway:
                 )
 
     async def close(self) -> None:
+        await self.inflight.close()
         await self.keys.close()
         for channel in self._channels.values():
             await channel.close(grace=None)
@@ -211,20 +216,29 @@ class Gateway:
 
     async def _serve(self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str]) -> Reply | None:
         """Every request gets an answer within its deadline, and a JSON one, whatever fails."""
+        request = self.inflight.begin(receive)
         try:
-            async with asyncio.timeout(self._deadline):
-                return await self._handle(scope, receive, method, path, headers)
+            return await self._handle(scope, receive, method, path, headers, request)
+        except asyncio.CancelledError:
+            if not (request.expired or request.client_gone):
+                raise
+            request.task.uncancel()
+            if request.client_gone:
+                return None
+            return error_reply(504, "DEADLINE_EXCEEDED", f"the request did not complete within {self._deadline:g} seconds")
         except HttpError as err:
             return err.reply
         except ClientGone:
             return None
-        except TimeoutError:
-            return error_reply(504, "DEADLINE_EXCEEDED", f"the request did not complete within {self._deadline:g} seconds")
         except Exception:
             log.exception("request_failed", method=method, path=path)
             return error_reply(500, "INTERNAL", "internal error; the request may be retried with the same Idempotency-Key")
+        finally:
+            self.inflight.end(request)
 
-    async def _handle(self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str]) -> Reply | None:
+    async def _handle(
+        self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str], inflight: InFlightRequest
+    ) -> Reply | None:
         route, path_vars, allowed = self.router.match(method, path)
         if route is None:
             if allowed:
@@ -249,17 +263,8 @@ class Gateway:
         metadata: list[tuple[str, str]] = [(MERCHANT_METADATA_KEY, merchant_id)]
         if idempotency_key:
             metadata.append((IDEMPOTENCY_METADATA_KEY, idempotency_key))
-        call = asyncio.ensure_future(self._call(route, request, metadata, merchant_id, coalesce=not idempotency_key))
-        gone = asyncio.ensure_future(_client_gone(receive))
-        try:
-            await asyncio.wait((call, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not call.done():  # the client left (or this request was cancelled): free what it held
-                call.cancel()
-            gone.cancel()
-        if not call.done() or call.cancelled():
-            return None
-        return call.result()
+        inflight.body_read = True  # from here a disconnect can be watched for (services/gateway/inflight.py)
+        return await self._call(route, request, metadata, merchant_id, coalesce=not idempotency_key)
 
     async def _call(self, route: Route, request: Message, metadata: list[tuple[str, str]], merchant_id: str, *, coalesce: bool) -> Reply:
         coalescer = self._coalescers.get(route.grpc_path) if coalesce else None
@@ -380,12 +385,6 @@ async def _read_body(receive: Receive, headers: dict[str, str]) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
-
-
-async def _client_gone(receive: Receive) -> None:
-    """Returns when the client disconnects (the request body is already read)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _respond(send: Send, reply: Reply) -> None:

@@ -23,6 +23,9 @@ class GatewaySettings(BaseSettings):
     entitlement_addr: str = "127.0.0.1:50056"
     # per-call deadline to the services
     rpc_timeout_seconds: float = 30.0
+    # a request still running after this long starts watching for its client to go away
+    # (then it is cancelled, freeing its backend call); faster requests never pay for it
+    disconnect_watch_after_seconds: float = 1.0
     # how long a resolved API key is trusted before it is looked up again. Revocations
     # reach every gateway at once (LISTEN/NOTIFY, services/gateway/auth.py); this is the
     # bound if a notification is lost, so it stays short. 0 looks every key up every time.

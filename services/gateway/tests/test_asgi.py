@@ -75,6 +75,7 @@ async def gateway() -> Any:
     dead = f"127.0.0.1:{free_port()}"  # nothing listens: a real channel answers UNAVAILABLE
     settings = GatewaySettings(
         rpc_timeout_seconds=0.5,
+        disconnect_watch_after_seconds=0.05,
         **{f"{name}_addr": dead for name in ("catalog", "subscription", "metering", "invoicing", "payment", "entitlement")},
     )
     app = Gateway(settings, None, keys=FakeKeys())  # type: ignore[arg-type]
@@ -114,7 +115,7 @@ async def test_a_client_that_leaves_cancels_its_backend_call(gateway: Gateway) -
     request = asyncio.create_task(client.request("GET", "/v0/products"))
     await asyncio.wait_for(started.wait(), 5)
     client.left.set()
-    status, _, _ = await asyncio.wait_for(request, 0.4)  # well before the 1.5 s deadline
+    status, _, _ = await asyncio.wait_for(request, 0.5)  # well before the 1.5 s deadline
     assert status is None  # nobody to answer
     assert cancelled.is_set()
 
