@@ -438,8 +438,8 @@ class GatewayHost:
             access_log=False,
             lifespan="on",
             http=JsonErrorsHttpToolsProtocol,
-            # a stop waits this long for requests in flight (each is bounded by its deadline)
-            timeout_graceful_shutdown=5,
+            # a stop waits this long for requests in flight, then cancels the rest (each is also bounded by its deadline)
+            timeout_graceful_shutdown=2,
             loop="none",
             backlog=2048,
             # no proxy-header rewriting, no Server/Date headers: per-request work nobody reads

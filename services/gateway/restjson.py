@@ -17,6 +17,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from libs.core.errors import InvalidArgument
+from libs.infra.declared import rules_of
 
 # Descriptor parameters are typed Any: protobuf hands out either the pure-Python or the
 # upb descriptor classes, which the stubs model as unrelated types.
@@ -129,6 +130,10 @@ def expected_value(field: Any, *, element: bool = False) -> str:
         return "one of " + ", ".join(v.name for v in field.enum_type.values)
     if field.type in _INT_RANGES:
         low, high = _INT_RANGES[field.type]
+        declared = rules_of(field)  # the bounds the proto declares, where it does
+        if declared is not None:
+            low = declared.minimum if declared.HasField("minimum") else low
+            high = declared.maximum if declared.HasField("maximum") else high
         return f"an integer from {low} to {high}"
     if field.type == FieldDescriptor.TYPE_BOOL:
         return "true or false"

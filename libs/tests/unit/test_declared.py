@@ -48,6 +48,12 @@ def test_a_valid_request_passes() -> None:
         ),
         (metering.BatchIngestEventsRequest(), "events", "REQUIRED"),
         (catalog.CreateProductRequest(name=" \u3000"), "name", "REQUIRED"),
+        (catalog.UpdatePriceRequest(id="price_1", tax={"outside_scope_label": "x"}), "tax.supplyScope", "REQUIRED"),
+        (
+            catalog.UpdatePlanRequest(id="plan_1", version_transition={"effective_date": "later"}),
+            "versionTransition.effectiveDate",
+            "INVALID_ENUM_VALUE",
+        ),
         (catalog.UpdateFeeRequest(id="fee_1", update_mask={"paths": ["description"]}), "description", "FIELD_NOT_CLEARABLE"),
     ],
 )
