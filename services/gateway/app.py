@@ -73,6 +73,9 @@ HTTP_OF_CODE: dict[int, tuple[int, str]] = {
     16: (401, "unauthorized"),
 }
 MAX_BODY_BYTES = 1 << 20
+# what a request's headers may hold (nginx's default buffers are 4 x 8 KiB)
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 32 * 1024
 _CATEGORY = {
     400: "bad_request",
     401: "unauthorized",
@@ -81,6 +84,7 @@ _CATEGORY = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    431: "request_header_fields_too_large",
     422: "unprocessable_entity",
     500: "internal_error",
     503: "service_unavailable",
@@ -201,7 +205,11 @@ class Gateway:
         if method == "GET" and path == "/openapi.json":
             await _respond(send, Reply(200, self.openapi))
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        raw_headers = scope["headers"]
+        if len(raw_headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in raw_headers) > MAX_HEADER_BYTES:
+            await _respond(send, error_reply(431, "HEADERS_TOO_LARGE", f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all"))
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
         with _tracer.start_as_current_span(
             f"{method} {path}", context=extract_context(headers), kind=SpanKind.SERVER, attributes={"http.request.method": method}
         ) as span:

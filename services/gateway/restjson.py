@@ -32,6 +32,7 @@ _OPAQUE = {
     "google.protobuf.Empty",
 }
 _HAS_OFFSET = re.compile(r"(Z|z|[+-]\d\d:?\d\d)$")
+_OFFSET = re.compile(r"[+-](\d\d):?(\d\d)$")
 _TS = "google.protobuf.Timestamp"
 
 
@@ -88,6 +89,9 @@ def normalize_timestamps(descriptor: Any, value: Any) -> Any:
         if name == _TS:
             if isinstance(item, str) and not _HAS_OFFSET.search(item):
                 value[key] = item + "Z"
+            elif isinstance(item, str) and (offset := _OFFSET.search(item)) and (int(offset[1]) > 23 or int(offset[2]) > 59):
+                # RFC 3339 offsets end at ±23:59; protobuf's parser would take +25:00
+                raise InvalidArgument(field.json_name, f"{field.json_name} must be {_WELL_KNOWN_TEXT[_TS]}", reason="INVALID_FIELD")
         elif name not in _OPAQUE:
             if field.is_repeated and isinstance(item, list):
                 for element in item:

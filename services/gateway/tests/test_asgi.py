@@ -173,3 +173,11 @@ async def test_http_semantics(gateway: Gateway) -> None:
     assert status == 413
     status, _, body = await client.request("GET", "/v0/products", headers=[])
     assert status == 401 and body["error"] == "unauthorized"
+
+
+async def test_too_many_or_too_large_headers_are_431(gateway: Gateway) -> None:
+    client = Client(gateway)
+    status, _, body = await client.request("GET", "/v0/products", headers=[AUTH, *[(f"x-h{i}", "v") for i in range(101)]])
+    assert status == 431 and body["code"] == "HEADERS_TOO_LARGE"
+    status, _, _ = await client.request("GET", "/v0/products", headers=[AUTH, ("x-big", "v" * 40_000)])
+    assert status == 431

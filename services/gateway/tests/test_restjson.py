@@ -84,3 +84,12 @@ def test_query_parameters_map_by_json_name_and_reject_unknowns() -> None:
     with pytest.raises(InvalidArgument) as bad:
         restjson.query_to_json(descriptor, [("limt", "5")])
     assert bad.value.field == "limt"
+
+
+def test_an_offset_past_23_59_is_refused() -> None:
+    with pytest.raises(InvalidArgument) as bad:
+        restjson.parse_into(svc.CreateBillableMetricRequest(), {"eventFrom": "2026-12-01T11:00:00+25:00"})
+    assert bad.value.field == "eventFrom"
+    request = svc.CreateBillableMetricRequest()
+    restjson.parse_into(request, {"eventFrom": "2026-12-01T11:00:00+23:59"})
+    assert request.HasField("event_from_time")
