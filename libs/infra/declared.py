@@ -17,6 +17,7 @@ from typing import Any
 
 from accrue.api.v1 import annotations_pb2 as accrue_annotations
 from google.api import field_behavior_pb2
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from libs.core.errors import InvalidArgument
@@ -40,8 +41,35 @@ def is_required(field: Any) -> bool:
     return field_behavior_pb2.FieldBehavior.REQUIRED in behaviors
 
 
-def _is_map(field: Any) -> bool:
+def is_map(field: Any) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+_INTEGER_TYPE_BOUNDS = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+}
+
+
+def integer_bounds(field: Any) -> tuple[int, int] | None:
+    """The values an integer field takes: its type's range, narrowed by declared bounds."""
+    bounds = _INTEGER_TYPE_BOUNDS.get(field.type)
+    if bounds is None:
+        return None
+    low, high = bounds
+    rules = rules_of(field)
+    if rules is not None:
+        low = rules.minimum if rules.HasField("minimum") else low
+        high = rules.maximum if rules.HasField("maximum") else high
+    return low, high
 
 
 def _present(message: Message, field: Any) -> bool:
@@ -117,7 +145,7 @@ def _field_check(field: Any, nested: Check | None) -> Check | None:
     max_items = rules.max_items if rules is not None and rules.HasField("max_items") else None
     map_value_check: Callable[[str, str], None] | None = None
     max_key_length = rules.max_key_length if rules is not None and rules.HasField("max_key_length") else None
-    if _is_map(field) and rules is not None and rules.HasField("max_length"):
+    if is_map(field) and rules is not None and rules.HasField("max_length"):
         map_value_check = _string_check(rules)
 
     def check(message: Message, prefix: str) -> None:
@@ -132,7 +160,7 @@ def _field_check(field: Any, nested: Check | None) -> Check | None:
                 raise InvalidArgument(
                     where, f"{where} has {len(value)} entries; at most {max_items} are allowed", reason=override or "TOO_MANY_ITEMS"
                 )
-            if _is_map(field):
+            if is_map(field):
                 for key, item in value.items():
                     if max_key_length is not None and len(key) > max_key_length:
                         raise InvalidArgument(
@@ -194,7 +222,7 @@ def _compile(descriptor: Any) -> Check | None:
     if "update_mask" in descriptor.fields_by_name:
         checks.append(_clear_check(descriptor))
     for field in descriptor.fields:
-        nested = _compile(field.message_type) if field.message_type is not None and not _is_map(field) else None
+        nested = _compile(field.message_type) if field.message_type is not None and not is_map(field) else None
         check = _field_check(field, nested)
         if check is not None:
             checks.append(check)

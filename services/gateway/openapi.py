@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from libs.infra.declared import is_required, rules_of
+from libs.infra.declared import integer_bounds, is_map, is_required, rules_of
 from services.gateway.transcoding import Route
 
 # Paygentic requests carry the merchant id; the gateway takes it from the key (a request
@@ -15,11 +15,6 @@ _MERCHANT_FIELD = "merchant_id"
 # one character that is not white space as Python's str.isspace() sees it (what the
 # services strip), spelled out: regex engines disagree on what \\s covers
 _NOT_BLANK = "[^\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028-\\u2029\\u202f\\u205f\\u3000]"
-_INT_BOUNDS = {
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
-}
 
 _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_STRING: {"type": "string"},
@@ -73,7 +68,7 @@ class _Schemas:
 
     def field(self, field: FieldDescriptor) -> dict[str, Any]:
         rules = rules_of(field)
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if field.message_type is not None and is_map(field):
             value_field = field.message_type.fields_by_name["value"]
             schema: dict[str, Any] = {"type": "object", "additionalProperties": self._single(value_field, rules)}
             if rules is not None and rules.HasField("max_items"):
@@ -96,8 +91,9 @@ class _Schemas:
         if field.enum_type is not None:
             return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
         schema = dict(_SCALARS.get(field.type, {"type": "string"}))
-        if field.type in _INT_BOUNDS:
-            schema["minimum"], schema["maximum"] = _INT_BOUNDS[field.type]
+        bounds = integer_bounds(field)
+        if bounds is not None and schema.get("type") == "integer":  # 64-bit integers are JSON strings
+            schema["minimum"], schema["maximum"] = bounds
         if field.type == FieldDescriptor.TYPE_STRING and is_required(field) and not (rules is not None and rules.one_of):
             schema["minLength"] = 1
         if rules is None:
@@ -112,10 +108,6 @@ class _Schemas:
             schema["pattern"] = f"^(?:{rules.pattern})$"
         elif rules.not_blank:
             schema["pattern"] = _NOT_BLANK  # unanchored: holds a character other than white space
-        if rules.HasField("minimum"):
-            schema["minimum"] = rules.minimum
-        if rules.HasField("maximum"):
-            schema["maximum"] = rules.maximum
         return schema
 
     def body(self, descriptor: Descriptor, path_fields: tuple[str, ...]) -> dict[str, Any]:

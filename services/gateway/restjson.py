@@ -17,7 +17,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from libs.core.errors import InvalidArgument
-from libs.infra.declared import rules_of
+from libs.infra.declared import integer_bounds, is_map
 
 # Descriptor parameters are typed Any: protobuf hands out either the pure-Python or the
 # upb descriptor classes, which the stubs model as unrelated types.
@@ -36,15 +36,11 @@ _OFFSET = re.compile(r"[+-](\d\d):?(\d\d)$")
 _TS = "google.protobuf.Timestamp"
 
 
-def _is_map(field: Any) -> bool:
-    return field.message_type is not None and field.message_type.GetOptions().map_entry
-
-
 def _fill_nulls(message: Message, out: dict[str, Any]) -> None:
     for field in message.DESCRIPTOR.fields:
         key = field.json_name
         if field.is_repeated:
-            if field.message_type is not None and not _is_map(field) and field.message_type.full_name not in _OPAQUE:
+            if field.message_type is not None and not is_map(field) and field.message_type.full_name not in _OPAQUE:
                 for item, rendered in zip(getattr(message, field.name), out.get(key, []), strict=False):
                     _fill_nulls(item, rendered)
             continue
@@ -83,7 +79,7 @@ def normalize_timestamps(descriptor: Any, value: Any) -> Any:
         if item is None and field.is_repeated:
             del value[key]
             continue
-        if field.message_type is None or _is_map(field):
+        if field.message_type is None or is_map(field):
             continue
         name = field.message_type.full_name
         if name == _TS:
@@ -101,18 +97,6 @@ def normalize_timestamps(descriptor: Any, value: Any) -> Any:
     return value
 
 
-_INT_RANGES = {
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
-    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
-}
 _WELL_KNOWN_TEXT = {
     _TS: "an RFC 3339 date-time such as 2026-01-31T12:00:00Z",
     "google.protobuf.Duration": "a duration such as 3.5s",
@@ -125,20 +109,16 @@ _WELL_KNOWN_TEXT = {
 def expected_value(field: Any, *, element: bool = False) -> str:
     """What a field takes, in the user's terms (for error messages)."""
     if field.is_repeated and not element:
-        if _is_map(field):
+        if is_map(field):
             return "a JSON object whose values are " + _plural(expected_value(field.message_type.fields_by_name["value"]))
         return "an array of " + _plural(expected_value(field, element=True))
     if field.message_type is not None:
         return _WELL_KNOWN_TEXT.get(field.message_type.full_name, "a JSON object")
     if field.enum_type is not None:
         return "one of " + ", ".join(v.name for v in field.enum_type.values)
-    if field.type in _INT_RANGES:
-        low, high = _INT_RANGES[field.type]
-        declared = rules_of(field)  # the bounds the proto declares, where it does
-        if declared is not None:
-            low = declared.minimum if declared.HasField("minimum") else low
-            high = declared.maximum if declared.HasField("maximum") else high
-        return f"an integer from {low} to {high}"
+    bounds = integer_bounds(field)
+    if bounds is not None:
+        return f"an integer from {bounds[0]} to {bounds[1]}"
     if field.type == FieldDescriptor.TYPE_BOOL:
         return "true or false"
     if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
@@ -173,7 +153,7 @@ def _resolve(descriptor: Any, names: list[str]) -> tuple[str, Any]:
             name, index = name[: name.index("[")], name[name.index("[") :]
         field = _field_for_key(current, name) if current is not None else None
         spelled.append((field.json_name if field is not None else name) + index)
-        current = field.message_type if field is not None and field.message_type is not None and not _is_map(field) else None
+        current = field.message_type if field is not None and field.message_type is not None and not is_map(field) else None
     return ".".join(spelled), field
 
 
