@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 import sqlalchemy as sa
-import structlog
 from accrue.catalog.v1 import catalog_events_pb2 as catalog_events
 from accrue.catalog.v1 import catalog_resources_pb2 as catalog_resources
 from accrue.catalog.v1 import catalog_service_pb2 as catalog_service
@@ -29,12 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.core.errors import NotFound
 from libs.infra.context import MERCHANT_METADATA_KEY
 from libs.infra.db import Database, UnitOfWork
+from libs.infra.logging import get_logger
 from libs.infra.messaging import ReceivedEvent
 from libs.infra.proto_time import from_timestamp
 from services.metering import store
 from services.metering.domain import events as rules
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # How long a confirmed "no metric consumes this type" is trusted before asking again: a
 # flood of one bad type costs one catalog look-up per merchant and interval. A metric
