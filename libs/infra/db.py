@@ -21,7 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 
 from libs.core.errors import AlreadyExists
 from libs.core.ids import new_event_id
+from libs.infra.tables import add_infra_tables
 from libs.infra.telemetry import inject_headers
+
+__all__ = ["Database", "UnitOfWork", "add_infra_tables", "create_engine"]
 
 
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -32,41 +35,6 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         # no pre-ping: it costs a round trip per checkout on every request; a dead
         # connection surfaces as an error on use and the pool replaces it.
         pool_recycle=1800,
-    )
-
-
-def add_infra_tables(metadata: sa.MetaData) -> None:
-    """Declare outbox, inbox and idempotency tables on a service's metadata."""
-    sa.Table(
-        "outbox",
-        metadata,
-        sa.Column("seq", sa.BigInteger, sa.Identity(), primary_key=True),
-        sa.Column("event_id", sa.Text, nullable=False, unique=True),
-        sa.Column("subject", sa.Text, nullable=False),
-        sa.Column("event_type", sa.Text, nullable=False),
-        sa.Column("merchant_id", sa.Text, nullable=False),
-        sa.Column("payload", sa.LargeBinary, nullable=False),
-        sa.Column("headers", pg.JSONB, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("published_at", sa.DateTime(timezone=True)),
-        sa.Index("ix_outbox_unpublished", "seq", postgresql_where=sa.text("published_at IS NULL")),
-    )
-    sa.Table(
-        "inbox",
-        metadata,
-        sa.Column("consumer", sa.Text, primary_key=True),
-        sa.Column("event_id", sa.Text, primary_key=True),
-        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
-    )
-    sa.Table(
-        "idempotency_keys",
-        metadata,
-        sa.Column("merchant_id", sa.Text, primary_key=True),
-        sa.Column("key", sa.Text, primary_key=True),
-        sa.Column("method", sa.Text, nullable=False),
-        sa.Column("request_hash", sa.Text, nullable=False),
-        sa.Column("response", sa.LargeBinary),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
 
 

@@ -6,36 +6,23 @@ import re
 from typing import Any
 
 from accrue.catalog.v1 import catalog_resources_pb2 as res
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
+from libs.infra.proto_struct import dict_to_struct, struct_to_dict, to_python
 from libs.infra.proto_time import to_timestamp
 from services.catalog.domain import rules
 
 
 def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    out.update(value)
-    return out
-
-
-def _tidy_numbers(value: Any) -> Any:
-    # Struct numbers are doubles; whole ones go back to ints so JSONB and JSON stay tidy.
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _tidy_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_tidy_numbers(v) for v in value]
-    return value
+    return dict_to_struct(value)
 
 
 def from_struct(value: struct_pb2.Struct) -> dict[str, Any]:
-    result: dict[str, Any] = _tidy_numbers(json_format.MessageToDict(value))
-    return result
+    return struct_to_dict(value)
 
 
 def from_value(value: struct_pb2.Value) -> Any:
-    return _tidy_numbers(json_format.MessageToDict(value))
+    return to_python(value)
 
 
 _CAMEL = re.compile(r"_([a-z])")

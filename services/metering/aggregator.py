@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from accrue.metering.v1 import metering_resources_pb2 as resources
-from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -27,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.infra.db import Database
 from libs.infra.logging import get_logger
+from libs.infra.proto_struct import to_python
 from services.metering import store
 from services.metering.subjects import resolve_subjects
 
@@ -46,24 +46,6 @@ ACK_WAIT_SECONDS = 15.0
 ROWS_PER_STATEMENT = 5000
 
 
-def _plain(value: struct_pb2.Value) -> Any:
-    """A Struct value as plain Python, without json_format's generic machinery (5-10x
-    faster on this path). Whole numbers become ints: exact, and tidy in JSONB."""
-    kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        number = value.number_value
-        return int(number) if number.is_integer() else number
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return {k: _plain(v) for k, v in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_plain(v) for v in value.list_value.values]
-    return None
-
-
 def row_of(event: resources.MeterEvent) -> dict[str, Any]:
     return {
         "merchant_id": event.merchant_id,
@@ -75,7 +57,7 @@ def row_of(event: resources.MeterEvent) -> dict[str, Any]:
         "external_subject": event.external_subject if event.HasField("external_subject") else None,
         "external_id": event.external_id if event.HasField("external_id") else None,
         "time": event.time.ToDatetime(tzinfo=UTC),
-        "data": {k: _plain(v) for k, v in event.data.fields.items()},
+        "data": {k: to_python(v) for k, v in event.data.fields.items()},
         "ingested_at": event.ingest_time.ToDatetime(tzinfo=UTC),
     }
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from libs.core import jsonpath as jsonpath_grammar
 from libs.core import money
 from libs.core.errors import InvalidArgument
 from libs.core.pricing import GraduatedPrice, PackagePrice, StandardPrice, Tier, VolumePrice, validate_tiers
@@ -65,7 +66,6 @@ class Limits:
 
 LIMITS = Limits()
 
-_JSONPATH = re.compile(r"\$(\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\]|\['[^']+'\])+")
 _FEATURE_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _LINE_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _DURATION = re.compile(r"P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?")
@@ -130,7 +130,7 @@ def metadata(values: Mapping[str, str], field_name: str = "metadata") -> dict[st
 def jsonpath(value: str, field_name: str) -> str:
     if len(value) > LIMITS.jsonpath_length:
         raise InvalidArgument(field_name, f"{field_name} is longer than {LIMITS.jsonpath_length} characters", reason="TOO_LONG")
-    if not _JSONPATH.fullmatch(value):
+    if not jsonpath_grammar.is_jsonpath(value):
         raise InvalidArgument(
             field_name,
             f"{field_name} must be a JSONPath starting with '$.' such as '$.tokens'; got {value!r}",
