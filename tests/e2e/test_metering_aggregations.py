@@ -3,6 +3,7 @@ and TIME_WEIGHTED_SUM (value-hours), exact to the decimal string."""
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 import uuid
@@ -61,6 +62,10 @@ def _meter(client: MerchantClient, metric_id: str, start: datetime, end: datetim
     return body
 
 
+def _total(client: MerchantClient, metric_id: str, start: datetime, end: datetime, subject: str) -> Any:
+    return _meter(client, metric_id, start, end, subject=subject)["totalValueDecimal"]
+
+
 def _eventually(read: Callable[[], Any], expected: Any, timeout: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -106,7 +111,7 @@ def test_percentiles_are_the_nearest_rank_sample(merchant_a: MerchantClient) -> 
     # nearest rank: ceil(p * 20) -> 10th, 19th, 20th smallest; never interpolated
     expected = {"P50": "10.25", "P95": "19.25", "P99": "20.25"}
     for agg, metric_id in metrics.items():
-        read = _eventually(lambda m=metric_id: _meter(merchant_a, m, start, end, subject=customer)["totalValueDecimal"], expected[agg])
+        read = _eventually(functools.partial(_total, merchant_a, metric_id, start, end, customer), expected[agg])
         assert read == expected[agg], agg
     # all 22 events lie in the first hour: its window holds the same percentile
     windows = _meter(merchant_a, metrics["P95"], start, end, subject=customer, windowSize="HOUR")["windowedValues"]

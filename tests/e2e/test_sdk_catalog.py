@@ -19,7 +19,8 @@ pytestmark = pytest.mark.e2e
 
 
 def _product(client: MerchantClient, name: str = "LLM Inference API") -> models.Product:
-    return client.sdk.products.create(merchant_id=client.merchant_id, name=name, description="Token-metered inference")
+    product: models.Product = client.sdk.products.create(merchant_id=client.merchant_id, name=name, description="Token-metered inference")
+    return product
 
 
 def test_products_create_get_list_update_round_trip(merchant_a: MerchantClient) -> None:

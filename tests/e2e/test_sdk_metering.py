@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +29,10 @@ def _metric(client: MerchantClient, aggregation: str = "SUM", value_property: st
     if value_property is not None:
         kwargs["value_property"] = value_property
     return sdk.billable_metrics.create(**kwargs)
+
+
+def _total(url: str, params: dict[str, str], headers: dict[str, str]) -> Any:
+    return httpx.get(url, params=params, headers=headers).json()["totalValueDecimal"]
 
 
 def _eventually(read: Callable[[], Any], expected: Any, timeout: float = 10.0) -> Any:
@@ -166,10 +171,7 @@ def test_aggregations_windows_and_groups(merchant_a: MerchantClient) -> None:
     for agg, metric in metrics.items():
         url = f"{merchant_a.base_url}/v0/billableMetrics/{metric.id}/meter"
         params = {"from": start.isoformat(), "to": end.isoformat(), "subject": customer}
-        read = _eventually(
-            lambda url=url, params=params: httpx.get(url, params=params, headers=merchant_a.headers).json()["totalValueDecimal"],
-            expected[agg],
-        )
+        read = _eventually(functools.partial(_total, url, params, merchant_a.headers), expected[agg])
         assert read == expected[agg], agg
     windows = sdk.billable_metrics.meter(id=metrics["SUM"].id, from_=start, to=end, subject=customer, window_size="HOUR")
     assert [w.value for w in windows.windowed_values] == [10, 30, 20]

@@ -37,7 +37,8 @@ async def _create_product(port: int, merchant_id: str) -> str:
         product = await stub.CreateProduct(
             svc.CreateProductRequest(name="Crash test", description="outbox"), metadata=[(MERCHANT_METADATA_KEY, merchant_id)]
         )
-    return product.id
+    product_id: str = product.id
+    return product_id
 
 
 async def test_event_committed_before_a_sigkill_is_delivered_once_after_restart(infra_mesh: Mesh, infra: Infra) -> None:

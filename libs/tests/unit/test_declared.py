@@ -4,9 +4,10 @@ by libs.infra.declared before any handler runs; real request messages, no I/O.""
 from __future__ import annotations
 
 import pytest
+from accrue.catalog.v1 import catalog_resources_pb2 as res
 from accrue.catalog.v1 import catalog_service_pb2 as catalog
 from accrue.metering.v1 import metering_service_pb2 as metering
-from google.protobuf import struct_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 
 from libs.core.errors import InvalidArgument
 from libs.infra.declared import check_declared
@@ -48,13 +49,17 @@ def test_a_valid_request_passes() -> None:
         ),
         (metering.BatchIngestEventsRequest(), "events", "REQUIRED"),
         (catalog.CreateProductRequest(name=" \u3000"), "name", "REQUIRED"),
-        (catalog.UpdatePriceRequest(id="price_1", tax={"outside_scope_label": "x"}), "tax.supplyScope", "REQUIRED"),
+        (catalog.UpdatePriceRequest(id="price_1", tax=res.PriceTax(outside_scope_label="x")), "tax.supplyScope", "REQUIRED"),
         (
-            catalog.UpdatePlanRequest(id="plan_1", version_transition={"effective_date": "later"}),
+            catalog.UpdatePlanRequest(id="plan_1", version_transition=res.VersionTransition(effective_date="later")),
             "versionTransition.effectiveDate",
             "INVALID_ENUM_VALUE",
         ),
-        (catalog.UpdateFeeRequest(id="fee_1", update_mask={"paths": ["description"]}), "description", "FIELD_NOT_CLEARABLE"),
+        (
+            catalog.UpdateFeeRequest(id="fee_1", update_mask=field_mask_pb2.FieldMask(paths=["description"])),
+            "description",
+            "FIELD_NOT_CLEARABLE",
+        ),
     ],
 )
 def test_each_declared_rule_names_the_rest_field(message: object, field: str, reason: str) -> None:
@@ -74,4 +79,4 @@ def test_nested_messages_are_checked_with_their_path() -> None:
 
 
 def test_a_clearable_field_may_be_cleared() -> None:
-    check_declared(catalog.UpdateFeeRequest(id="fee_1", update_mask={"paths": ["item_id"]}))
+    check_declared(catalog.UpdateFeeRequest(id="fee_1", update_mask=field_mask_pb2.FieldMask(paths=["item_id"])))

@@ -33,7 +33,8 @@ def _lines(err: str) -> list[dict[str, object]]:
 def test_a_library_exception_is_logged_with_its_real_traceback(capfd: pytest.CaptureFixture[str]) -> None:
     configure_logging("unit")
     try:
-        {}["missing"]
+        missing: dict[str, int] = {}
+        missing["missing"]
     except KeyError:
         logging.getLogger("uvicorn.error").error("Exception in ASGI application", exc_info=True)
     (line,) = _lines(capfd.readouterr().err)

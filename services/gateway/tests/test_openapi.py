@@ -15,6 +15,7 @@ SCHEMAS = DOC["components"]["schemas"]
 
 def _param(path: str, method: str, name: str) -> dict[str, Any]:
     (found,) = [p for p in DOC["paths"][path][method]["parameters"] if p["name"] == name]
+    assert isinstance(found, dict)
     return found
 
 

@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 import pytest
 from accrue.catalog.v1 import catalog_resources_pb2 as res
 from accrue.catalog.v1 import catalog_service_pb2 as svc
+from google.protobuf import timestamp_pb2
 
 from libs.core.errors import InvalidArgument
 from services.gateway import restjson
 
 
-def _ts(year: int = 2026) -> object:
-    from google.protobuf import timestamp_pb2
+def _ts(year: int = 2026) -> timestamp_pb2.Timestamp:
 
     out = timestamp_pb2.Timestamp()
     out.FromDatetime(datetime(year, 1, 2, 3, 4, 5, tzinfo=UTC))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from services.gateway.openapi import build_openapi
-from services.gateway.transcoding import SERVICES, Router, build_routes
+from services.gateway.transcoding import SERVICES, Route, Router, build_routes
 
 
-def _route(routes: list, method: str, template: str):  # type: ignore[no-untyped-def]
+def _route(routes: list[Route], method: str, template: str) -> Route:
     (found,) = [r for r in routes if r.http_method == method and r.template == template]
     return found
 
