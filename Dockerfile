@@ -60,4 +60,4 @@ USER 10001:10001
 EXPOSE 50051 8000
 
 # Kubernetes always sets the command; this default is only for `docker run`.
-CMD ["python", "-m", "services.gateway.app"]
+CMD ["python", "-m", "services.run", "gateway"]

@@ -31,7 +31,7 @@ $(GEN_STAMP): $(STAMP) $(PROTO_FILES) tools/gen_protos.py
 gen: $(GEN_STAMP)
 
 run: $(GEN_STAMP)
-	$(PY) -m libs.infra.runner
+	$(PY) -m services.run
 
 test: $(GEN_STAMP)
 	$(PY) -m pytest

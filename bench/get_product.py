@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from bench.httpload import encode_request, run_load
-from libs.infra.runner import Mesh
+from services.run import Mesh
 
 
 def main() -> None:

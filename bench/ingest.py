@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 from bench.httpload import encode_request, run_load
 from libs.infra import messaging
 from libs.infra.context import MERCHANT_METADATA_KEY
-from libs.infra.runner import Mesh
+from services.run import Mesh
 
 
 def _line(label: str, value: str) -> None:

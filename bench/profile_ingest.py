@@ -23,7 +23,7 @@ from accrue.metering.v1 import metering_service_pb2 as svc
 
 from bench.httpload import encode_request, run_load
 from bench.ingest import grpc_stream
-from libs.infra.runner import Mesh
+from services.run import Mesh
 
 PROCESSES = ("gateway", "metering", "metering-aggregator")
 

@@ -12,18 +12,63 @@ from enum import Enum
 
 
 class ErrorCode(Enum):
-    """The google.rpc.Code a domain error maps to (names as in google/rpc/code.proto)."""
+    """The google.rpc.Code of an error (names and numbers as in google/rpc/code.proto).
 
+    Domain errors use a few of them; the rest are what a remote call can end with
+    (a deadline, a cancelled or refused call) when it is decoded (libs/infra/grpc_errors.py).
+    """
+
+    CANCELLED = 1
+    UNKNOWN = 2
     INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
     ALREADY_EXISTS = 6
     PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
     FAILED_PRECONDITION = 9
     ABORTED = 10
+    OUT_OF_RANGE = 11
     UNIMPLEMENTED = 12
     INTERNAL = 13
     UNAVAILABLE = 14
+    DATA_LOSS = 15
     UNAUTHENTICATED = 16
+
+
+# The one table of HTTP statuses: by code, and by (code, reason) where a reason answers
+# otherwise. FAILED_PRECONDITION is 409, not Google's 400: Paygentic answers "still in use"
+# conflicts with 409, and the Unprocessable reasons (well-formed, but nothing can act on
+# it) with 422. The gateway answers with it, and so does every per-item receipt.
+HTTP_STATUS: Mapping[tuple[ErrorCode, str | None], int] = {
+    (ErrorCode.CANCELLED, None): 499,
+    (ErrorCode.UNKNOWN, None): 500,
+    (ErrorCode.INVALID_ARGUMENT, None): 400,
+    (ErrorCode.DEADLINE_EXCEEDED, None): 504,
+    (ErrorCode.NOT_FOUND, None): 404,
+    (ErrorCode.ALREADY_EXISTS, None): 409,
+    (ErrorCode.PERMISSION_DENIED, None): 403,
+    (ErrorCode.RESOURCE_EXHAUSTED, None): 429,
+    (ErrorCode.FAILED_PRECONDITION, None): 409,
+    (ErrorCode.FAILED_PRECONDITION, "UNKNOWN_EVENT_TYPE"): 422,
+    (ErrorCode.ABORTED, None): 409,
+    (ErrorCode.OUT_OF_RANGE, None): 400,
+    (ErrorCode.UNIMPLEMENTED, None): 501,
+    (ErrorCode.INTERNAL, None): 500,
+    (ErrorCode.UNAVAILABLE, None): 503,
+    (ErrorCode.DATA_LOSS, None): 500,
+    (ErrorCode.UNAUTHENTICATED, None): 401,
+}
+
+
+def http_status(code: ErrorCode, reason: str | None = None) -> int:
+    """The HTTP status of an error with this code and reason (HTTP_STATUS)."""
+    return HTTP_STATUS.get((code, reason)) or HTTP_STATUS.get((code, None), 500)
+
+
+def is_unprocessable(code: ErrorCode, reason: str) -> bool:
+    """Whether (code, reason) is one of the Unprocessable reasons HTTP_STATUS answers 422."""
+    return HTTP_STATUS.get((code, reason)) == 422
 
 
 class DomainError(Exception):
@@ -102,14 +147,16 @@ class FailedPrecondition(DomainError):
 class Unprocessable(DomainError):
     """Well-formed, but nothing can act on it (e.g. a meter event no metric consumes).
 
-    FAILED_PRECONDITION on gRPC; the gateway answers 422, as Paygentic's contract does.
+    FAILED_PRECONDITION on gRPC; 422 over HTTP, as Paygentic's contract answers it. The
+    reason is what tells the two apart on the wire, so it must be one HTTP_STATUS lists.
     """
 
     code = ErrorCode.FAILED_PRECONDITION
-    http_status = 422
 
     def __init__(self, reason: str, message: str, *, field: str | None = None) -> None:
-        super().__init__(reason, message, field=field, metadata={"http_status": "422"})
+        if not is_unprocessable(self.code, reason):
+            raise ValueError(f"{reason} is not a 422 reason of HTTP_STATUS (libs/core/errors.py)")
+        super().__init__(reason, message, field=field)
 
 
 class Aborted(DomainError):

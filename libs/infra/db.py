@@ -4,6 +4,12 @@
 A unit of work is one database transaction. Domain rows and the domain events they
 cause commit together (transactional outbox); a consumer's inbox claim commits with the
 handler's writes; an idempotency record commits with the mutation it guards.
+
+Events come from aggregates (libs/core/domain.py), after cosmicpython's
+``collect_new_events``: repositories register what they load and add in ``uow.seen``;
+on commit the unit of work takes every event those aggregates recorded, has the
+service's translator (its events.py) turn each into a subject and a proto, and writes
+them to the outbox in the same transaction. No handler writes an event by hand.
 """
 
 from __future__ import annotations
@@ -13,18 +19,34 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from google.protobuf.message import Message
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
 
+from libs.core.clock import Clock, SystemClock
+from libs.core.domain import DomainEvent, EventCollector
 from libs.core.errors import AlreadyExists
 from libs.core.ids import new_event_id
 from libs.infra.tables import add_infra_tables
 from libs.infra.telemetry import inject_headers
 
-__all__ = ["Database", "UnitOfWork", "add_infra_tables", "create_engine"]
+__all__ = ["Database", "EventTranslator", "OutboxMessage", "UnitOfWork", "add_infra_tables", "create_engine"]
+
+
+class OutboxMessage(NamedTuple):
+    """A domain event as it leaves: its subject and its proto."""
+
+    subject: str
+    event: Message
+    merchant_id: str
+
+
+# A service's domain event -> outbox message; may read through the unit of work's
+# connection (the event shows the resource as it is at commit).
+EventTranslator = Callable[[DomainEvent], Awaitable[OutboxMessage]]
 
 
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -41,12 +63,25 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
 class UnitOfWork:
     """One transaction: ``async with uow_factory() as uow: ... uow.conn ...``.
 
-    Commits on a clean exit, rolls back on an exception. After a commit that wrote
-    outbox rows it pokes the relay so events leave at once rather than at the next poll.
+    Commits on a clean exit, rolls back on an exception. Before committing it writes the
+    events of every aggregate in ``seen`` to the outbox through ``translate``. After a
+    commit that wrote outbox rows it pokes the relay so events leave at once rather than
+    at the next poll.
     """
 
-    def __init__(self, engine: AsyncEngine, tables: sa.MetaData, on_events_committed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        tables: sa.MetaData,
+        on_events_committed: Callable[[], None],
+        *,
+        translate: EventTranslator | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self._engine = engine
+        self._translate = translate
+        self._clock = clock or SystemClock()
+        self.seen = EventCollector()
         self._outbox = tables.tables["outbox"]
         self._inbox = tables.tables["inbox"]
         self._idempotency = tables.tables["idempotency_keys"]
@@ -70,6 +105,11 @@ class UnitOfWork:
         assert self._conn is not None and self._tx is not None
         try:
             if exc_type is None:
+                try:
+                    await self._write_recorded_events()
+                except BaseException:
+                    await self._tx.rollback()
+                    raise
                 await self._tx.commit()
                 if self._wrote_events:
                     self._on_events_committed()
@@ -78,8 +118,18 @@ class UnitOfWork:
         finally:
             await self._conn.close()
 
+    async def _write_recorded_events(self) -> None:
+        for event in self.seen.collect_new_events():
+            if self._translate is None:
+                raise RuntimeError(f"{type(event).__name__} was recorded, but this unit of work has no event translator")
+            message = await self._translate(event)
+            await self.record_event(message.subject, message.event, merchant_id=message.merchant_id, now=self._clock.now())
+
     async def record_event(self, subject: str, event: Message, *, merchant_id: str, now: datetime) -> str:
-        """Write a domain event to the outbox, in this transaction, with the trace context."""
+        """Write an event to the outbox, in this transaction, with the trace context.
+
+        Services with aggregates never call this: their recorded events arrive here at commit.
+        """
         event_id = new_event_id()
         await self.conn.execute(
             self._outbox.insert().values(
@@ -169,8 +219,9 @@ class Database:
         self.metadata = metadata
         self.events_committed = asyncio.Event()
 
-    def uow(self) -> UnitOfWork:
-        return UnitOfWork(self.engine, self.metadata, self.events_committed.set)
+    def uow(self, *, translate: EventTranslator | None = None, clock: Clock | None = None) -> UnitOfWork:
+        """A unit of work; ``translate`` turns the events its aggregates record into outbox messages."""
+        return UnitOfWork(self.engine, self.metadata, self.events_committed.set, translate=translate, clock=clock)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

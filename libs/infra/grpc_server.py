@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -12,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from libs.core.errors import DomainError, ErrorCode
+from libs.core.errors import DomainError
 from libs.infra.context import IDEMPOTENCY_METADATA_KEY, MERCHANT_METADATA_KEY, idempotency_key_var, merchant_id_var
 from libs.infra.declared import check_declared
 from libs.infra.grpc_errors import to_grpc_status
@@ -22,10 +24,11 @@ log = get_logger(__name__)
 
 
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Sets the merchant and idempotency key from metadata, checks the request against
+    """Sets the merchant and idempotency key from metadata, checks a unary request against
     the rules its proto declares (libs/infra/declared.py), maps domain errors to Status.
 
-    One place for all three, so handlers raise DomainError and never touch grpc.StatusCode.
+    One place for all three, and one path for the four kinds of RPC, so handlers raise
+    DomainError and never touch grpc.StatusCode.
     """
 
     async def intercept_service(
@@ -36,59 +39,72 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
-        if handler.stream_stream is not None:
-            return self._wrap_stream(handler, method)
-        if handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
+        method: str = handler_call_details.method
+        kind = _KINDS[(bool(handler.request_streaming), bool(handler.response_streaming))]
+        inner = getattr(handler, kind.attribute)
+        checks = not handler.request_streaming
 
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-            merchant_token = merchant_id_var.set(md.get(MERCHANT_METADATA_KEY) or None)
-            key_token = idempotency_key_var.set(md.get(IDEMPOTENCY_METADATA_KEY) or None)
-            try:
-                check_declared(request)
+        async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with _request_scope(context, method):
+                if checks:
+                    check_declared(request)
                 return await inner(request, context)
-            except DomainError as err:
-                await context.abort_with_status(to_grpc_status(err))
-            except NotImplementedError:
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not built yet")
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                raise
-            except Exception as exc:
-                log.error("unhandled_error", method=method, error=repr(exc), traceback=traceback.format_exc())
-                internal = DomainError("INTERNAL", "internal error")
-                internal.code = ErrorCode.INTERNAL
-                await context.abort_with_status(to_grpc_status(internal))
-            finally:
-                merchant_id_var.reset(merchant_token)
-                idempotency_key_var.reset(key_token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped,
+        async def streamed_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with _request_scope(context, method):
+                if checks:
+                    check_declared(request)
+                responses = inner(request, context)
+                if hasattr(responses, "__aiter__"):
+                    async for response in responses:
+                        yield response
+                else:  # a handler that writes with context.write() and returns nothing
+                    await responses
+
+        return kind.build(
+            streamed_response if handler.response_streaming else unary_response,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    @staticmethod
-    def _wrap_stream(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        inner = handler.stream_stream
 
-        async def wrapped(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-            md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-            merchant_token = merchant_id_var.set(md.get(MERCHANT_METADATA_KEY) or None)
-            try:
-                async for response in inner(request_iterator, context):
-                    yield response
-            except DomainError as err:
-                await context.abort_with_status(to_grpc_status(err))
-            finally:
-                merchant_id_var.reset(merchant_token)
+@dataclass(frozen=True)
+class _Kind:
+    attribute: str
+    build: Callable[..., grpc.RpcMethodHandler]
 
-        return grpc.stream_stream_rpc_method_handler(
-            wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+
+# (request streaming, response streaming) -> the handler attribute and its builder
+_KINDS = {
+    (False, False): _Kind("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): _Kind("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): _Kind("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): _Kind("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+@asynccontextmanager
+async def _request_scope(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    """The call's merchant and idempotency key in contextvars while the handler runs, and
+    whatever it raises as a status: a DomainError as itself, NotImplementedError as
+    UNIMPLEMENTED, anything else as INTERNAL (logged, never shown)."""
+    md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    merchant_token = merchant_id_var.set(md.get(MERCHANT_METADATA_KEY) or None)
+    key_token = idempotency_key_var.set(md.get(IDEMPOTENCY_METADATA_KEY) or None)
+    try:
+        yield
+    except DomainError as err:
+        await context.abort_with_status(to_grpc_status(err))
+    except NotImplementedError:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not built yet")
+    except (asyncio.CancelledError, grpc.aio.AbortError):
+        raise
+    except Exception as exc:
+        log.error("unhandled_error", method=method, error=repr(exc), traceback=traceback.format_exc())
+        await context.abort_with_status(to_grpc_status(DomainError("INTERNAL", "internal error")))  # code INTERNAL
+    finally:
+        merchant_id_var.reset(merchant_token)
+        idempotency_key_var.reset(key_token)
 
 
 class GrpcServer:

@@ -1,7 +1,8 @@
 """Alembic operations for the infrastructure tables (libs/infra/tables.py).
 
 Every service's first migration calls ``create_infra_tables_v1``; a later version of
-these tables gets a ``create_infra_tables_v<n>`` here and a migration in every service,
+these tables is a migration in every service calling ``create_infra_tables(n)`` /
+``drop_infra_tables(n)`` (v2, the dead letters: ``0002_infra_v2``, metering's ``0004``),
 so each service's history stays explicit and replayable. The tables are built from the
 same declarations the code uses, not from a second copy.
 """

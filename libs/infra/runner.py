@@ -1,9 +1,11 @@
 """The local mesh: `make run` and the end-to-end tests start Accrue through this.
 
-Starts a real PostgreSQL and NATS (embedded, from pip wheels) unless ACCRUE_POSTGRES_URL /
-ACCRUE_NATS_URL point at existing servers, then every service and the gateway as
-separate processes on free ports, waits until each is healthy (gRPC health checking;
-the gateway's /healthz), creates a demo merchant, and writes .accrue/run.env.
+What it starts is a ``Topology`` (services/run.py builds it from services/registry.py):
+a real PostgreSQL and NATS (embedded, from pip wheels) unless ACCRUE_POSTGRES_URL /
+ACCRUE_NATS_URL point at existing servers, then every service, every worker and the
+gateway as separate processes on free ports, waiting until each service is healthy (gRPC
+health checking; the gateway's /healthz); then it creates a demo merchant and writes
+.accrue/run.env. Nothing here knows which services exist.
 
 ``main()`` (``make run``) then supervises the processes the way a container runtime
 would: one that exits is restarted with exponential backoff on the port it had (the
@@ -16,7 +18,6 @@ ACCRUE_HTTP_PORT (the gateway's; 0 for any free one) and ACCRUE_RESTART_MAX (def
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -24,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +35,29 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from libs.infra.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from libs.infra.service import ServiceDefinition
 
-SERVICES = ("catalog", "subscription", "metering", "invoicing", "payment", "entitlement")
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What a mesh runs: services (gRPC, started and awaited first, in order), workers
+    (started once the services are healthy) and the gateway, each a process running
+    ``python -m <entry> <name>``."""
+
+    services: Sequence[ServiceDefinition]
+    workers: Sequence[ServiceDefinition]
+    gateway: ServiceDefinition
+    entry: str
+    # (the gateway's database URL, a name) -> (merchant id, API key)
+    create_merchant: Callable[[str, str], tuple[str, str]]
+
+    def definition(self, name: str) -> ServiceDefinition:
+        for found in (*self.services, *self.workers, self.gateway):
+            if found.name == name:
+                return found
+        raise KeyError(f"no {name!r} in the topology")
 
 
 @dataclass
@@ -46,11 +67,12 @@ class Process:
     port_file: Path
     log_file: Path
     port: int = 0
-    # what it takes to start it again (Mesh.respawn): module, environment, and the
-    # variable that chooses its port (none for a process that listens on nothing)
+    # what it takes to start it again (Mesh.respawn): module and arguments, environment,
+    # and the variable that pins its port (none for one nobody holds the address of)
     module: str = ""
     env: dict[str, str] = field(default_factory=dict)
     port_env: str | None = "ACCRUE_GRPC_PORT"
+    args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -71,6 +93,14 @@ class Mesh:
     gateway_url: str = ""
     merchant_id: str = ""
     api_key: str = ""
+    # what start() and start_service() run; a mesh without one only runs infra and spawn()
+    topology: Topology | None = None
+
+    @property
+    def plan(self) -> Topology:
+        if self.topology is None:
+            raise RuntimeError("this Mesh has no topology: use services.run.Mesh (the registry's)")
+        return self.topology
 
     def database_url(self, name: str) -> str:
         return make_url(self.postgres_url).set(database=f"{self.db_prefix}_{name}").render_as_string(hide_password=False)
@@ -90,10 +120,10 @@ class Mesh:
             self.nats.start()
             self.nats_url = self.nats.url
 
-    def service_env(self, name: str) -> dict[str, str]:
+    def service_env(self, name: str, database: str | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ACCRUE_")}
         env.update(
-            ACCRUE_DATABASE_URL=self.database_url(name),
+            ACCRUE_DATABASE_URL=self.database_url(database or name),
             ACCRUE_NATS_URL=self.nats_url,
             ACCRUE_GRPC_PORT="0",
             ACCRUE_PORT_FILE=str(self.state_dir / "ports" / name),
@@ -103,18 +133,22 @@ class Mesh:
         env.update(self.extra_env)
         return env
 
-    def spawn(self, name: str, module: str, env: dict[str, str], port_env: str | None = "ACCRUE_GRPC_PORT") -> Process:
+    def spawn(
+        self, name: str, module: str, env: dict[str, str], port_env: str | None = "ACCRUE_GRPC_PORT", args: Sequence[str] = ()
+    ) -> Process:
         port_file = Path(env["ACCRUE_PORT_FILE"])
         port_file.unlink(missing_ok=True)
         log_file = self.state_dir / "logs" / f"{name}.log"
         with open(log_file, "ab") as log:
             popen = subprocess.Popen(
-                [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                [sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         pid_dir = self.state_dir / "pids"
         pid_dir.mkdir(exist_ok=True)
         (pid_dir / name).write_text(str(popen.pid))
-        process = Process(name=name, popen=popen, port_file=port_file, log_file=log_file, module=module, env=env, port_env=port_env)
+        process = Process(
+            name=name, popen=popen, port_file=port_file, log_file=log_file, module=module, env=env, port_env=port_env, args=tuple(args)
+        )
         self.processes[name] = process
         return process
 
@@ -125,25 +159,30 @@ class Mesh:
         env = dict(old.env)
         if old.port_env is not None and old.port:
             env[old.port_env] = str(old.port)
-        process = self.spawn(name, old.module, env, old.port_env)
+        process = self.spawn(name, old.module, env, old.port_env, old.args)
         process.port = old.port
         return process
 
-    def start_service(self, name: str) -> Process:
-        env = self.service_env(name)
-        if name == "metering":
-            # aggregation runs in its own process (as on Kubernetes), on the other core
-            env.setdefault("ACCRUE_AGGREGATOR_ENABLED", "false")
-            if "catalog" in self.processes:  # metering asks the catalog about event types it has not heard of
-                env.setdefault("ACCRUE_CATALOG_ADDR", f"127.0.0.1:{self.wait_port(self.processes['catalog'])}")
-        return self.spawn(name, f"services.{name}.app", env)
+    def definition_env(self, definition: ServiceDefinition, name: str | None = None) -> dict[str, str]:
+        """A definition's process environment: its database, the deployment's settings
+        (the mesh's extra_env wins), and the address of each service it talks to that runs."""
+        env = self.service_env(name or definition.name, definition.database_name)
+        for key, value in definition.env.items():
+            env.setdefault(key, value)
+        for other in definition.talks_to:
+            if other in self.processes:
+                env.setdefault(f"ACCRUE_{other.upper()}_ADDR", f"127.0.0.1:{self.wait_port(self.processes[other])}")
+        return env
 
-    def start_aggregator(self, name: str = "metering-aggregator") -> Process:
-        """A metering aggregator worker (``python -m services.metering.aggregator``);
-        several may run (give each its own name): they share one durable consumer."""
-        env = self.service_env("metering")
-        env["ACCRUE_PORT_FILE"] = str(self.state_dir / "ports" / name)
-        return self.spawn(name, "services.metering.aggregator", env, port_env=None)
+    def start_service(self, name: str) -> Process:
+        definition = self.plan.definition(name)
+        return self.spawn(name, self.plan.entry, self.definition_env(definition), args=(name,))
+
+    def start_worker(self, kind: str, name: str | None = None) -> Process:
+        """A worker process of ``kind`` (a definition in topology.workers); several may run
+        (give each its own name). Restarted on any port: nobody holds its address."""
+        definition = self.plan.definition(kind)
+        return self.spawn(name or kind, self.plan.entry, self.definition_env(definition, name), port_env=None, args=(kind,))
 
     def wait_port(self, process: Process, timeout: float = 90) -> int:
         deadline = time.monotonic() + timeout
@@ -171,12 +210,11 @@ class Mesh:
         raise TimeoutError(f"{name} did not report SERVING")
 
     def start_gateway(self) -> None:
-        env = self.service_env("gateway")
+        gateway = self.plan.gateway
+        env = self.definition_env(gateway)
         port = self.gateway_port if self.gateway_port is not None else _preferred_port(8000)
         env.update(ACCRUE_HTTP_PORT=str(port))
-        for name in SERVICES:
-            env[f"ACCRUE_{name.upper()}_ADDR"] = f"127.0.0.1:{self.processes[name].port}"
-        process = self.spawn("gateway", "services.gateway.app", env, port_env="ACCRUE_HTTP_PORT")
+        process = self.spawn(gateway.name, self.plan.entry, env, port_env="ACCRUE_HTTP_PORT", args=(gateway.name,))
         self.wait_port(process)
         self.gateway_url = f"http://127.0.0.1:{process.port}"
         deadline = time.monotonic() + 30
@@ -188,20 +226,20 @@ class Mesh:
         raise TimeoutError("gateway did not become healthy")
 
     def create_merchant(self, name: str) -> tuple[str, str]:
-        from services.gateway.merchants import create_merchant_sync
+        return self.plan.create_merchant(self.database_url(self.plan.gateway.database_name), name)
 
-        return create_merchant_sync(self.database_url("gateway"), name)
-
-    def start(self) -> None:
+    def start(self, merchant_name: str = "Demo merchant") -> None:
+        """Infra (unless already started), every service, every worker, the gateway, and a
+        merchant: the whole mesh."""
         self.start_infra()
-        for name in SERVICES:
-            self.start_service(name)
-        for name in SERVICES:
-            self.wait_healthy(name)
-        if self.extra_env.get("ACCRUE_AGGREGATOR_ENABLED") != "false":
-            self.start_aggregator()
+        for definition in self.plan.services:
+            self.start_service(definition.name)
+        for definition in self.plan.services:
+            self.wait_healthy(definition.name)
+        for definition in self.plan.workers:
+            self.start_worker(definition.name)
         self.start_gateway()
-        self.merchant_id, self.api_key = self.create_merchant("Demo merchant")
+        self.merchant_id, self.api_key = self.create_merchant(merchant_name)
         (self.state_dir / "run.env").write_text(
             f"ACCRUE_GATEWAY_URL={self.gateway_url}\n"
             f"ACCRUE_MERCHANT_ID={self.merchant_id}\n"
@@ -351,11 +389,12 @@ class Supervisor:
             watch.restarts = 0
 
 
-def main() -> None:
+def main(topology: Topology) -> None:
+    """``make run`` (``python -m services.run``): start the mesh, print where it is, supervise it."""
     started = time.monotonic()
     state_dir = Path(os.environ["ACCRUE_STATE_DIR"]) if "ACCRUE_STATE_DIR" in os.environ else ROOT / ".accrue"
     gateway_port = int(os.environ["ACCRUE_HTTP_PORT"]) if "ACCRUE_HTTP_PORT" in os.environ else None
-    mesh = Mesh(state_dir, gateway_port=gateway_port)
+    mesh = Mesh(state_dir, gateway_port=gateway_port, topology=topology)
     stop = False
     received: list[str] = []
 
@@ -372,9 +411,11 @@ def main() -> None:
         elapsed = time.monotonic() - started
         print(f"\nAccrue is up in {elapsed:.1f}s", flush=True)
         print(f"  gateway      {mesh.gateway_url}   (OpenAPI: {mesh.gateway_url}/openapi.json)")
-        for name in SERVICES:
-            print(f"  {name:<12} grpc 127.0.0.1:{mesh.processes[name].port}")
-        print("  aggregator   metering's aggregator worker (python -m services.metering.aggregator)")
+        for definition in topology.services:
+            print(f"  {definition.name:<12} grpc 127.0.0.1:{mesh.processes[definition.name].port}")
+        for worker in topology.workers:
+            role = worker.name.removeprefix(f"{worker.database_name}-")
+            print(f"  {role:<12} {worker.database_name}'s {role} worker (python -m {topology.entry} {worker.name})")
         print(f"  postgres     {mesh.postgres_url}")
         print(f"  nats         {mesh.nats_url}")
         print(f"  logs         {mesh.state_dir / 'logs'}   (pids in {mesh.state_dir / 'pids'})")
@@ -393,8 +434,3 @@ def main() -> None:
         print("stopped", flush=True)
     if gave_up is not None:
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    asyncio.set_event_loop_policy(None)
-    main()

@@ -1,4 +1,4 @@
-"""Service settings: environment variables only (prefix ACCRUE_), laptop-friendly defaults."""
+"""Process settings: environment variables only (prefix ACCRUE_), laptop-friendly defaults."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServiceSettings(BaseSettings):
-    """What every gRPC service reads from its environment."""
+    """What every process reads from its environment; a definition's own settings class
+    (ServiceDefinition.settings) subclasses this one."""
 
     model_config = SettingsConfigDict(env_prefix="ACCRUE_", extra="ignore")
 
@@ -16,7 +17,11 @@ class ServiceSettings(BaseSettings):
     grpc_host: str = "127.0.0.1"
     # 0 asks the OS for a free port; the bound port is logged and written to port_file.
     grpc_port: int = 50051
-    # When set, the bound port is written here once serving (used by the local runner).
+    # a process with an HTTP part (the gateway) listens here instead; 0: any free port
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    # When set, the bound port (HTTP's for an HTTP process) is written here once serving
+    # (used by the local runner).
     port_file: str | None = None
     log_level: str = "INFO"
     migrate_on_start: bool = True

@@ -41,9 +41,7 @@ class CountingConsumer:
         self.consumer = messaging.EventConsumer(
             db,
             nc.jetstream(),
-            stream=stream,
-            durable=f"test-{uuid.uuid4().hex[:8]}",
-            filter_subject=filter_subject,
+            messaging.PullSpec(stream=stream, durable=f"test-{uuid.uuid4().hex[:8]}", filter_subject=filter_subject),
             handler=handler,
         )
         self.task: asyncio.Task[None] | None = None

@@ -8,11 +8,11 @@ import grpc
 from accrue.catalog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
 
 from libs.infra.service import Runtime, ServiceDefinition, main
-from services.catalog.server import SUBJECT_PREFIX, CatalogServicer
+from services.catalog.events import STREAM, STREAM_SUBJECTS
+from services.catalog.server import CatalogServicer
 from services.catalog.store import metadata
 
 SERVICE_NAME = catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
-STREAM = "ACCRUE_CATALOG"
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
@@ -25,7 +25,7 @@ DEFINITION = ServiceDefinition(
     metadata=metadata,
     migrations_dir=Path(__file__).parent / "migrations",
     register=register,
-    streams={STREAM: [f"{SUBJECT_PREFIX}.>"]},
+    streams={STREAM: list(STREAM_SUBJECTS)},
 )
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Catalog rows -> protobuf resources. Pure functions of already-loaded rows."""
+"""Catalog aggregates -> protobuf resources. Pure functions of already-loaded aggregates
+(prices with the features they show, plans and versions with their lines' prices)."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from typing import Any
 
 from accrue.catalog.v1 import catalog_resources_pb2 as res
@@ -11,6 +12,7 @@ from google.protobuf import struct_pb2
 from libs.infra.proto_struct import dict_to_struct, struct_to_dict, to_python
 from libs.infra.proto_time import to_timestamp
 from services.catalog.domain import rules
+from services.catalog.domain.model import BillableMetric, Feature, Fee, Plan, PlanVersion, Price, Product
 
 
 def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -25,14 +27,7 @@ def from_value(value: struct_pb2.Value) -> Any:
     return to_python(value)
 
 
-_CAMEL = re.compile(r"_([a-z])")
-
-
-def camel(path: str) -> str:
-    return _CAMEL.sub(lambda m: m.group(1).upper(), path)
-
-
-def product(row: Any) -> res.Product:
+def product(row: Product) -> res.Product:
     return res.Product(
         id=row.id,
         object="product",
@@ -45,7 +40,7 @@ def product(row: Any) -> res.Product:
     )
 
 
-def billable_metric(row: Any) -> res.BillableMetric:
+def billable_metric(row: BillableMetric) -> res.BillableMetric:
     out = res.BillableMetric(
         id=row.id,
         object="billableMetric",
@@ -69,7 +64,7 @@ def billable_metric(row: Any) -> res.BillableMetric:
     return out
 
 
-def feature(row: Any) -> res.Feature:
+def feature(row: Feature) -> res.Feature:
     return res.Feature(
         id=row.id,
         object="feature",
@@ -84,7 +79,7 @@ def feature(row: Any) -> res.Feature:
     )
 
 
-def fee(row: Any) -> res.Fee:
+def fee(row: Fee) -> res.Fee:
     out = res.Fee(
         id=row.id,
         object="fee",
@@ -100,11 +95,11 @@ def fee(row: Any) -> res.Fee:
     return out
 
 
-def _price_features(row: Any, features: dict[str, Any]) -> list[res.PriceFeature]:
+def _price_features(row: Price, features: Mapping[str, Feature]) -> list[res.PriceFeature]:
     if row.feature_id is None:
         return []
     attached = res.PriceFeature(
-        id=row.price_feature_id,
+        id=row.price_feature_id or "",
         feature_id=row.feature_id,
         entitlement_template=to_struct(row.entitlement_template or {}),
     )
@@ -114,14 +109,14 @@ def _price_features(row: Any, features: dict[str, Any]) -> list[res.PriceFeature
     return [attached]
 
 
-def _tax(row: Any) -> res.PriceTax:
+def _tax(row: Price) -> res.PriceTax:
     tax = res.PriceTax(supply_scope=row.supply_scope)
     if row.outside_scope_label is not None:
         tax.outside_scope_label = row.outside_scope_label
     return tax
 
 
-def price(row: Any, features: dict[str, Any]) -> res.Price:
+def price(row: Price, features: Mapping[str, Feature]) -> res.Price:
     out = res.Price(
         id=row.id,
         object="price",
@@ -145,7 +140,7 @@ def price(row: Any, features: dict[str, Any]) -> res.Price:
     return out
 
 
-def plan_version_slot(key: str, row: Any, currency: str, features: dict[str, Any]) -> res.PlanVersionPriceSlot:
+def plan_version_slot(key: str, row: Price, currency: str, features: Mapping[str, Feature]) -> res.PlanVersionPriceSlot:
     p = price(row, features)
     slot = res.PlanVersionPriceSlot(
         id=p.id,
@@ -160,7 +155,7 @@ def plan_version_slot(key: str, row: Any, currency: str, features: dict[str, Any
         quantity=p.quantity,
         features=p.features,
         key=key,
-        price_deleted=row.deleted_at is not None,
+        price_deleted=row.delete_time is not None,
         create_time=p.create_time,
         update_time=p.update_time,
     )
@@ -171,7 +166,7 @@ def plan_version_slot(key: str, row: Any, currency: str, features: dict[str, Any
 
 
 def plan_version(
-    row: Any, lines: list[tuple[str, Any]], *, currency: str, default_version_id: str | None, features: dict[str, Any]
+    row: PlanVersion, lines: list[tuple[str, Price]], *, currency: str, default_version_id: str | None, features: Mapping[str, Feature]
 ) -> res.PlanVersion:
     out = res.PlanVersion(
         id=row.id,
@@ -191,7 +186,7 @@ def plan_version(
     return out
 
 
-def plan(row: Any, lines: list[tuple[str, Any]], features: dict[str, Any]) -> res.Plan:
+def plan(row: Plan, lines: list[tuple[str, Price]], features: Mapping[str, Feature]) -> res.Plan:
     out = res.Plan(
         id=row.id,
         object="plan",
@@ -209,7 +204,7 @@ def plan(row: Any, lines: list[tuple[str, Any]], features: dict[str, Any]) -> re
         billing_version=row.billing_version,
         stable_price_ids=row.stable_price_ids,
         version_transition=res.VersionTransition(effective_date=row.version_effective_date, proration="none"),
-        prices=[price(price_row, features) for _, price_row in lines if price_row.deleted_at is None],
+        prices=[price(price_row, features) for _, price_row in lines if price_row.delete_time is None],
         create_time=to_timestamp(row.created_at),
         update_time=to_timestamp(row.updated_at),
     )
@@ -219,6 +214,6 @@ def plan(row: Any, lines: list[tuple[str, Any]], features: dict[str, Any]) -> re
             setattr(out, name, value)
     if row.billing_anchor is not None:
         out.billing_anchor_time.CopyFrom(to_timestamp(row.billing_anchor))
-    if row.deleted_at is not None:
-        out.delete_time.CopyFrom(to_timestamp(row.deleted_at))
+    if row.delete_time is not None:
+        out.delete_time.CopyFrom(to_timestamp(row.delete_time))
     return out

@@ -1,20 +1,32 @@
-"""Tables of the catalog's own database, and the queries the servicer needs.
+"""Tables of the catalog's own database, and the repositories over them.
 
-SQLAlchemy Core, not the ORM: rows map to protos in server.py, rules live in domain/.
-Every query is scoped by merchant_id; a row of another merchant is simply not found.
+SQLAlchemy Core, not the ORM: a row becomes a domain aggregate (its attributes are the
+column names) and an aggregate is written back whole. Repositories implement
+domain/ports.py: named queries, every one scoped by merchant_id and blind to deleted
+rows, so another merchant's resource or a deleted one is simply not found. Each
+aggregate a repository returns or adds is registered in the unit of work's ``seen``;
+the unit of work writes their recorded events to the outbox at commit.
+
+Deletion is one convention: ``delete_time`` is set, nothing is removed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.core.clock import Clock
+from libs.core.domain import DomainEvent, EventCollector
 from libs.core.errors import NotFound
-from libs.infra.db import add_infra_tables
+from libs.core.paging import Page
+from libs.infra.db import Database, OutboxMessage, UnitOfWork, add_infra_tables
+from services.catalog.domain.model import BillableMetric, CatalogAggregate, Feature, Fee, Plan, PlanVersion, Price, Product
+from services.catalog.domain.rules import PlanLine
 
 metadata = sa.MetaData()
 add_infra_tables(metadata)
@@ -67,7 +79,9 @@ features = sa.Table(
     sa.Column("metadata", pg.JSONB, nullable=False),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
-    sa.UniqueConstraint("product_id", "key", name="uq_features_product_key"),
+    sa.Column("delete_time", TS),
+    # a key is unique among the product's live features: deleting one frees its key
+    sa.Index("uq_features_product_live_key", "product_id", "key", unique=True, postgresql_where=sa.text("delete_time IS NULL")),
 )
 
 fees = sa.Table(
@@ -81,6 +95,7 @@ fees = sa.Table(
     sa.Column("item_id", sa.Text),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
+    sa.Column("delete_time", TS),
     sa.Index("ix_fees_merchant_created", "merchant_id", "created_at"),
 )
 
@@ -109,7 +124,7 @@ prices = sa.Table(
     sa.Column("entitlement_template", pg.JSONB),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
-    sa.Column("deleted_at", TS),
+    sa.Column("delete_time", TS),
     sa.CheckConstraint("(billable_metric_id IS NULL) <> (fee_id IS NULL)", name="ck_prices_metric_xor_fee"),
     sa.Index("ix_prices_merchant_created", "merchant_id", "created_at"),
 )
@@ -138,7 +153,7 @@ plans = sa.Table(
     sa.Column("default_version_id", sa.Text),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
-    sa.Column("deleted_at", TS),
+    sa.Column("delete_time", TS),
     sa.Index("ix_plans_merchant_created", "merchant_id", "created_at"),
 )
 
@@ -169,61 +184,250 @@ plan_version_prices = sa.Table(
 )
 
 
-async def get_row(
-    conn: AsyncConnection,
-    table: sa.Table,
-    merchant_id: str,
-    row_id: str,
-    resource: str,
-    *,
-    field: str | None = None,
-    lock: bool = False,
-) -> sa.Row[Any]:
-    """One live row of the merchant, or NotFound (also for another merchant's row)."""
-    query = sa.select(table).where(table.c.id == row_id, table.c.merchant_id == merchant_id)
-    if "deleted_at" in table.c:
-        query = query.where(table.c.deleted_at.is_(None))
-    if lock:
-        query = query.with_for_update()
-    row = (await conn.execute(query)).first()
-    if row is None:
-        raise NotFound(resource, row_id, field=field)
-    return row
+A = TypeVar("A", bound=CatalogAggregate)
 
 
-async def list_page(
-    conn: AsyncConnection, table: sa.Table, conditions: Sequence[sa.ColumnElement[bool]], limit: int, offset: int
-) -> tuple[list[sa.Row[Any]], int]:
-    """A page, newest first, and the total matching."""
-    where = sa.and_(*conditions)
-    total = (await conn.execute(sa.select(sa.func.count()).select_from(table).where(where))).scalar_one()
-    rows = (
-        await conn.execute(sa.select(table).where(where).order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit).offset(offset))
-    ).all()
-    return list(rows), int(total)
+def _aggregate(kind: type[A], table: sa.Table, row: sa.Row[Any], **extra: Any) -> A:
+    values = row._mapping
+    return kind(**{column.name: values[column] for column in table.c}, **extra)
 
 
-async def version_lines(conn: AsyncConnection, version_ids: Sequence[str]) -> dict[str, list[tuple[str, sa.Row[Any]]]]:
-    """For each plan version: its (key, price row) pairs in line order, deleted prices included."""
-    if not version_ids:
-        return {}
-    rows = (
-        await conn.execute(
-            sa.select(plan_version_prices.c.plan_version_id, plan_version_prices.c.key, prices)
-            .join(prices, prices.c.id == plan_version_prices.c.price_id)
-            .where(plan_version_prices.c.plan_version_id.in_(version_ids))
-            .order_by(plan_version_prices.c.plan_version_id, plan_version_prices.c.position)
+class Repository(Generic[A]):
+    """get / add / save / list_page of one aggregate over its table."""
+
+    def __init__(self, conn: AsyncConnection, seen: EventCollector, table: sa.Table, kind: type[A]) -> None:
+        self._conn = conn
+        self._seen = seen
+        self._table = table
+        self._kind = kind
+
+    def _load(self, row: sa.Row[Any]) -> A:
+        return self._seen.track(_aggregate(self._kind, self._table, row))
+
+    def _values(self, aggregate: A) -> dict[str, Any]:
+        return {column.name: getattr(aggregate, column.name) for column in self._table.c}
+
+    def _live(self, merchant_id: str) -> list[sa.ColumnElement[bool]]:
+        t = self._table
+        conditions = [t.c.merchant_id == merchant_id]
+        if "delete_time" in t.c:
+            conditions.append(t.c.delete_time.is_(None))
+        return conditions
+
+    async def get(self, merchant_id: str, resource_id: str, *, field: str | None = None, lock: bool = False) -> A:
+        t = self._table
+        query = sa.select(t).where(t.c.id == resource_id, *self._live(merchant_id))
+        if lock:
+            query = query.with_for_update()
+        row = (await self._conn.execute(query)).first()
+        if row is None:
+            raise NotFound(self._kind.resource.value, resource_id, field=field)
+        return self._load(row)
+
+    async def add(self, aggregate: A) -> None:
+        await self._conn.execute(self._table.insert().values(**self._values(aggregate)))
+        self._seen.track(aggregate)
+
+    async def save(self, aggregate: A) -> None:
+        values = self._values(aggregate)
+        del values["id"]
+        await self._conn.execute(self._table.update().where(self._table.c.id == aggregate.id).values(**values))
+        self._seen.track(aggregate)
+
+    async def list_page(self, merchant_id: str, filters: Mapping[str, str], page: Page) -> tuple[list[A], int]:
+        t = self._table
+        where = sa.and_(*self._live(merchant_id), *(t.c[name] == value for name, value in filters.items()))
+        total = (await self._conn.execute(sa.select(sa.func.count()).select_from(t).where(where))).scalar_one()
+        query = sa.select(t).where(where).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(page.limit).offset(page.offset)
+        rows = (await self._conn.execute(query)).all()
+        return [self._load(row) for row in rows], int(total)
+
+
+class FeatureRepository(Repository[Feature]):
+    async def claim_key(self, product_id: str, key: str) -> Feature | None:
+        # a transaction lock on (product, key): a concurrent create or rename of the same
+        # key waits for this transaction, then sees its row (so no unique violation)
+        await self._conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(f"feature-key:{product_id}:{key}", 0))))
+        t = features
+        row = (
+            await self._conn.execute(sa.select(t).where(t.c.product_id == product_id, t.c.key == key, t.c.delete_time.is_(None)))
+        ).first()
+        return None if row is None else self._load(row)
+
+
+class PriceRepository(Repository[Price]):
+    async def _first_id(self, query: sa.Select[Any]) -> str | None:
+        row = (await self._conn.execute(query.limit(1))).first()
+        return None if row is None else str(row[0])
+
+    async def live_price_using_feature(self, feature_id: str) -> str | None:
+        return await self._first_id(sa.select(prices.c.id).where(prices.c.feature_id == feature_id, prices.c.delete_time.is_(None)))
+
+    async def live_price_of_fee(self, fee_id: str) -> str | None:
+        return await self._first_id(sa.select(prices.c.id).where(prices.c.fee_id == fee_id, prices.c.delete_time.is_(None)))
+
+    async def is_price_in_live_plan(self, price_id: str) -> str | None:
+        pvp, pv, pl = plan_version_prices, plan_versions, plans
+        return await self._first_id(
+            sa.select(pl.c.id)
+            .select_from(pvp.join(pv, pv.c.id == pvp.c.plan_version_id).join(pl, pl.c.id == pv.c.plan_id))
+            .where(pvp.c.price_id == price_id, pv.c.status == "published", pl.c.delete_time.is_(None))
         )
-    ).all()
-    out: dict[str, list[tuple[str, sa.Row[Any]]]] = {vid: [] for vid in version_ids}
-    for row in rows:
-        out[row.plan_version_id].append((row.key, row))
-    return out
+
+    async def release_feature_from_deleted(self, feature_id: str) -> None:
+        p = prices
+        await self._conn.execute(
+            p.update().where(p.c.feature_id == feature_id, p.c.delete_time.is_not(None)).values(feature_id=None, price_feature_id=None)
+        )
+
+    async def product_of(self, price: Price) -> str:
+        owner, owner_id = (billable_metrics, price.billable_metric_id) if price.billable_metric_id else (fees, price.fee_id)
+        return str((await self._conn.execute(sa.select(owner.c.product_id).where(owner.c.id == owner_id))).scalar_one())
 
 
-async def features_by_id(conn: AsyncConnection, feature_ids: Sequence[str]) -> dict[str, sa.Row[Any]]:
-    ids = [f for f in feature_ids if f]
-    if not ids:
-        return {}
-    rows = (await conn.execute(sa.select(features).where(features.c.id.in_(ids)))).all()
-    return {row.id: row for row in rows}
+class PlanVersionRepository:
+    def __init__(self, conn: AsyncConnection, seen: EventCollector) -> None:
+        self._conn = conn
+        self._seen = seen
+
+    async def _lines(self, version_ids: Sequence[str]) -> dict[str, list[PlanLine]]:
+        pvp = plan_version_prices
+        out: dict[str, list[PlanLine]] = {vid: [] for vid in version_ids}
+        if version_ids:
+            rows = await self._conn.execute(
+                sa.select(pvp.c.plan_version_id, pvp.c.price_id, pvp.c.key)
+                .where(pvp.c.plan_version_id.in_(version_ids))
+                .order_by(pvp.c.plan_version_id, pvp.c.position)
+            )
+            for row in rows:
+                out[row.plan_version_id].append(PlanLine(price_id=row.price_id, key=row.key))
+        return out
+
+    async def _load(self, rows: Sequence[sa.Row[Any]]) -> list[PlanVersion]:
+        lines = await self._lines([row.id for row in rows])
+        return [self._seen.track(_aggregate(PlanVersion, plan_versions, row, lines=lines[row.id])) for row in rows]
+
+    async def get_by_number(self, plan: Plan, number: int, *, lock: bool = False) -> PlanVersion:
+        pv = plan_versions
+        query = sa.select(pv).where(pv.c.plan_id == plan.id, pv.c.version_number == number)
+        if lock:
+            query = query.with_for_update()
+        row = (await self._conn.execute(query)).first()
+        if row is None:
+            raise NotFound("plan_version", f"{plan.id}/versions/{number}", field="versionNumber")
+        (version,) = await self._load([row])
+        return version
+
+    async def by_id(self, version_id: str) -> PlanVersion | None:
+        row = (await self._conn.execute(sa.select(plan_versions).where(plan_versions.c.id == version_id))).first()
+        return None if row is None else (await self._load([row]))[0]
+
+    async def last_number(self, plan_id: str) -> int:
+        pv = plan_versions
+        number = (await self._conn.execute(sa.select(sa.func.max(pv.c.version_number)).where(pv.c.plan_id == plan_id))).scalar_one()
+        return int(number or 0)
+
+    async def add(self, version: PlanVersion) -> None:
+        await self._conn.execute(plan_versions.insert().values(**{c.name: getattr(version, c.name) for c in plan_versions.c}))
+        if version.lines:
+            await self._conn.execute(
+                plan_version_prices.insert(),
+                [
+                    {"plan_version_id": version.id, "key": ln.key, "price_id": ln.price_id, "position": i}
+                    for i, ln in enumerate(version.lines)
+                ],
+            )
+        self._seen.track(version)
+
+    async def save(self, version: PlanVersion) -> None:
+        # a version's lines never change; its status and times do
+        await self._conn.execute(
+            plan_versions.update().where(plan_versions.c.id == version.id).values(status=version.status, updated_at=version.updated_at)
+        )
+        self._seen.track(version)
+
+    async def list_page(self, plan: Plan, page: Page) -> tuple[list[PlanVersion], int]:
+        pv = plan_versions
+        total = (await self._conn.execute(sa.select(sa.func.count()).where(pv.c.plan_id == plan.id))).scalar_one()
+        query = sa.select(pv).where(pv.c.plan_id == plan.id).order_by(pv.c.version_number.desc()).limit(page.limit).offset(page.offset)
+        rows = (await self._conn.execute(query)).all()
+        return await self._load(rows), int(total)
+
+
+class CatalogReads:
+    """What rendering needs beyond the aggregates: a version's prices (deleted ones
+    included: they are history) and the features prices show."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def version_prices(self, version_ids: Sequence[str]) -> dict[str, list[tuple[str, Price]]]:
+        """For each plan version: its (key, price) pairs in line order."""
+        out: dict[str, list[tuple[str, Price]]] = {vid: [] for vid in version_ids}
+        if not version_ids:
+            return out
+        pvp = plan_version_prices
+        rows = await self._conn.execute(
+            sa.select(pvp.c.plan_version_id, pvp.c.key, prices)
+            .join(prices, prices.c.id == pvp.c.price_id)
+            .where(pvp.c.plan_version_id.in_(version_ids))
+            .order_by(pvp.c.plan_version_id, pvp.c.position)
+        )
+        for row in rows:
+            out[row.plan_version_id].append((row.key, _aggregate(Price, prices, row)))
+        return out
+
+    async def features_by_id(self, feature_ids: Sequence[str | None]) -> dict[str, Feature]:
+        ids = [f for f in feature_ids if f]
+        if not ids:
+            return {}
+        rows = await self._conn.execute(sa.select(features).where(features.c.id.in_(ids)))
+        return {row.id: _aggregate(Feature, features, row) for row in rows}
+
+
+class SqlCatalogUnitOfWork:
+    """The catalog's unit of work over PostgreSQL (domain/ports.CatalogUnitOfWork): one
+    libs/infra/db.UnitOfWork and the repositories on its connection.
+
+    ``translate`` renders a recorded event (events.py builds the proto); it gets this
+    unit of work to read the resource as it is at commit.
+    """
+
+    products: Repository[Product]
+    billable_metrics: Repository[BillableMetric]
+    features: FeatureRepository
+    fees: Repository[Fee]
+    prices: PriceRepository
+    plans: Repository[Plan]
+    plan_versions: PlanVersionRepository
+    reads: CatalogReads
+
+    def __init__(
+        self, db: Database, *, clock: Clock, translate: Callable[[SqlCatalogUnitOfWork, DomainEvent], Awaitable[OutboxMessage]]
+    ) -> None:
+        self._translate = translate
+        self._uow: UnitOfWork = db.uow(translate=self._translate_event, clock=clock)
+
+    async def _translate_event(self, event: DomainEvent) -> OutboxMessage:
+        return await self._translate(self, event)
+
+    async def __aenter__(self) -> SqlCatalogUnitOfWork:
+        await self._uow.__aenter__()
+        conn, seen = self._uow.conn, self._uow.seen
+        self.products = Repository(conn, seen, products, Product)
+        self.billable_metrics = Repository(conn, seen, billable_metrics, BillableMetric)
+        self.features = FeatureRepository(conn, seen, features, Feature)
+        self.fees = Repository(conn, seen, fees, Fee)
+        self.prices = PriceRepository(conn, seen, prices, Price)
+        self.plans = Repository(conn, seen, plans, Plan)
+        self.plan_versions = PlanVersionRepository(conn, seen)
+        self.reads = CatalogReads(conn)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._uow.__aexit__(exc_type, exc, tb)
+
+    @property
+    def transaction(self) -> UnitOfWork:
+        """The libs/infra/db.UnitOfWork underneath (ServiceLayer runs idempotent calls in it)."""
+        return self._uow

@@ -6,37 +6,30 @@ protobuf's mapping (restjson.py), errors from google.rpc.Status (libs.infra.grpc
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
-import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import grpc
 import orjson
-import uvicorn
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from libs.core.errors import DomainError, InvalidArgument
-from libs.infra import migrations
+from libs.core.errors import DomainError, ErrorCode, InvalidArgument, http_status
+from libs.infra import grpc_client
 from libs.infra.context import IDEMPOTENCY_METADATA_KEY, MERCHANT_METADATA_KEY
-from libs.infra.db import create_engine
-from libs.infra.grpc_errors import decode_rpc_error
-from libs.infra.logging import configure_logging, get_logger
-from libs.infra.service import run
-from libs.infra.telemetry import configure_tracing, extract_context
-from services.gateway import restjson, store
+from libs.infra.grpc_errors import carried_error, decode_rpc_error
+from libs.infra.logging import get_logger
+from libs.infra.telemetry import extract_context
+from services.gateway import restjson
 from services.gateway.auth import ApiKeys
 from services.gateway.coalescing import Coalescer
 from services.gateway.inflight import InFlight
@@ -52,41 +45,27 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-# google.rpc.Code -> (HTTP status, Paygentic `error` category). FAILED_PRECONDITION is
-# 409, not Google's 400: Paygentic answers "still in use" conflicts with 409.
-HTTP_OF_CODE: dict[int, tuple[int, str]] = {
-    1: (499, "cancelled"),
-    2: (500, "internal_error"),
-    3: (400, "bad_request"),
-    4: (504, "timeout"),
-    5: (404, "not_found"),
-    6: (409, "conflict"),
-    7: (403, "forbidden"),
-    8: (429, "rate_limited"),
-    9: (409, "conflict"),
-    10: (409, "conflict"),
-    11: (400, "bad_request"),
-    12: (501, "not_implemented"),
-    13: (500, "internal_error"),
-    14: (503, "service_unavailable"),
-    15: (500, "internal_error"),
-    16: (401, "unauthorized"),
-}
 MAX_BODY_BYTES = 1 << 20
 # what a request's headers may hold (nginx's default buffers are 4 x 8 KiB)
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 32 * 1024
+# HTTP status -> Paygentic `error` category (the status of a service's error comes from
+# libs.core.errors.HTTP_STATUS)
 _CATEGORY = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
-    431: "request_header_fields_too_large",
     422: "unprocessable_entity",
+    429: "rate_limited",
+    431: "request_header_fields_too_large",
+    499: "cancelled",
     500: "internal_error",
+    501: "not_implemented",
     503: "service_unavailable",
     504: "timeout",
 }
@@ -94,12 +73,12 @@ _CATEGORY = {
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 # what a gRPC status without one of our reasons means to a REST caller (its own text names
 # addresses and library internals, so it goes to the log, not to the client)
-_PLAIN_STATUS: dict[int, str] = {
-    1: "the request was cancelled",
-    4: "the {backend} service did not answer in time; retry the request",
-    8: "the {backend} service is out of capacity; retry the request later",
-    12: "{route} is not built yet",
-    14: "the {backend} service is unavailable; retry the request",
+_PLAIN_STATUS: dict[ErrorCode, str] = {
+    ErrorCode.CANCELLED: "the request was cancelled",
+    ErrorCode.DEADLINE_EXCEEDED: "the {backend} service did not answer in time; retry the request",
+    ErrorCode.RESOURCE_EXHAUSTED: "the {backend} service is out of capacity; retry the request later",
+    ErrorCode.UNIMPLEMENTED: "{route} is not built yet",
+    ErrorCode.UNAVAILABLE: "the {backend} service is unavailable; retry the request",
 }
 
 
@@ -165,10 +144,9 @@ class Gateway:
         await self.keys.start()
         self.inflight.start()
         for route in self.router.routes:
-            if route.backend not in self._channels:
-                self._channels[route.backend] = grpc.aio.insecure_channel(
-                    self.settings.backend_address(route.backend),
-                    interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
+            if route.backend not in self._channels:  # statuses are rendered here, not decoded into exceptions
+                self._channels[route.backend] = grpc_client.channel(
+                    self.settings.backend_address(route.backend), timeout=self.settings.rpc_timeout_seconds, decode_errors=False
                 )
             self._calls[route.grpc_path] = self._channels[route.backend].unary_unary(
                 route.grpc_path,
@@ -295,18 +273,17 @@ class Gateway:
         return Reply(route.success_code, _json(restjson.message_to_json(response)))
 
     def _rpc_error_reply(self, route: Route, exc: grpc.aio.AioRpcError) -> Reply:
-        decoded = decode_rpc_error(exc)
-        status, category = HTTP_OF_CODE.get(decoded.code, (500, "internal_error"))
-        override = decoded.metadata.pop("http_status", None)
-        if override == "422":
-            status, category = 422, "unprocessable_entity"
-        if decoded.reason is not None:
-            return Reply(status, _json(_error_body(status, decoded.message, category, decoded.reason, decoded.metadata)))
+        err = carried_error(exc)
+        if err is not None:
+            status = http_status(err.code, err.reason)
+            return Reply(status, _json(_error_body(status, err.message, _CATEGORY.get(status, "error"), err.reason, err.metadata)))
         # not one of our domain errors: gRPC's own text (addresses, library internals) is for the log
-        log.warning("backend_error", backend=route.backend, method=route.method.name, code=exc.code().name, detail=decoded.message)
-        template = _PLAIN_STATUS.get(decoded.code, "internal error in the {backend} service")
+        plain = decode_rpc_error(exc)
+        log.warning("backend_error", backend=route.backend, method=route.method.name, code=plain.reason, detail=plain.message)
+        status = http_status(plain.code)
+        template = _PLAIN_STATUS.get(plain.code, "internal error in the {backend} service")
         message = template.format(backend=route.backend, route=f"{route.http_method} {route.openapi_path}")
-        return Reply(status, _json(_error_body(status, message, category, exc.code().name)))
+        return Reply(status, _json(_error_body(status, message, _CATEGORY.get(status, "error"), plain.reason)))
 
     async def _build_request(
         self, route: Route, scope: Scope, receive: Receive, path_vars: dict[str, str], headers: dict[str, str]
@@ -317,7 +294,8 @@ class Gateway:
         body_fields: list[str] = []
         if route.body:
             raw = await _read_body(receive, headers)
-            if raw.strip():
+            # no body at all is an empty request; whitespace alone is not JSON (400)
+            if raw:
                 _check_json_media_type(headers.get("content-type"))
                 try:
                     parsed = orjson.loads(raw)
@@ -417,87 +395,3 @@ class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
             + body
         )
         self.transport.close()
-
-
-class GatewayHost:
-    """Runs the gateway in this process on a pre-bound socket (port 0 = any free port)."""
-
-    def __init__(self, settings: GatewaySettings) -> None:
-        self.settings = settings
-        self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.engine: AsyncEngine | None = None
-        self.gateway: Gateway | None = None
-
-    async def start(self) -> None:
-        s = self.settings
-        if s.migrate_on_start:
-            await asyncio.to_thread(migrations.upgrade, s.database_url, Path(__file__).parent / "migrations", store.metadata)
-        self.engine = create_engine(s.database_url, pool_size=5)
-        self.gateway = Gateway(s, self.engine)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((s.http_host, s.http_port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.gateway,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            http=JsonErrorsHttpToolsProtocol,
-            # a stop waits this long for requests in flight, then cancels the rest (each is also bounded by its deadline)
-            timeout_graceful_shutdown=2,
-            loop="none",
-            backlog=2048,
-            # no proxy-header rewriting, no Server/Date headers: per-request work nobody reads
-            proxy_headers=False,
-            server_header=False,
-            date_header=False,
-        )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-            await asyncio.sleep(0.01)
-        if s.port_file:
-            Path(s.port_file).write_text(str(self.port))
-        log.info("gateway_started", port=self.port)
-
-    async def wait(self) -> None:
-        """Until the server exits (uvicorn stops itself on SIGINT/SIGTERM)."""
-        if self._task is not None:
-            await self._task
-
-    async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-        if self.engine is not None:
-            await self.engine.dispose()
-        log.info("gateway_stopped")
-
-
-async def _serve(settings: GatewaySettings) -> None:
-    host = GatewayHost(settings)
-    await host.start()
-    await host.wait()
-    await host.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="accrue-gateway")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
-    args = parser.parse_args(argv)
-    settings = GatewaySettings()
-    configure_logging("gateway", settings.log_level)
-    if args.command == "migrate":
-        migrations.upgrade(settings.database_url, Path(__file__).parent / "migrations", store.metadata)
-        return
-    configure_tracing("gateway", settings.otel_exporter_otlp_endpoint)
-    run(_serve(settings))
-
-
-if __name__ == "__main__":
-    main()

@@ -17,6 +17,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from libs.core.errors import InvalidArgument
+from libs.core.json_limits import check_json
 from libs.infra.declared import integer_bounds, is_map
 
 # Descriptor parameters are typed Any: protobuf hands out either the pure-Python or the
@@ -183,31 +184,9 @@ def _parse_error(descriptor: Any, text: str) -> InvalidArgument:
     return InvalidArgument(path, message, reason="INVALID_FIELD")
 
 
-MAX_DEPTH = 32
-
-
-def check_text(value: Any, path: str = "", depth: int = 0) -> None:
-    """No NUL characters anywhere (PostgreSQL text cannot hold them) and bounded nesting
-    (protobuf refuses more than 100 levels): both are bad input, answered 400 here."""
-    if depth > MAX_DEPTH:
-        raise InvalidArgument(path or "body", f"{path or 'the body'} is nested more than {MAX_DEPTH} levels deep", reason="TOO_DEEP")
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidArgument(path or "body", f"{path or 'a value'} contains a NUL character", reason="INVALID_CHARACTER")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            here = f"{path}.{key}" if path else str(key)
-            if "\x00" in str(key):
-                raise InvalidArgument(path or "body", "a key contains a NUL character", reason="INVALID_CHARACTER")
-            check_text(item, here, depth + 1)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            check_text(item, f"{path}[{index}]", depth + 1)
-
-
 def parse_into(message: Message, value: dict[str, Any]) -> None:
     """Fill ``message`` from a JSON object, turning parse errors into field-named 400s."""
-    check_text(value)
+    check_json(value)  # no NUL, bounded nesting: libs/core/json_limits.py
     normalize_timestamps(message.DESCRIPTOR, value)
     try:
         json_format.ParseDict(value, message, ignore_unknown_fields=False)

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import os
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from libs.infra.settings import ServiceSettings
+from services.registry import SERVICES
+
+_ADDR_SUFFIX = "_addr"
 
 
-class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ACCRUE_", extra="ignore")
-
-    http_host: str = "127.0.0.1"
-    # 0 asks the OS for a free port (written to port_file once listening)
-    http_port: int = 8000
-    port_file: str | None = None
+class GatewaySettings(ServiceSettings):
     # the gateway's own database: merchants and API keys
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/accrue_gateway"
-    migrate_on_start: bool = True
-    catalog_addr: str = "127.0.0.1:50051"
-    subscription_addr: str = "127.0.0.1:50052"
-    metering_addr: str = "127.0.0.1:50053"
-    invoicing_addr: str = "127.0.0.1:50054"
-    payment_addr: str = "127.0.0.1:50055"
-    entitlement_addr: str = "127.0.0.1:50056"
+    db_pool_size: int = 5
+    # where each backend listens (host:port), for every gRPC service in services/registry.py:
+    # ACCRUE_<NAME>_ADDR (or <name>_addr=... in code). Unset: 127.0.0.1:50051, 50052, ...
+    # in the registry's order, the ports to give the services when starting them by hand.
+    backend_addrs: dict[str, str] = Field(default_factory=dict)
     # per-call deadline to the services
     rpc_timeout_seconds: float = 30.0
     # a request still running after this long starts watching for its client to go away
@@ -30,9 +30,26 @@ class GatewaySettings(BaseSettings):
     # reach every gateway at once (LISTEN/NOTIFY, services/gateway/auth.py); this is the
     # bound if a notification is lost, so it stays short. 0 looks every key up every time.
     api_key_cache_seconds: float = 1.0
-    log_level: str = "INFO"
-    otel_exporter_otlp_endpoint: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_backend_addrs(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        prefix = cls.model_config.get("env_prefix", "")
+        found = {
+            name[len(prefix) : -len(_ADDR_SUFFIX)].lower(): value
+            for name, value in os.environ.items()
+            if name.startswith(prefix) and name.lower().endswith(_ADDR_SUFFIX) and len(name) > len(prefix) + len(_ADDR_SUFFIX)
+        }
+        for key in [k for k in data if isinstance(k, str) and k.endswith(_ADDR_SUFFIX)]:
+            found[key.removesuffix(_ADDR_SUFFIX)] = data.pop(key)
+        return {**data, "backend_addrs": {**found, **data.get("backend_addrs", {})}}
 
     def backend_address(self, backend: str) -> str:
-        address: str = getattr(self, f"{backend}_addr")
-        return address
+        if backend in self.backend_addrs:
+            return self.backend_addrs[backend]
+        names = [definition.name for definition in SERVICES]
+        if backend not in names:
+            raise KeyError(f"no backend {backend!r} in services/registry.py")
+        return f"127.0.0.1:{50051 + names.index(backend)}"

@@ -12,25 +12,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from accrue.api.v1 import annotations_pb2 as accrue_annotations
-from accrue.catalog.v1 import catalog_service_pb2
-from accrue.entitlement.v1 import entitlement_service_pb2
-from accrue.invoicing.v1 import invoicing_service_pb2
-from accrue.metering.v1 import metering_service_pb2
-from accrue.payment.v1 import payment_service_pb2
-from accrue.subscription.v1 import subscription_service_pb2
 from google.api import annotations_pb2, http_pb2
-from google.protobuf import message_factory
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-# backend name (settings: ACCRUE_<NAME>_ADDR) -> the proto service it serves
+from services.registry import SERVICES as REGISTERED
+
+# backend name (settings: ACCRUE_<NAME>_ADDR) -> the proto service it serves, for every
+# gRPC service in the registry
 SERVICES: dict[str, ServiceDescriptor] = {
-    "catalog": catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"],
-    "subscription": subscription_service_pb2.DESCRIPTOR.services_by_name["SubscriptionService"],
-    "metering": metering_service_pb2.DESCRIPTOR.services_by_name["MeteringService"],
-    "invoicing": invoicing_service_pb2.DESCRIPTOR.services_by_name["InvoicingService"],
-    "payment": payment_service_pb2.DESCRIPTOR.services_by_name["PaymentService"],
-    "entitlement": entitlement_service_pb2.DESCRIPTOR.services_by_name["EntitlementService"],
+    definition.name: descriptor_pool.Default().FindServiceByName(grpc_service)
+    for definition in REGISTERED
+    for grpc_service in definition.grpc_services
 }
 
 _VAR = re.compile(r"\{([a-z_][a-z0-9_.]*)(?:=[^}]*)?\}")

@@ -1,4 +1,7 @@
-"""Tables of the invoicing service's own database."""
+"""The invoicing service's own database: its tables and the repositories that read and write
+them (loading and saving the domain's aggregates). Every table is declared here and
+created by a migration in migrations/versions (tests/integration/test_migrations.py
+checks that the two agree)."""
 
 from __future__ import annotations
 

@@ -8,29 +8,32 @@ from pathlib import Path
 import grpc
 from accrue.metering.v1 import metering_service_pb2, metering_service_pb2_grpc
 
-from libs.infra.messaging import EventConsumer
+from libs.infra.messaging import EventConsumer, PullSpec
 from libs.infra.service import Runtime, ServiceDefinition, Worker, main
-from services.metering.aggregator import METER_STREAM, METER_SUBJECTS, Aggregator
+from services.catalog import events as catalog_events
+from services.metering import events
+from services.metering.aggregator import Aggregator
 from services.metering.metrics import CatalogClient, MetricIndex
 from services.metering.server import MeteringServicer
 from services.metering.settings import MeteringSettings
 from services.metering.store import metadata
-from services.metering.subjects import CUSTOMER_DURABLE, CUSTOMER_STREAM, CUSTOMER_STREAM_SUBJECTS, CUSTOMER_SUBJECTS, on_customer_event
+from services.metering.subjects import CUSTOMER_DURABLE, on_customer_event
+from services.subscription import events as subscription_events
 
 SERVICE_NAME = metering_service_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
-CATALOG_STREAM = "ACCRUE_CATALOG"
+METRICS_DURABLE = "metering-metrics"
 
 
 def _index(runtime: Runtime) -> MetricIndex:
     if "metrics" not in runtime.extras:
-        address = MeteringSettings().catalog_addr
+        address = runtime.settings_as(MeteringSettings).catalog_addr
         runtime.extras["metrics"] = MetricIndex(runtime.db, CatalogClient(address) if address else None)
     index: MetricIndex = runtime.extras["metrics"]
     return index
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-    settings = MeteringSettings()
+    settings = runtime.settings_as(MeteringSettings)
     servicer = MeteringServicer(
         runtime.db,
         runtime.js,
@@ -44,14 +47,16 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> None:
 
 
 def workers(runtime: Runtime) -> Sequence[Worker]:
-    settings = MeteringSettings()
+    settings = runtime.settings_as(MeteringSettings)
     out: list[Worker] = [
         EventConsumer(
             runtime.db,
             runtime.js,
-            stream=CATALOG_STREAM,
-            durable="metering-metrics",
-            filter_subject="accrue.catalog.v1.billable_metric.>",
+            PullSpec(
+                stream=catalog_events.STREAM,
+                durable=METRICS_DURABLE,
+                filter_subject=catalog_events.subjects_of(catalog_events.BILLABLE_METRIC),
+            ),
             handler=_index(runtime).on_catalog_event,
         )
     ]
@@ -59,15 +64,17 @@ def workers(runtime: Runtime) -> Sequence[Worker]:
         EventConsumer(
             runtime.db,
             runtime.js,
-            stream=CUSTOMER_STREAM,
-            durable=CUSTOMER_DURABLE,
-            filter_subject=CUSTOMER_SUBJECTS,
+            PullSpec(stream=subscription_events.STREAM, durable=CUSTOMER_DURABLE, filter_subject=subscription_events.CUSTOMER_SUBJECTS),
             handler=on_customer_event,
         )
     )
     if settings.aggregator_enabled:
-        out.append(Aggregator(runtime.db, runtime.js, batch_size=settings.aggregator_batch_size))
+        out.extend(aggregator_workers(runtime))
     return out
+
+
+def aggregator_workers(runtime: Runtime) -> Sequence[Worker]:
+    return [Aggregator(runtime.db, runtime.js, batch_size=runtime.settings_as(MeteringSettings).aggregator_batch_size)]
 
 
 DEFINITION = ServiceDefinition(
@@ -75,11 +82,29 @@ DEFINITION = ServiceDefinition(
     grpc_services=[SERVICE_NAME],
     metadata=metadata,
     migrations_dir=Path(__file__).parent / "migrations",
+    settings=MeteringSettings,
     register=register,
-    # the meter stream is metering's; the catalog's and subscription's streams are ensured
-    # so that a metering started before them can still subscribe
-    streams={METER_STREAM: [METER_SUBJECTS], CATALOG_STREAM: ["accrue.catalog.v1.>"], CUSTOMER_STREAM: [CUSTOMER_STREAM_SUBJECTS]},
+    # only its own stream: the catalog's and the subscription service's are theirs, and
+    # metering's consumers of them wait until they exist
+    streams={events.STREAM: list(events.STREAM_SUBJECTS)},
     workers=workers,
+    # it asks the catalog about event types it has not heard of; in the mesh its
+    # aggregation runs in AGGREGATOR's processes, scaled on their own
+    talks_to=("catalog",),
+    env={"ACCRUE_AGGREGATOR_ENABLED": "false"},
+)
+
+# metering's aggregation as its own process (several share one durable consumer):
+# metering's database and meter stream, no migrations of its own, no servicers (gRPC
+# health only, for the runner's and the kubelet's probes)
+AGGREGATOR = ServiceDefinition(
+    name="metering-aggregator",
+    metadata=metadata,
+    settings=MeteringSettings,
+    database="metering",
+    streams={events.STREAM: list(events.STREAM_SUBJECTS)},
+    workers=aggregator_workers,
+    relay_outbox=False,
 )
 
 if __name__ == "__main__":

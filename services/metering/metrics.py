@@ -15,24 +15,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import grpc
 import sqlalchemy as sa
 from accrue.catalog.v1 import catalog_events_pb2 as catalog_events
 from accrue.catalog.v1 import catalog_resources_pb2 as catalog_resources
 from accrue.catalog.v1 import catalog_service_pb2 as catalog_service
 from accrue.catalog.v1 import catalog_service_pb2_grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.core.errors import NotFound
+from libs.core.errors import DomainError, NotFound
+from libs.infra import grpc_client
 from libs.infra.context import MERCHANT_METADATA_KEY
 from libs.infra.db import Database, UnitOfWork
 from libs.infra.logging import get_logger
 from libs.infra.messaging import ReceivedEvent
 from libs.infra.proto_time import from_timestamp
 from services.metering import store
-from services.metering.domain import events as rules
+from services.metering.domain import meter_events as rules
 
 log = get_logger(__name__)
 
@@ -92,8 +91,7 @@ class CatalogClient:
 
     async def __call__(self, merchant_id: str) -> Sequence[catalog_resources.BillableMetric]:
         if self._stub is None:  # the channel belongs to the running event loop
-            channel = grpc.aio.insecure_channel(self._address, interceptors=aio_client_interceptors())  # type: ignore[no-untyped-call]
-            self._stub = catalog_service_pb2_grpc.CatalogServiceStub(channel)
+            self._stub = catalog_service_pb2_grpc.CatalogServiceStub(grpc_client.channel(self._address, timeout=self._timeout))
         deadline = time.monotonic() + self._timeout
         out: list[catalog_resources.BillableMetric] = []
         try:
@@ -101,14 +99,13 @@ class CatalogClient:
                 page = await self._stub.ListBillableMetrics(
                     catalog_service.ListBillableMetricsRequest(limit=_PAGE, offset=len(out)),
                     metadata=((MERCHANT_METADATA_KEY, merchant_id),),
-                    timeout=max(0.01, deadline - time.monotonic()),
+                    timeout=max(0.01, deadline - time.monotonic()),  # one deadline for all the pages
                 )
                 out.extend(page.data)
                 if not page.data or len(out) >= page.pagination.total:
                     return out
-        except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
-            raise CatalogUnavailable(f"catalog ListBillableMetrics failed: {code}") from exc
+        except DomainError as exc:
+            raise CatalogUnavailable(f"catalog ListBillableMetrics failed: {exc.code.name} {exc.reason}") from exc
 
 
 @dataclass

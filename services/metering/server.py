@@ -16,31 +16,33 @@ import sqlalchemy as sa
 from accrue.metering.v1 import metering_resources_pb2 as resources
 from accrue.metering.v1 import metering_service_pb2 as svc
 from accrue.metering.v1 import metering_service_pb2_grpc
-from accrue.type.v1 import pagination_pb2
 from google.protobuf import json_format, timestamp_pb2
 from nats.js import JetStreamContext
 
 from libs.core.clock import Clock
-from libs.core.errors import DomainError, InvalidArgument, NotFound, Unavailable, Unprocessable
+from libs.core.errors import DomainError, InvalidArgument, Unavailable, Unprocessable, http_status
+from libs.core.json_limits import check_no_nul
 from libs.infra.context import current_merchant_id
 from libs.infra.db import Database
 from libs.infra.messaging import MSG_ID_HEADER
+from libs.infra.proto_struct import struct_to_dict
 from libs.infra.proto_time import from_timestamp, to_timestamp
+from libs.infra.service_layer import check_merchant, opt, page_of, pagination
 from libs.infra.telemetry import inject_headers
 from services.metering import store
-from services.metering.domain import events as rules
+from services.metering.domain import meter_events as rules
 from services.metering.domain.usage import window_unit
+from services.metering.events import partition_subject
 from services.metering.metrics import MetricIndex, TypeCheck
 from services.metering.usage_query import UsageQuery, query_usage
 from services.metering.usage_query import conditions as usage_conditions
 
-SUBJECT_PREFIX = "accrue.meter.v1.events"
+METER_EVENTS_PAGE_SIZE = 20
 MAX_BATCH = 1000
 # one array parameter, so the statement is the same whatever the batch size
 _KNOWN_KEYS = sa.text(
     "SELECT idempotency_key FROM meter_events WHERE merchant_id = :merchant_id AND idempotency_key = ANY(CAST(:keys AS text[]))"
 )
-_HTTP_OF = {"InvalidArgument": 400, "NotFound": 404, "Unprocessable": 422, "Unavailable": 503}
 
 
 def _decimal_text(value: Decimal | int | None) -> str:
@@ -79,17 +81,16 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self, request: svc.IngestEventRequest, merchant_id: str, now: datetime, types: TypeCheck, now_ts: timestamp_pb2.Timestamp
     ) -> resources.MeterEvent:
         """The same rules for single, batched and streamed events (every path is _ingest)."""
-        if request.HasField("namespace") and request.namespace and request.namespace != merchant_id:
-            raise NotFound("merchant", request.namespace, field="namespace")
+        check_merchant(opt(request, "namespace") or "", merchant_id, field="namespace")
         event_type = rules.check_type(request.type)
         source = rules.check_source(request.source)
         subject = request.subject if request.HasField("subject") else ""
         external_subject = request.external_subject if request.HasField("external_subject") else None
         rules.check_subjects(subject, external_subject)
         if request.HasField("idempotency_key"):
-            rules.check_text(request.idempotency_key, "idempotencyKey")
+            check_no_nul(request.idempotency_key, "idempotencyKey")
         rules.check_data_size(request.data)
-        rules.check_data(request.data)
+        rules.check_data(struct_to_dict(request.data))
         when = rules.check_time(_event_time(request.timestamp), now, self._max_event_age_days) if request.HasField("timestamp") else None
         key = rules.idempotency_key(request.idempotency_key if request.HasField("idempotency_key") else None)
         external_id = rules.external_id(request.external_id if request.HasField("external_id") else None)
@@ -147,7 +148,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         message_id = hashlib.sha256(keys.encode()).hexdigest()  # a retried identical call is dropped by JetStream
         try:
             await self._js.publish(
-                f"{SUBJECT_PREFIX}.{partition}", batch.SerializeToString(), headers=inject_headers({MSG_ID_HEADER: message_id})
+                partition_subject(partition), batch.SerializeToString(), headers=inject_headers({MSG_ID_HEADER: message_id})
             )
         except Exception as exc:  # not durable: the caller must retry (and dedupe keeps it once)
             raise Unavailable("METER_STREAM_UNAVAILABLE", f"the meter stream did not acknowledge: {exc}") from exc
@@ -170,7 +171,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
                 errors[index] = err
                 receipt = receipts[index]
                 receipt.status, receipt.code, receipt.message = "rejected", err.reason, err.message
-                receipt.http_status = int(getattr(err, "http_status", 0)) or _HTTP_OF.get(type(err).__name__, 400)
+                receipt.http_status = http_status(err.code, err.reason)
                 if err.field:
                     receipt.field = err.field
         first_of_key: dict[str, int] = {}
@@ -321,12 +322,8 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         merchant_id = current_merchant_id()
         metric = await self._metrics.get(merchant_id, request.id)
         start, end = self._window(request)
-        limit = request.limit if request.HasField("limit") else 20
-        offset = request.offset if request.HasField("offset") else 0
-        if not 1 <= limit <= 100:
-            raise InvalidArgument("limit", f"limit must be between 1 and 100; got {limit}", reason="OUT_OF_RANGE")
-        if offset < 0:
-            raise InvalidArgument("offset", "offset must be 0 or more", reason="OUT_OF_RANGE")
+        # the REST contract's default page of meter events is 20 (paygentic-api.md), not the house 10
+        page = page_of(request, default=METER_EVENTS_PAGE_SIZE)
         e = store.meter_events
         conditions = usage_conditions(metric, start, end, request.subject if request.HasField("subject") else None)
         if request.HasField("external_id"):
@@ -337,13 +334,17 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             total = (await conn.execute(sa.select(sa.func.count()).select_from(e).where(*conditions))).scalar_one()
             rows = (
                 await conn.execute(
-                    sa.select(e).where(*conditions).order_by(e.c.time.desc(), e.c.idempotency_key.desc()).limit(limit).offset(offset)
+                    sa.select(e)
+                    .where(*conditions)
+                    .order_by(e.c.time.desc(), e.c.idempotency_key.desc())
+                    .limit(page.limit)
+                    .offset(page.offset)
                 )
             ).all()
         out = svc.MeterEventList(
             object="list",
             billable_metric_id=metric.id,
-            pagination=pagination_pb2.OffsetPagination(limit=limit, offset=offset, total=int(total)),
+            pagination=pagination(page, int(total)),
         )
         for row in rows:
             event = resources.MeterEvent(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.metering.domain.events import DEFAULT_MAX_AGE_DAYS
+from libs.infra.settings import ServiceSettings
+from services.metering.domain.meter_events import DEFAULT_MAX_AGE_DAYS
 
 
-class MeteringSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ACCRUE_", extra="ignore")
+class MeteringSettings(ServiceSettings):
+    """What every service reads, plus metering's own."""
 
     # subject partitions of the meter stream (accrue.meter.v1.events.<n>)
     meter_partitions: int = 8

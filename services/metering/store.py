@@ -6,6 +6,8 @@
 catalog's domain events (metering never reads the catalog's tables).
 ``subject_map`` is metering's projection of customers' external ids, kept from the
 subscription service's customer events (see services/metering/subjects.py).
+Events a consumer (the aggregator included) could not handle are in the shared
+``dead_letters`` infrastructure table (libs/infra/tables.py, libs/infra/dead_letters.py).
 """
 
 from __future__ import annotations
@@ -85,18 +87,4 @@ aggregator_state = sa.Table(
     metadata,
     sa.Column("consumer", sa.Text, primary_key=True),
     sa.Column("drained_at", TS, nullable=False),
-)
-
-# Events the aggregator could not store even one by one (a bug or a PostgreSQL limit
-# that validation missed): kept whole, with the error, instead of blocking the stream.
-# Ingest validation is meant to keep this table empty; anything here is an incident.
-dead_letters = sa.Table(
-    "meter_dead_letters",
-    metadata,
-    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-    sa.Column("merchant_id", sa.Text, nullable=False),
-    sa.Column("idempotency_key", sa.Text, nullable=False),
-    sa.Column("event", sa.LargeBinary, nullable=False),
-    sa.Column("error", sa.Text, nullable=False),
-    sa.Column("created_at", TS, nullable=False),
 )

@@ -48,22 +48,17 @@ from services.metering import store
 
 log = get_logger(__name__)
 
-# The subscription service's stream, and the customer events metering consumes from it.
-CUSTOMER_STREAM = "ACCRUE_SUBSCRIPTION"
-CUSTOMER_STREAM_SUBJECTS = "accrue.subscription.v1.>"
-CUSTOMER_SUBJECTS = "accrue.subscription.v1.customer.>"
+# metering's consumer of the subscription service's customer events
+# (services.subscription.events: STREAM, CUSTOMER_SUBJECTS)
 CUSTOMER_DURABLE = "metering-subjects"
 
-_SUBJECT_OF_KIND = {
-    subscription_events.CUSTOMER_CHANGE_KIND_CREATED: "created",
-    subscription_events.CUSTOMER_CHANGE_KIND_UPDATED: "updated",
-    subscription_events.CUSTOMER_CHANGE_KIND_DELETED: "deleted",
-}
-
-
-def customer_subject(kind: subscription_events.CustomerChangeKind.ValueType) -> str:
-    """The NATS subject a CustomerChanged of this kind is published on."""
-    return f"accrue.subscription.v1.customer.{_SUBJECT_OF_KIND[kind]}"
+_KINDS = frozenset(
+    {
+        subscription_events.CUSTOMER_CHANGE_KIND_CREATED,
+        subscription_events.CUSTOMER_CHANGE_KIND_UPDATED,
+        subscription_events.CUSTOMER_CHANGE_KIND_DELETED,
+    }
+)
 
 
 def _facts(change: subscription_events.CustomerChanged) -> dict[str, str | None]:
@@ -87,7 +82,7 @@ async def on_customer_event(event: ReceivedEvent, uow: UnitOfWork) -> None:
     change = subscription_events.CustomerChanged.FromString(event.payload)
     customer = change.customer
     merchant_id = change.merchant_id or customer.merchant_id
-    if change.kind not in _SUBJECT_OF_KIND or not customer.id or not merchant_id:
+    if change.kind not in _KINDS or not customer.id or not merchant_id:
         log.warning("customer_event_ignored", reason="malformed", event_id=event.event_id, subject=event.subject)
         return
     if (event.merchant_id and event.merchant_id != merchant_id) or (customer.merchant_id and customer.merchant_id != merchant_id):

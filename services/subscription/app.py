@@ -1,34 +1,26 @@
-"""Composition root of the subscription service.
+"""The subscription service's definition: customers, subscriptions, billing schedules and test clocks.
 
-Not built yet: it starts, migrates its own database, reports healthy and exposes
-accrue.subscription.v1.SubscriptionService, whose RPCs answer UNIMPLEMENTED (the generated base servicer).
+Not built yet: it starts, migrates its own database, creates its stream, reports healthy
+and serves accrue.subscription.v1.SubscriptionService, whose RPCs answer UNIMPLEMENTED (server.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 from accrue.subscription.v1 import subscription_service_pb2, subscription_service_pb2_grpc
 
-from libs.infra.service import Runtime, ServiceDefinition, main, unimplemented_servicer
-from services.subscription.store import metadata
-
-SERVICE_NAME = subscription_service_pb2.DESCRIPTOR.services_by_name["SubscriptionService"].full_name
-
-
-def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-    subscription_service_pb2_grpc.add_SubscriptionServiceServicer_to_server(
-        unimplemented_servicer(subscription_service_pb2_grpc.SubscriptionServiceServicer), server
-    )
-
+from libs.infra.service import ServiceDefinition, main, servicer
+from services.subscription import events, store
+from services.subscription.server import SubscriptionServicer
 
 DEFINITION = ServiceDefinition(
     name="subscription",
-    grpc_services=[SERVICE_NAME],
-    metadata=metadata,
+    grpc_services=[subscription_service_pb2.DESCRIPTOR.services_by_name["SubscriptionService"].full_name],
+    register=servicer(subscription_service_pb2_grpc.add_SubscriptionServiceServicer_to_server, SubscriptionServicer.of),
+    metadata=store.metadata,
     migrations_dir=Path(__file__).parent / "migrations",
-    register=register,
+    streams={events.STREAM: list(events.STREAM_SUBJECTS)},
 )
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ from libs.infra import messaging
 from libs.infra.context import MERCHANT_METADATA_KEY
 from libs.infra.runner import Mesh
 from libs.testing.fixtures import MerchantClient
-from services.metering.subjects import CUSTOMER_STREAM, CUSTOMER_STREAM_SUBJECTS, customer_subject
+from libs.testing.meshes import own_mesh
+from services.subscription import events as subscription_events
 
 pytestmark = pytest.mark.e2e
 FAR = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
@@ -175,8 +176,7 @@ def test_a_metric_created_a_moment_ago_takes_events_at_once(merchant_a: Merchant
 def mesh_without_catalog_events(infra_mesh: Mesh, tmp_path: Path) -> Iterator[Mesh]:
     """Catalog and metering whose catalog never publishes its events (outbox relay off):
     metering can only learn a metric by asking the catalog."""
-    mesh = Mesh(tmp_path, durable=False, postgres_url=infra_mesh.postgres_url, db_prefix=f"ryw{uuid.uuid4().hex[:6]}", log_level="WARNING")
-    mesh.start_infra()  # its own NATS; PostgreSQL is shared
+    mesh = own_mesh(infra_mesh, tmp_path, "ryw")
     env = mesh.service_env("catalog")
     env["ACCRUE_OUTBOX_RELAY_ENABLED"] = "false"
     mesh.spawn("catalog", "services.catalog.app", env)
@@ -356,13 +356,13 @@ async def _publish_customer_created(mesh: Mesh, merchant_id: str, customer_id: s
     nc = await messaging.connect(mesh.nats_url, "test-event-bounds")
     try:
         js = nc.jetstream()
-        await messaging.ensure_stream(js, CUSTOMER_STREAM, [CUSTOMER_STREAM_SUBJECTS])
+        await messaging.ensure_stream(js, subscription_events.STREAM, subscription_events.STREAM_SUBJECTS)
         headers = {
             messaging.MSG_ID_HEADER: f"evt_{uuid.uuid4().hex}",
             messaging.MERCHANT_HEADER: merchant_id,
             messaging.EVENT_TYPE_HEADER: ev.CustomerChanged.DESCRIPTOR.full_name,
         }
-        await js.publish(customer_subject(ev.CUSTOMER_CHANGE_KIND_CREATED), change.SerializeToString(), headers=headers)
+        await js.publish(subscription_events.customer_subject(ev.CUSTOMER_CHANGE_KIND_CREATED), change.SerializeToString(), headers=headers)
     finally:
         await nc.close()
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from libs.infra.runner import ROOT, SERVICES, Mesh
+from libs.infra.runner import ROOT, Mesh
 
 pytestmark = pytest.mark.e2e
 REVOCATION_BOUND_SECONDS = 1.0
@@ -28,7 +28,7 @@ REVOCATION_BOUND_SECONDS = 1.0
 
 def accrue(mesh: Mesh, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ACCRUE_GATEWAY_DATABASE_URL": mesh.database_url("gateway")}
-    return subprocess.run([sys.executable, "-m", "libs.cli.main", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
 def assignments(out: subprocess.CompletedProcess[str]) -> dict[str, str]:
@@ -60,9 +60,9 @@ def second_gateway(mesh: Mesh) -> Iterator[str]:
     env = mesh.service_env("gateway")
     # a cache lifetime far past the test: only the revocation notification can make it refuse a key
     env.update(ACCRUE_HTTP_PORT="0", ACCRUE_PORT_FILE=str(mesh.state_dir / "ports" / name), ACCRUE_API_KEY_CACHE_SECONDS="300")
-    for service in SERVICES:
+    for service in mesh.plan.gateway.talks_to:
         env[f"ACCRUE_{service.upper()}_ADDR"] = f"127.0.0.1:{mesh.processes[service].port}"
-    process = mesh.spawn(name, "services.gateway.app", env)
+    process = mesh.spawn(name, mesh.plan.entry, env, port_env="ACCRUE_HTTP_PORT", args=("gateway",))
     url = f"http://127.0.0.1:{mesh.wait_port(process)}"
     deadline = time.monotonic() + 30
     while not healthy(url):

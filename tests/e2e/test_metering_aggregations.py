@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import functools
 import random
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +13,7 @@ import httpx
 import pytest
 
 from libs.testing.fixtures import MerchantClient
+from libs.testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -66,15 +65,6 @@ def _total(client: MerchantClient, metric_id: str, start: datetime, end: datetim
     return _meter(client, metric_id, start, end, subject=subject)["totalValueDecimal"]
 
 
-def _eventually(read: Callable[[], Any], expected: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = read()
-        if value == expected or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
-
-
 def _day() -> datetime:
     """Midnight UTC two days ago: every timestamp below is explicit and in the past."""
     return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
@@ -111,7 +101,7 @@ def test_percentiles_are_the_nearest_rank_sample(merchant_a: MerchantClient) -> 
     # nearest rank: ceil(p * 20) -> 10th, 19th, 20th smallest; never interpolated
     expected = {"P50": "10.25", "P95": "19.25", "P99": "20.25"}
     for agg, metric_id in metrics.items():
-        read = _eventually(functools.partial(_total, merchant_a, metric_id, start, end, customer), expected[agg])
+        read = eventually(functools.partial(_total, merchant_a, metric_id, start, end, customer), expected[agg])
         assert read == expected[agg], agg
     # all 22 events lie in the first hour: its window holds the same percentile
     windows = _meter(merchant_a, metrics["P95"], start, end, subject=customer, windowSize="HOUR")["windowedValues"]
@@ -138,7 +128,7 @@ def test_time_weighted_sum_integrates_value_hours(merchant_a: MerchantClient) ->
     start, end = day, day + timedelta(hours=3)
 
     # alice: 2 GB x 0.5 h + 5 GB x 1.25 h + 1.5 GB x 1.25 h = 9.125; bob: 4 GB x 3 h = 12
-    read = _eventually(lambda: _meter(merchant_a, metric_id, start, end)["totalValueDecimal"], "21.125")
+    read = eventually(lambda: _meter(merchant_a, metric_id, start, end)["totalValueDecimal"], "21.125")
     assert read == "21.125"
     assert _meter(merchant_a, metric_id, start, end, subject=alice)["totalValueDecimal"] == "9.125"
 

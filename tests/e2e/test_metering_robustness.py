@@ -18,31 +18,9 @@ from sqlalchemy.engine import make_url
 from libs.infra import messaging
 from libs.infra.runner import Mesh
 from libs.testing.fixtures import MerchantClient
+from libs.testing.metering import create_metric, meter_event, metered_total
 
 pytestmark = pytest.mark.e2e
-FAR = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
-
-
-def _metric(client: MerchantClient) -> dict[str, Any]:
-    product = httpx.post(f"{client.base_url}/v0/products", json={"name": "R", "description": "r"}, headers=client.headers).json()
-    body = {
-        "productId": product["id"], "name": "T", "description": "t", "unit": "t", "aggregation": "SUM",
-        "eventType": f"robust.{uuid.uuid4().hex[:8]}", "valueProperty": "$.tokens",
-    }  # fmt: skip
-    metric: dict[str, Any] = httpx.post(f"{client.base_url}/v0/billableMetrics", json=body, headers=client.headers).json()
-    return metric
-
-
-def _total(client: MerchantClient, metric_id: str, subject: str, expected: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        meter = httpx.get(
-            f"{client.base_url}/v0/billableMetrics/{metric_id}/meter", params={**FAR, "subject": subject}, headers=client.headers
-        )
-        value: str = meter.json()["totalValueDecimal"]
-        if value == expected or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +35,7 @@ def _total(client: MerchantClient, metric_id: str, subject: str, expected: str, 
 def test_values_postgresql_or_a_double_cannot_hold_are_refused(
     merchant_a: MerchantClient, change: dict[str, Any], field: str, code: str
 ) -> None:
-    metric = _metric(merchant_a)
+    metric = create_metric(merchant_a)
     body = {"type": metric["eventType"], "source": "t", "subject": "cus_r1", "data": {"tokens": 1}, **change}
     response = httpx.post(f"{merchant_a.base_url}/v0/events", json=body, headers=merchant_a.headers)
     assert response.status_code == 400, response.text
@@ -65,7 +43,7 @@ def test_values_postgresql_or_a_double_cannot_hold_are_refused(
 
 
 def test_deeply_nested_data_is_refused_and_does_not_hold_up_its_neighbours(merchant_a: MerchantClient) -> None:
-    metric = _metric(merchant_a)
+    metric = create_metric(merchant_a)
     subject = f"cus_{uuid.uuid4().hex[:10]}"
     deep: dict[str, Any] = {"tokens": 1}
     for _ in range(150):
@@ -80,11 +58,11 @@ def test_deeply_nested_data_is_refused_and_does_not_hold_up_its_neighbours(merch
 
     statuses = asyncio.run(burst())
     assert statuses.count(202) == 40 and statuses[20] == 400
-    assert _total(merchant_a, metric["id"], subject, "40") == "40"
+    assert metered_total(merchant_a, metric["id"], subject, "40") == "40"
 
 
 def test_large_events_to_one_customer_are_split_across_stream_messages(merchant_a: MerchantClient) -> None:
-    metric = _metric(merchant_a)
+    metric = create_metric(merchant_a)
     subject = f"cus_{uuid.uuid4().hex[:10]}"
     padding = "p" * 60_000  # data is at most 64 KiB; 20 of these still exceed one stream message
 
@@ -95,13 +73,13 @@ def test_large_events_to_one_customer_are_split_across_stream_messages(merchant_
         return [r.status_code for r in responses]
 
     assert asyncio.run(burst()) == [202] * 20
-    assert _total(merchant_a, metric["id"], subject, "20") == "20"
+    assert metered_total(merchant_a, metric["id"], subject, "20") == "20"
 
 
 def test_many_unknown_types_in_one_batch_do_not_stall_it(merchant_a: MerchantClient) -> None:
     """Each unknown type used to wait for the catalog on its own (40 types: past the
     gateway's 30 s deadline, a 504); now a call resolves all its types together."""
-    metric = _metric(merchant_a)
+    metric = create_metric(merchant_a)
     subject = f"cus_{uuid.uuid4().hex[:10]}"
     events = [{"type": f"nobody.{i}.{uuid.uuid4().hex[:6]}", "source": "t", "subject": subject, "data": {}} for i in range(40)]
     events += [{"type": metric["eventType"], "source": "t", "subject": subject, "data": {"tokens": 2}} for _ in range(3)]
@@ -110,7 +88,7 @@ def test_many_unknown_types_in_one_batch_do_not_stall_it(merchant_a: MerchantCli
     )
     assert response.status_code == 202, response.text
     assert (response.json()["accepted"], response.json()["rejected"]) == (3, 40)
-    assert _total(merchant_a, metric["id"], subject, "6") == "6"
+    assert metered_total(merchant_a, metric["id"], subject, "6") == "6"
 
 
 def test_long_bad_input_is_still_a_400(merchant_a: MerchantClient) -> None:
@@ -139,22 +117,15 @@ def test_nul_in_catalog_text_and_non_finite_tax_rate_are_400(merchant_a: Merchan
 def test_an_event_the_database_refuses_is_dead_lettered_and_the_stream_keeps_moving(mesh: Mesh, merchant_a: MerchantClient) -> None:
     """Validation keeps such events out; this one is put on the stream directly, as a bug
     upstream would, to show the aggregator's last line of defence."""
-    metric = _metric(merchant_a)
+    metric = create_metric(merchant_a)
     subject = f"cus_{uuid.uuid4().hex[:10]}"
     now = datetime.now(UTC)
     batch = resources.MeterEventBatch()
     for i in range(5):
-        event = batch.events.add(
-            id=f"evt_dl{i}",
-            merchant_id=merchant_a.merchant_id,
-            type=metric["eventType"],
-            source="t",
-            subject=subject,
-            idempotency_key=f"dl-{i}",
+        data = {"tokens": 1, "note": "poison\u0000" if i == 2 else "fine"}
+        batch.events.append(
+            meter_event(merchant_a, metric["eventType"], subject, f"dl-{i}", data, time=now - timedelta(seconds=i), ingested_at=now)
         )
-        event.time.FromDatetime(now - timedelta(seconds=i))
-        event.ingest_time.FromDatetime(now)
-        event.data.update({"tokens": 1, "note": "poison\u0000" if i == 2 else "fine"})
 
     async def publish() -> None:
         nc = await messaging.connect(mesh.nats_url, "test-dead-letter")
@@ -162,13 +133,14 @@ def test_an_event_the_database_refuses_is_dead_lettered_and_the_stream_keeps_mov
         await nc.close()
 
     asyncio.run(publish())
-    assert _total(merchant_a, metric["id"], subject, "4") == "4"
+    assert metered_total(merchant_a, metric["id"], subject, "4") == "4"
     url = make_url(mesh.database_url("metering")).set(drivername="postgresql").render_as_string(hide_password=False)
     deadline = time.monotonic() + 10
     while True:
         with psycopg.connect(url) as conn:
             rows = conn.execute(
-                "SELECT idempotency_key FROM meter_dead_letters WHERE merchant_id = %s", (merchant_a.merchant_id,)
+                "SELECT event_id FROM dead_letters WHERE consumer = 'metering-aggregator' AND merchant_id = %s",
+                (merchant_a.merchant_id,),
             ).fetchall()
         if rows or time.monotonic() > deadline:
             break
@@ -177,4 +149,4 @@ def test_an_event_the_database_refuses_is_dead_lettered_and_the_stream_keeps_mov
     # the stream kept moving: a later event is counted
     later = {"type": metric["eventType"], "source": "t", "subject": subject, "data": {"tokens": 10}}
     assert httpx.post(f"{merchant_a.base_url}/v0/events", json=later, headers=merchant_a.headers).status_code == 202
-    assert _total(merchant_a, metric["id"], subject, "14") == "14"
+    assert metered_total(merchant_a, metric["id"], subject, "14") == "14"

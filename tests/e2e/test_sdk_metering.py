@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from paygentic_sdk import errors
 
 from libs.testing.fixtures import MerchantClient
+from libs.testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -33,15 +33,6 @@ def _metric(client: MerchantClient, aggregation: str = "SUM", value_property: st
 
 def _total(url: str, params: dict[str, str], headers: dict[str, str]) -> Any:
     return httpx.get(url, params=params, headers=headers).json()["totalValueDecimal"]
-
-
-def _eventually(read: Callable[[], Any], expected: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = read()
-        if value == expected or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def _window() -> tuple[datetime, datetime]:
@@ -70,7 +61,7 @@ def test_ingest_then_meter_shows_the_exact_total(merchant_a: MerchantClient) -> 
     def total() -> float:
         return float(sdk.billable_metrics.meter(id=metric.id, from_=start, to=end, subject=customer).total_value)
 
-    assert _eventually(total, 1769.75) == 1769.75
+    assert eventually(total, 1769.75) == 1769.75
     raw = httpx.get(
         f"{merchant_a.base_url}/v0/billableMetrics/{metric.id}/meter",
         params={"from": start.isoformat(), "to": end.isoformat(), "subject": customer},
@@ -94,7 +85,7 @@ def test_duplicates_count_once(merchant_a: MerchantClient) -> None:
     assert first.id == second.id
     sdk.events.ingest(request={**body, "idempotencyKey": "other"})
     start, end = _window()
-    total = _eventually(lambda: sdk.billable_metrics.meter(id=metric.id, from_=start, to=end, subject=customer).total_value, 20)
+    total = eventually(lambda: sdk.billable_metrics.meter(id=metric.id, from_=start, to=end, subject=customer).total_value, 20)
     assert total == 20
     time.sleep(0.5)
     assert sdk.billable_metrics.meter(id=metric.id, from_=start, to=end, subject=customer).total_value == 20
@@ -146,7 +137,7 @@ def test_batch_ingest_returns_a_receipt_per_event(merchant_a: MerchantClient) ->
     assert body["receipts"][10]["status"] == "rejected" and body["receipts"][10]["code"] == "UNKNOWN_EVENT_TYPE"
     assert body["receipts"][11]["status"] == "duplicate" and body["receipts"][11]["id"] == body["receipts"][0]["id"]
     start, end = _window()
-    assert _eventually(lambda: merchant_a.sdk.billable_metrics.meter(id=metric.id, from_=start, to=end).total_value, 50) == 50
+    assert eventually(lambda: merchant_a.sdk.billable_metrics.meter(id=metric.id, from_=start, to=end).total_value, 50) == 50
 
 
 def test_aggregations_windows_and_groups(merchant_a: MerchantClient) -> None:
@@ -171,7 +162,7 @@ def test_aggregations_windows_and_groups(merchant_a: MerchantClient) -> None:
     for agg, metric in metrics.items():
         url = f"{merchant_a.base_url}/v0/billableMetrics/{metric.id}/meter"
         params = {"from": start.isoformat(), "to": end.isoformat(), "subject": customer}
-        read = _eventually(functools.partial(_total, url, params, merchant_a.headers), expected[agg])
+        read = eventually(functools.partial(_total, url, params, merchant_a.headers), expected[agg])
         assert read == expected[agg], agg
     windows = sdk.billable_metrics.meter(id=metrics["SUM"].id, from_=start, to=end, subject=customer, window_size="HOUR")
     assert [w.value for w in windows.windowed_values] == [10, 30, 20]
@@ -195,7 +186,7 @@ def test_the_same_event_sent_concurrently_counts_once(merchant_a: MerchantClient
     assert asyncio.run(burst()) == [202] * 30
     start, end = _window()
     assert (
-        _eventually(lambda: merchant_a.sdk.billable_metrics.meter(id=metric.id, from_=start, to=end, subject=customer).total_value, 7) == 7
+        eventually(lambda: merchant_a.sdk.billable_metrics.meter(id=metric.id, from_=start, to=end, subject=customer).total_value, 7) == 7
     )
     time.sleep(0.5)
     listed = merchant_a.sdk.billable_metrics.list_events(id=metric.id, from_=start, to=end, subject=customer)

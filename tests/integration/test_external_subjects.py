@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +19,8 @@ from accrue.subscription.v1 import subscription_service_pb2 as sub
 from libs.infra import messaging
 from libs.infra.runner import Mesh
 from libs.testing.fixtures import MerchantClient
-from services.metering.subjects import CUSTOMER_STREAM, CUSTOMER_STREAM_SUBJECTS, customer_subject
+from libs.testing.waiting import eventually_async
+from services.subscription import events as subscription_events
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +40,6 @@ def _metric(client: MerchantClient) -> Any:
     )
 
 
-async def _eventually(read: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await read()
-        if value == expected or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
-
-
 async def _publish_customer_created(mesh: Mesh, merchant_id: str, customer_id: str, external_id: str) -> None:
     change = ev.CustomerChanged(
         kind=ev.CUSTOMER_CHANGE_KIND_CREATED,
@@ -61,13 +52,13 @@ async def _publish_customer_created(mesh: Mesh, merchant_id: str, customer_id: s
     nc = await messaging.connect(mesh.nats_url, "test-external-subjects")
     try:
         js = nc.jetstream()
-        await messaging.ensure_stream(js, CUSTOMER_STREAM, [CUSTOMER_STREAM_SUBJECTS])
+        await messaging.ensure_stream(js, subscription_events.STREAM, subscription_events.STREAM_SUBJECTS)
         headers = {
             messaging.MSG_ID_HEADER: event_id,
             messaging.MERCHANT_HEADER: merchant_id,
             messaging.EVENT_TYPE_HEADER: ev.CustomerChanged.DESCRIPTOR.full_name,
         }
-        await js.publish(customer_subject(ev.CUSTOMER_CHANGE_KIND_CREATED), change.SerializeToString(), headers=headers)
+        await js.publish(subscription_events.customer_subject(ev.CUSTOMER_CHANGE_KIND_CREATED), change.SerializeToString(), headers=headers)
     finally:
         await nc.close()
 
@@ -113,17 +104,17 @@ async def test_events_sent_by_external_subject_count_for_the_customer_once_it_ex
         for i, tokens in enumerate([1500, 250, 0.5]):
             await ingest(f"early-{i}", tokens, external_id)
         await ingest("someone-else", 1000, f"other-{uuid.uuid4().hex[:8]}")
-        assert await _eventually(lambda: stored(external_id), 3) == 3
+        assert await eventually_async(lambda: stored(external_id), 3, timeout=20.0) == 3
         assert await total_for_customer() == "0"
 
         # the customer appears: the stored events become theirs, retroactively
         await _publish_customer_created(mesh, merchant_a.merchant_id, customer_id, external_id)
-        assert await _eventually(total_for_customer, "1750.5") == "1750.5"
+        assert await eventually_async(total_for_customer, "1750.5", timeout=20.0) == "1750.5"
         assert await listed_for_customer() == ["early-0", "early-1", "early-2"]
 
         # later events under the same external subject are attributed as they are stored
         await ingest("late-0", 12.25, external_id)
-        assert await _eventually(total_for_customer, "1762.75") == "1762.75"
+        assert await eventually_async(total_for_customer, "1762.75", timeout=20.0) == "1762.75"
         assert await listed_for_customer() == ["early-0", "early-1", "early-2", "late-0"]
         # the event of another external subject stayed out of it
         listed = (await http.get(events_url, params={**window, "subject": customer_id, "limit": 100})).json()

@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from libs.infra.context import MERCHANT_METADATA_KEY
 from libs.infra.runner import ROOT, Mesh
+from libs.testing.meshes import own_mesh
 
 pytestmark = pytest.mark.integration
 MERCHANT = "org_faults0000001"
@@ -36,10 +37,7 @@ METADATA = [(MERCHANT_METADATA_KEY, MERCHANT)]
 
 @pytest.fixture
 def small_mesh(infra_mesh: Mesh, tmp_path: Path) -> Iterator[Mesh]:
-    mesh = Mesh(
-        tmp_path, durable=False, postgres_url=infra_mesh.postgres_url, db_prefix=f"faults{uuid.uuid4().hex[:6]}", log_level="WARNING"
-    )
-    mesh.start_infra()  # its own NATS; PostgreSQL is shared
+    mesh = own_mesh(infra_mesh, tmp_path, "faults")
     mesh.extra_env["ACCRUE_AGGREGATOR_ENABLED"] = "false"  # aggregators run as their own processes here
     for name in ("catalog", "metering"):
         mesh.start_service(name)
@@ -81,7 +79,7 @@ def _stored(mesh: Mesh) -> tuple[list[str], int]:
 
 def _aggregator(mesh: Mesh) -> subprocess.Popen[bytes]:
     env = mesh.service_env("metering")
-    return subprocess.Popen([sys.executable, "-m", "services.metering.aggregator"], env=env, cwd=ROOT, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "services.run", "metering-aggregator"], env=env, cwd=ROOT, start_new_session=True)
 
 
 def _wait_stable(mesh: Mesh, expected: int, timeout: float = 60) -> list[str]:

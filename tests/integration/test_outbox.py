@@ -19,7 +19,8 @@ from libs.infra.service import ServiceHost
 from libs.infra.settings import ServiceSettings
 from libs.testing.events import CountingConsumer, consumer_database, messages_on
 from libs.testing.fixtures import Infra
-from services.catalog.app import DEFINITION, STREAM
+from services.catalog.app import DEFINITION
+from services.catalog.events import STREAM
 
 pytestmark = pytest.mark.integration
 SUBJECT = "accrue.catalog.v1.product.created"

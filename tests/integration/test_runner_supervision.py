@@ -1,6 +1,6 @@
 """`make run` supervises its processes: restarts on the same port, gives up loudly, stops cleanly.
 
-Each test starts the real runner (``python -m libs.infra.runner``) as a subprocess with its
+Each test starts the real runner (``python -m services.run``) as a subprocess with its
 own state directory, so its own PostgreSQL and NATS, and SIGKILLs processes of the mesh
 by the pids the runner writes to ``<state>/pids/``.
 """
@@ -32,14 +32,14 @@ pytestmark = pytest.mark.integration
 
 
 class Runner:
-    """``python -m libs.infra.runner`` with its output collected line by line."""
+    """``python -m services.run`` with its output collected line by line."""
 
     def __init__(self, state_dir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("ACCRUE_")}
         env.update(ACCRUE_STATE_DIR=str(state_dir), ACCRUE_HTTP_PORT="0", PYTHONUNBUFFERED="1", **(extra_env or {}))
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "libs.infra.runner"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [sys.executable, "-m", "services.run"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         self._lines: list[str] = []
         self._changed = threading.Condition()

@@ -15,9 +15,10 @@ from libs.infra.service import ServiceHost
 from libs.infra.settings import ServiceSettings
 from libs.testing.events import CountingConsumer, consumer_database
 from libs.testing.fixtures import Infra
-from services.catalog.app import DEFINITION, STREAM
+from services.catalog.app import DEFINITION
+from services.catalog.events import STREAM
 from services.gateway import store as gateway_store
-from services.gateway.app import GatewayHost
+from services.gateway.host import GatewayHost
 from services.gateway.settings import GatewaySettings
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,9 @@ async def test_rest_create_is_one_trace_through_grpc_outbox_and_consumer(infra: 
     )
     await catalog.start()
     gateway = GatewayHost(
-        GatewaySettings(database_url=infra.new_database_url("trace_gateway"), http_port=0, catalog_addr=f"127.0.0.1:{catalog.port}")
+        GatewaySettings(
+            database_url=infra.new_database_url("trace_gateway"), http_port=0, backend_addrs={"catalog": f"127.0.0.1:{catalog.port}"}
+        )
     )
     await gateway.start()
     assert gateway.engine is not None

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from libs.core import jsonpath as jsonpath_grammar
-from libs.core import money
+from libs.core import money, paging
 from libs.core.errors import InvalidArgument
 from libs.core.pricing import GraduatedPrice, PackagePrice, StandardPrice, Tier, VolumePrice, validate_tiers
 
@@ -206,13 +207,9 @@ def currency(value: str) -> str:
 
 
 def page(limit: int | None, offset: int | None) -> tuple[int, int]:
-    size = 10 if limit is None else limit
-    skip = 0 if offset is None else offset
-    if not 1 <= size <= LIMITS.page_size:
-        raise InvalidArgument("limit", f"limit must be between 1 and {LIMITS.page_size}; got {size}", reason="OUT_OF_RANGE")
-    if skip < 0:
-        raise InvalidArgument("offset", f"offset must be 0 or more; got {skip}", reason="OUT_OF_RANGE")
-    return size, skip
+    """A catalog list's (limit, offset): the one paging rule of libs/core/paging.py."""
+    found = paging.page(limit, offset, maximum=LIMITS.page_size)
+    return found.limit, found.offset
 
 
 # --- prices -------------------------------------------------------------------------
@@ -543,3 +540,38 @@ def plan_lines(values: list[Any], field_name: str = "prices") -> list[PlanLine]:
         seen_prices.add(price_id)
         lines.append(PlanLine(price_id=price_id, key=line_key_value))
     return lines
+
+
+# Plan rules that CreatePlan and UpdatePlan share (each written once, here).
+
+VERSION_STATUSES = ("published", "archived")
+
+
+def billing_version(value: int | None) -> int:
+    if value not in (None, 1):
+        raise InvalidArgument(
+            "billingVersion",
+            "only billingVersion 1 (Standard billing) is supported; 0 is legacy wallet billing",
+            reason="NOT_SUPPORTED",
+        )
+    return 1
+
+
+def billing_anchor(anchor: datetime | None, now: datetime) -> datetime | None:
+    if anchor is not None and anchor > now:
+        raise InvalidArgument("billingAnchor", "billingAnchor must not be in the future", reason="OUT_OF_RANGE")
+    return anchor
+
+
+def credit_allocations(count: int) -> list[Any]:
+    """Credit allocations (pricing units) are refused until they are built."""
+    if count > 0:
+        raise InvalidArgument("creditAllocations", "credit allocations (pricing units) are not supported yet", reason="NOT_SUPPORTED")
+    return []
+
+
+def version_transition(effective_date: str, proration: str) -> str:
+    """The plan's versionTransition: its effective date (the only proration is none)."""
+    value = one_of(effective_date, EFFECTIVE_DATES, "versionTransition.effectiveDate")
+    one_of(proration, ("none",), "versionTransition.proration")
+    return value

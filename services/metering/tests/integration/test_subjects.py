@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,22 +22,13 @@ from libs.infra.messaging import EVENT_TYPE_HEADER, MERCHANT_HEADER, MSG_ID_HEAD
 from libs.testing.fixtures import Infra
 from services.metering import store
 from services.metering.aggregator import insert_events, row_of
-from services.metering.subjects import CUSTOMER_DURABLE, customer_subject, on_customer_event, resolve_subjects
+from services.metering.subjects import CUSTOMER_DURABLE, on_customer_event, resolve_subjects
+from services.subscription.events import customer_subject
 
 pytestmark = pytest.mark.integration
 M = "org_merchant_a"
 OTHER = "org_merchant_b"
 CREATED, UPDATED, DELETED = ev.CUSTOMER_CHANGE_KIND_CREATED, ev.CUSTOMER_CHANGE_KIND_UPDATED, ev.CUSTOMER_CHANGE_KIND_DELETED
-
-
-@pytest.fixture
-async def db(infra: Infra) -> AsyncIterator[Database]:
-    engine = create_engine(infra.new_database_url("subjects"), pool_size=4)
-    async with engine.begin() as conn:
-        await conn.run_sync(store.metadata.create_all)
-    database = Database(engine, store.metadata)
-    yield database
-    await database.dispose()
 
 
 def customer_event(
@@ -282,14 +272,20 @@ async def _blocked(task: asyncio.Task[Any]) -> bool:
     return not task.done()
 
 
-@pytest.mark.parametrize("prior", ["none", "placeholder", "tombstone"])
-async def test_a_batch_resolving_first_makes_the_backfill_wait_and_see_its_events(db: Database, prior: str) -> None:
+async def _prior_state(db: Database, prior: str) -> list[dict[str, Any]]:
+    """External subject "acme" with no mapping, a placeholder (an unattributed event) or a
+    tombstone (a deleted customer); the batch of one event for it, not yet resolved."""
     if prior == "placeholder":
         await store_batch(db, [meter_row("p0", external="acme")])
     elif prior == "tombstone":
         await deliver(db, customer_event(CREATED, "cus_0", "acme", 1))
         await deliver(db, customer_event(DELETED, "cus_0", "acme", 2))
-    rows = [meter_row("e1", external="acme")]
+    return [meter_row("e1", external="acme")]
+
+
+@pytest.mark.parametrize("prior", ["none", "placeholder", "tombstone"])
+async def test_a_batch_resolving_first_makes_the_backfill_wait_and_see_its_events(db: Database, prior: str) -> None:
+    rows = await _prior_state(db, prior)
     async with db.engine.begin() as conn:
         await resolve_subjects(conn, rows)
         assert rows[0]["subject"] == ""
@@ -303,12 +299,7 @@ async def test_a_batch_resolving_first_makes_the_backfill_wait_and_see_its_event
 
 @pytest.mark.parametrize("prior", ["none", "placeholder", "tombstone"])
 async def test_a_mapping_change_in_flight_makes_the_batch_wait_and_read_it(db: Database, prior: str) -> None:
-    if prior == "placeholder":
-        await store_batch(db, [meter_row("p0", external="acme")])
-    elif prior == "tombstone":
-        await deliver(db, customer_event(CREATED, "cus_0", "acme", 1))
-        await deliver(db, customer_event(DELETED, "cus_0", "acme", 2))
-    rows = [meter_row("e1", external="acme")]
+    rows = await _prior_state(db, prior)
     async with db.uow() as uow:
         await on_customer_event(customer_event(CREATED, "cus_1", "acme", 10), uow)
         batch = asyncio.create_task(store_batch(db, rows))

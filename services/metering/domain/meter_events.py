@@ -1,16 +1,21 @@
-"""Meter-event rules, pure: validation of an incoming event and its derived identity."""
+"""Meter-event rules, pure: validation of an incoming event and its derived identity.
+
+(Meter events, the usage being ingested; what metering publishes is in services/metering/events.py.)
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf import struct_pb2
 
 from libs.core.errors import InvalidArgument
+from libs.core.json_limits import check_json, check_no_nul
 
 MAX_FUTURE = timedelta(minutes=5)
 # The backdating window's default (Stripe takes 35 days): older usage is refused, so a
@@ -64,7 +69,7 @@ def check_length(value: str | None, field: str) -> None:
 
 
 def check_source(value: str) -> str:
-    check_text(value, "source")
+    check_no_nul(value, "source")
     if not value:
         raise InvalidArgument("source", "source is required", reason="REQUIRED")
     check_length(value, "source")
@@ -78,9 +83,9 @@ def check_subjects(subject: str, external_subject: str | None) -> None:
     (it filters event listings) but never re-attributes it."""
     if not subject and not external_subject:
         raise InvalidArgument("subject", "subject (customer id) or externalSubject is required", reason="REQUIRED")
-    check_text(subject, "subject")
+    check_no_nul(subject, "subject")
     check_length(subject, "subject")
-    check_text(external_subject, "externalSubject")
+    check_no_nul(external_subject, "externalSubject")
     check_length(external_subject, "externalSubject")
 
 
@@ -116,15 +121,11 @@ def external_id(value: str | None) -> str | None:
     return value
 
 
-# Integers beyond this lose digits in a JSON number's trip through a double.
-MAX_EXACT_INTEGER = 2**53
-MAX_DATA_DEPTH = 32
-
-
-def check_text(value: str | None, field: str) -> None:
-    """PostgreSQL text cannot hold NUL: refused here, not discovered by the aggregator."""
-    if value is not None and "\x00" in value:
-        raise InvalidArgument(field, f"{field} contains a NUL character", reason="INVALID_CHARACTER")
+def check_data(data: Mapping[str, Any]) -> None:
+    """``data`` as plain Python (libs/infra/proto_struct.py): no NUL text, bounded depth,
+    and no number beyond a double's exact range (large or fractional-precision quantities
+    belong in decimal strings)."""
+    check_json(data, "data", exact_numbers=True)
 
 
 def check_data_size(data: struct_pb2.Struct) -> None:
@@ -132,29 +133,3 @@ def check_data_size(data: struct_pb2.Struct) -> None:
     size = data.ByteSize()
     if size > MAX_DATA_BYTES:
         raise InvalidArgument("data", f"data is {size} bytes encoded; at most {MAX_DATA_BYTES} (64 KiB) are allowed", reason="TOO_LARGE")
-
-
-def check_data(data: Any, path: str = "data", depth: int = 0) -> None:
-    """Walk a Struct/Value tree: no NUL text, no number beyond a double's exact range,
-    bounded depth. Large or fractional-precision quantities belong in decimal strings."""
-    if depth > MAX_DATA_DEPTH:
-        raise InvalidArgument(path, f"{path} is nested more than {MAX_DATA_DEPTH} levels deep", reason="TOO_DEEP")
-    if isinstance(data, struct_pb2.Struct):
-        for key, item in data.fields.items():
-            check_text(key, path)
-            check_data(item, f"{path}.{key}", depth + 1)
-        return
-    kind = data.WhichOneof("kind")
-    if kind == "string_value":
-        check_text(data.string_value, path)
-    elif kind == "number_value":
-        number = data.number_value
-        if number != number or number in (float("inf"), float("-inf")) or abs(number) >= MAX_EXACT_INTEGER:
-            raise InvalidArgument(
-                path, f"{path} is too large to be exact as a JSON number; send it as a decimal string", reason="NUMBER_NOT_EXACT"
-            )
-    elif kind == "struct_value":
-        check_data(data.struct_value, path, depth + 1)
-    elif kind == "list_value":
-        for index, item in enumerate(data.list_value.values):
-            check_data(item, f"{path}[{index}]", depth + 1)

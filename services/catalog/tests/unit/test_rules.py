@@ -8,34 +8,11 @@ import pytest
 
 from libs.core.errors import InvalidArgument
 from services.catalog.domain import rules
-
-
-def _draft(**changes: Any) -> rules.PriceDraft:
-    base: dict[str, Any] = dict(
-        billable_metric_id="bm_1",
-        fee_id=None,
-        invoice_display_name="Tokens",
-        invoice_display_group=None,
-        payment_term="in_arrears",
-        model="standard",
-        properties={"unitPrice": "0.00002"},
-        billing_cadence=None,
-        grant_discount_enabled=False,
-        is_obligation=False,
-        rate_type=None,
-        supply_scope="IN_SCOPE",
-        outside_scope_label=None,
-        quantity=None,
-        pricing_unit_id=None,
-        feature_id=None,
-        entitlement_template=None,
-    )
-    base.update(changes)
-    return rules.PriceDraft(**base)
+from services.catalog.tests.unit.drafts import price_draft
 
 
 def test_standard_metered_price_is_stored_in_atomic_units() -> None:
-    valid = rules.validate_price(_draft())
+    valid = rules.validate_price(price_draft())
     assert valid.properties.stored == {"unitPriceAtomic": 20_000}
     assert rules.render_properties("standard", valid.properties.stored) == {"unitPrice": "0.00002"}
 
@@ -60,7 +37,7 @@ def test_standard_metered_price_is_stored_in_atomic_units() -> None:
 )  # fmt: skip
 def test_bad_metered_prices_name_their_field(changes: dict[str, Any], field: str, reason: str | None) -> None:
     with pytest.raises(InvalidArgument) as error:
-        rules.validate_price(_draft(**changes))
+        rules.validate_price(price_draft(**changes))
     assert error.value.field == field
     if reason is not None:
         assert error.value.reason == reason
@@ -69,24 +46,24 @@ def test_bad_metered_prices_name_their_field(changes: dict[str, Any], field: str
 def test_fee_prices_need_a_cadence_and_the_standard_model_and_no_rebate() -> None:
     fee = dict(billable_metric_id=None, fee_id="fee_1", payment_term="in_advance", properties={"unitPrice": "49.00"})
     with pytest.raises(InvalidArgument) as no_cadence:
-        rules.validate_price(_draft(**fee))
+        rules.validate_price(price_draft(**fee))
     assert no_cadence.value.field == "billingCadence"
     with pytest.raises(InvalidArgument) as volume:
-        rules.validate_price(_draft(**fee, billing_cadence="P1M", model="volume"))
+        rules.validate_price(price_draft(**fee, billing_cadence="P1M", model="volume"))
     assert volume.value.field == "model"
     with pytest.raises(InvalidArgument) as negative:
-        rules.validate_price(_draft(**{**fee, "properties": {"unitPrice": "-1.00"}}, billing_cadence="P1M"))
+        rules.validate_price(price_draft(**{**fee, "properties": {"unitPrice": "-1.00"}}, billing_cadence="P1M"))
     assert negative.value.field == "properties.unitPrice"
-    assert rules.validate_price(_draft(**fee, billing_cadence="P0D", quantity=3)).quantity == 3
+    assert rules.validate_price(price_draft(**fee, billing_cadence="P0D", quantity=3)).quantity == 3
 
 
 def test_graduated_and_package_round_trip_through_storage() -> None:
     tiers = {"tiers": [{"upTo": "100", "unitPrice": "0.5", "flatFee": "1"}, {"upTo": None, "unitPrice": "0.25"}]}
-    graduated = rules.validate_price(_draft(model="graduated", properties=tiers))
+    graduated = rules.validate_price(price_draft(model="graduated", properties=tiers))
     assert rules.render_properties("graduated", graduated.properties.stored) == {
         "tiers": [{"upTo": "100", "unitPrice": "0.50", "flatFee": "1.00"}, {"upTo": None, "unitPrice": "0.25", "flatFee": "0.00"}]
     }
-    package = rules.validate_price(_draft(model="package", properties={"unitPrice": "2", "packageSize": "1000"}))
+    package = rules.validate_price(price_draft(model="package", properties={"unitPrice": "2", "packageSize": "1000"}))
     assert rules.render_properties("package", package.properties.stored) == {
         "unitPrice": "2.00",
         "packageSize": "1000",

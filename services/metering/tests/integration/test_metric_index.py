@@ -8,30 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
 from accrue.catalog.v1 import catalog_resources_pb2 as catalog_resources
 
-from libs.infra.db import Database, create_engine
+from libs.infra.db import Database
 from libs.infra.proto_time import to_timestamp
-from libs.testing.fixtures import Infra
 from services.metering import store
 from services.metering.metrics import CATALOG_RETRY_SECONDS, NEGATIVE_TTL_SECONDS, CatalogClient, CatalogUnavailable, MetricIndex
 
 pytestmark = pytest.mark.integration
 M = "org_merchant_a"
-
-
-@pytest.fixture
-async def db(infra: Infra) -> AsyncIterator[Database]:
-    engine = create_engine(infra.new_database_url("metrics"), pool_size=4)
-    async with engine.begin() as conn:
-        await conn.run_sync(store.metadata.create_all)
-    database = Database(engine, store.metadata)
-    yield database
-    await database.dispose()
 
 
 class FakeCatalog:

@@ -76,7 +76,7 @@ async def gateway() -> Any:
     settings = GatewaySettings(
         rpc_timeout_seconds=0.5,
         disconnect_watch_after_seconds=0.05,
-        **{f"{name}_addr": dead for name in ("catalog", "subscription", "metering", "invoicing", "payment", "entitlement")},
+        backend_addrs={name: dead for name in ("catalog", "subscription", "metering", "invoicing", "payment", "entitlement")},
     )
     app = Gateway(settings, None, keys=FakeKeys())  # type: ignore[arg-type]
     await app.start()
@@ -86,7 +86,7 @@ async def gateway() -> Any:
 
 def _replace_call(app: Gateway, rpc: str, call: Callable[..., Awaitable[Any]]) -> None:
     (path,) = [p for p in app._calls if p.endswith("/" + rpc)]
-    app._calls[path] = call  # type: ignore[assignment]
+    app._calls[path] = call
 
 
 async def test_a_backend_that_never_answers_gets_a_json_504_at_the_deadline(gateway: Gateway) -> None:

@@ -4,6 +4,7 @@ OpenAPI document and the services' up-front check use) are the same numbers."""
 from __future__ import annotations
 
 from accrue.catalog.v1 import catalog_service_pb2 as svc
+from google.protobuf.message import Message
 
 from libs.infra.declared import rules_of
 from services.catalog.domain import rules
@@ -17,6 +18,7 @@ def _rules(message: type, field: str):  # type: ignore[no-untyped-def]
 
 
 def test_text_and_metadata_limits_agree() -> None:
+    message: type[Message]
     for message in (svc.CreateProductRequest, svc.CreateFeatureRequest, svc.UpdateFeatureRequest):
         declared = _rules(message, "metadata")
         assert (declared.max_items, declared.max_key_length, declared.max_length) == (

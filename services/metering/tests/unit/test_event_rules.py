@@ -10,7 +10,7 @@ from google.protobuf import struct_pb2
 from pydantic import ValidationError
 
 from libs.core.errors import InvalidArgument
-from services.metering.domain import events as rules
+from services.metering.domain import meter_events as rules
 from services.metering.settings import MeteringSettings
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

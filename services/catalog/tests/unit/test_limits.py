@@ -10,35 +10,12 @@ import pytest
 from libs.core.errors import InvalidArgument
 from services.catalog.domain import rules
 from services.catalog.domain.rules import LIMITS
+from services.catalog.tests.unit.drafts import price_draft
 
 
 def _ladder(count: int) -> list[dict[str, Any]]:
     """``count`` ascending tiers, the last one open-ended."""
     return [{"upTo": str(i + 1) if i < count - 1 else None, "unitPrice": "1"} for i in range(count)]
-
-
-def _price(**changes: Any) -> rules.PriceDraft:
-    base: dict[str, Any] = dict(
-        billable_metric_id="bm_1",
-        fee_id=None,
-        invoice_display_name="Tokens",
-        invoice_display_group=None,
-        payment_term="in_arrears",
-        model="standard",
-        properties={"unitPrice": "0.00002"},
-        billing_cadence=None,
-        grant_discount_enabled=False,
-        is_obligation=False,
-        rate_type=None,
-        supply_scope="IN_SCOPE",
-        outside_scope_label=None,
-        quantity=None,
-        pricing_unit_id=None,
-        feature_id=None,
-        entitlement_template=None,
-    )
-    base.update(changes)
-    return rules.PriceDraft(**base)
 
 
 def _refused(call: Any, *args: Any, **kwargs: Any) -> InvalidArgument:
@@ -56,16 +33,16 @@ def test_the_limits_are_the_documented_numbers() -> None:
 
 @pytest.mark.parametrize("model", ["volume", "graduated"])
 def test_a_ladder_may_have_100_tiers_not_101(model: str) -> None:
-    valid = rules.validate_price(_price(model=model, properties={"tiers": _ladder(LIMITS.tiers)}))
+    valid = rules.validate_price(price_draft(model=model, properties={"tiers": _ladder(LIMITS.tiers)}))
     assert len(valid.properties.stored["tiers"]) == LIMITS.tiers
-    error = _refused(rules.validate_price, _price(model=model, properties={"tiers": _ladder(LIMITS.tiers + 1)}))
+    error = _refused(rules.validate_price, price_draft(model=model, properties={"tiers": _ladder(LIMITS.tiers + 1)}))
     assert (error.reason, error.field) == ("TOO_MANY_TIERS", "properties.tiers")
 
 
 def test_the_tier_count_is_refused_before_any_tier_is_parsed() -> None:
     # 10,000 broken tiers: the answer is the count, not the first broken tier
     junk = [{"upTo": "x", "unitPrice": 0.1}] * 10_000
-    error = _refused(rules.validate_price, _price(model="volume", properties={"tiers": junk}))
+    error = _refused(rules.validate_price, price_draft(model="volume", properties={"tiers": junk}))
     assert (error.reason, error.field) == ("TOO_MANY_TIERS", "properties.tiers")
 
 
@@ -121,9 +98,9 @@ def test_one_line_texts_are_capped_at_255() -> None:
     assert (error.reason, error.field) == ("TOO_LONG", "itemId")
     assert rules.nullable_text("d" * 5000, "description", max_length=LIMITS.description) == "d" * 5000
     assert _refused(rules.optional_text, "d" * 5001, "description").reason == "TOO_LONG"
-    group = _refused(rules.validate_price, _price(invoice_display_group="g" * 256))
+    group = _refused(rules.validate_price, price_draft(invoice_display_group="g" * 256))
     assert (group.reason, group.field) == ("TOO_LONG", "invoiceDisplayGroup")
-    name = _refused(rules.validate_price, _price(invoice_display_name="n" * 256))
+    name = _refused(rules.validate_price, price_draft(invoice_display_name="n" * 256))
     assert (name.reason, name.field) == ("TOO_LONG", "invoiceDisplayName")
 
 

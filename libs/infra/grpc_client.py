@@ -1,0 +1,126 @@
+"""The one way a service calls another: ``channel(address)``.
+
+Every call made on such a channel, of any of the four kinds:
+* has a deadline: the call's own ``timeout=``, else the channel's (DEFAULT_TIMEOUT_SECONDS
+  unless ``channel(..., timeout=)`` says otherwise), so no call waits for ever;
+* carries the current merchant and idempotency key (libs/infra/context.py) unless the
+  caller put them in its metadata itself: a servicer calling another service forwards
+  what it was called with;
+* is traced (OpenTelemetry's client interceptors, inside ours);
+* fails with the DomainError the other service raised (libs/infra/grpc_errors.py), not
+  with grpc.aio.AioRpcError: ``except NotFound``, ``err.retryable``. A status that is not
+  one of ours (the service is down, the deadline passed) decodes too, named after its
+  code (Unavailable for UNAVAILABLE). The gateway, which renders statuses itself,
+  asks for ``decode_errors=False``.
+
+A unary call decoded this way is awaited inside the interceptor, so its call object
+answers the response only (no trailing metadata); ask for ``decode_errors=False`` when
+a caller needs the call itself. Request streams are sent as iterators: OpenTelemetry's
+client interceptor breaks the call.write() style (the call ends before the first write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
+from typing import Any
+
+import grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+from libs.infra.context import IDEMPOTENCY_METADATA_KEY, MERCHANT_METADATA_KEY, idempotency_key_var, merchant_id_var
+from libs.infra.grpc_errors import decode_rpc_error
+
+DEFAULT_TIMEOUT_SECONDS = 5.0
+_FORWARDED = ((MERCHANT_METADATA_KEY, merchant_id_var), (IDEMPOTENCY_METADATA_KEY, idempotency_key_var))
+
+Continuation = Callable[[Any, Any], Awaitable[Any]]
+
+
+def channel(
+    address: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    decode_errors: bool = True,
+    options: Sequence[tuple[str, Any]] | None = None,
+) -> grpc.aio.Channel:
+    """An insecure (in-mesh) channel to ``address``; create it inside the running event loop."""
+    ours = [kind(timeout, decode_errors) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
+    return grpc.aio.insecure_channel(
+        address,
+        options=list(options or ()),
+        interceptors=[*ours, *aio_client_interceptors()],  # type: ignore[no-untyped-call]
+    )
+
+
+class _CallDefaults:
+    """What the four kinds share: the call's details completed, its failure decoded."""
+
+    def __init__(self, timeout: float, decode_errors: bool) -> None:
+        self._timeout = timeout
+        self._decode = decode_errors
+
+    def _details(self, details: Any) -> Any:
+        present = details.metadata
+        if not isinstance(present, grpc.aio.Metadata):  # what grpc.aio passes; a tuple if another interceptor built it
+            present = grpc.aio.Metadata(*(present or ()))
+        extra = [(key, value) for key, var in _FORWARDED if (value := var.get()) and key not in present]
+        if not extra and details.timeout is not None:
+            return details
+        return details._replace(
+            timeout=self._timeout if details.timeout is None else details.timeout,
+            metadata=grpc.aio.Metadata(*present, *extra),
+        )
+
+    async def _unary(self, call: Any) -> Any:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            raise decode_rpc_error(exc) from exc
+
+    async def _stream(self, call: Any) -> AsyncIterator[Any]:
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            raise decode_rpc_error(exc) from exc
+
+
+class _DecodedCall:
+    """A client-streaming call whose await raises the decoded error (the interceptor
+    cannot await the call itself: grpc.aio expects a call object back)."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        try:
+            return (yield from self._call.__await__())
+        except grpc.aio.AioRpcError as exc:
+            raise decode_rpc_error(exc) from exc
+
+
+class _UnaryUnary(_CallDefaults, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Continuation, details: Any, request: Any) -> Any:
+        call = await continuation(self._details(details), request)
+        return await self._unary(call) if self._decode else call
+
+
+class _UnaryStream(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation: Continuation, details: Any, request: Any) -> Any:
+        call = await continuation(self._details(details), request)
+        return self._stream(call) if self._decode else call
+
+
+class _StreamUnary(_CallDefaults, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(self, continuation: Continuation, details: Any, request_iterator: Any) -> Any:
+        call = await continuation(self._details(details), request_iterator)
+        return _DecodedCall(call) if self._decode else call
+
+
+class _StreamStream(_CallDefaults, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(self, continuation: Continuation, details: Any, request_iterator: Any) -> Any:
+        call = await continuation(self._details(details), request_iterator)
+        return self._stream(call) if self._decode else call

@@ -1,0 +1,168 @@
+"""The plumbing every servicer repeats, once: who is acting (the merchant from the call's
+context), when (the service's clock), in which transaction (one unit of work per call),
+and whether this is a replay (the Idempotency-Key through ``uow.idempotent``); plus the
+request helpers: the AIP-134 update mask, the merchant check, offset pagination and
+presence-tracked fields.
+
+A servicer method then reads::
+
+    return await self._service.mutate("CreateProduct", request, res.Product,
+        lambda uow, merchant_id, now: ...)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from accrue.type.v1 import pagination_pb2
+from google.protobuf.message import Message
+
+from libs.core.clock import Clock
+from libs.core.errors import InvalidArgument, NotFound
+from libs.core.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, page
+from libs.infra.context import current_idempotency_key, current_merchant_id
+from libs.infra.db import UnitOfWork
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "FieldMask",
+    "IdempotentUnitOfWork",
+    "Page",
+    "ServiceLayer",
+    "camel",
+    "check_merchant",
+    "opt",
+    "page",
+    "page_of",
+    "pagination",
+]
+
+M = TypeVar("M", bound=Message)
+
+
+class IdempotentUnitOfWork(Protocol):
+    """What ``mutate`` needs of a service's unit of work: the libs/infra/db.UnitOfWork it
+    runs in, whose ``idempotent`` answers a replayed Idempotency-Key."""
+
+    @property
+    def transaction(self) -> UnitOfWork: ...
+
+
+U = TypeVar("U", bound=IdempotentUnitOfWork)
+R = TypeVar("R")
+
+
+class ServiceLayer(Generic[U, R]):
+    """Runs a servicer's calls: ``mutate`` in a unit of work (``U``), ``read`` in a
+    read-only one (``R``). Both factories are async context managers."""
+
+    def __init__(
+        self, clock: Clock, unit_of_work: Callable[[], AbstractAsyncContextManager[U]], reader: Callable[[], AbstractAsyncContextManager[R]]
+    ) -> None:
+        self._clock = clock
+        self._unit_of_work = unit_of_work
+        self._reader = reader
+
+    async def mutate(self, method: str, request: Message, response_type: type[M], work: Callable[[U, str, datetime], Awaitable[M]]) -> M:
+        """One mutation: the merchant, the time, one transaction; with an Idempotency-Key,
+        a replay answers the stored response and runs nothing."""
+        merchant_id = current_merchant_id()
+        now = self._clock.now()
+        key = current_idempotency_key()
+        async with self._unit_of_work() as uow:
+            if not key:
+                return await work(uow, merchant_id, now)
+            result = await uow.transaction.idempotent(
+                merchant_id=merchant_id,
+                key=key,
+                method=method,
+                request=request,
+                response_type=response_type,
+                run=lambda: work(uow, merchant_id, now),
+            )
+            assert isinstance(result, response_type)
+            return result
+
+    async def read(self, work: Callable[[R, str], Awaitable[M]]) -> M:
+        merchant_id = current_merchant_id()
+        async with self._reader() as reader:
+            return await work(reader, merchant_id)
+
+
+def check_merchant(requested: str, merchant_id: str, *, field: str = "merchantId") -> None:
+    """A key acts for one merchant; naming another one reads as "no such merchant"."""
+    if requested and requested != merchant_id:
+        raise NotFound("merchant", requested, field=field)
+
+
+def opt(message: Message, name: str) -> Any:
+    """The value of a presence-tracked field, or None when unset."""
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def page_of(request: Message, *, default: int = DEFAULT_PAGE_SIZE) -> Page:
+    """The page a List request asks for (its optional ``limit`` and ``offset``)."""
+    return page(opt(request, "limit"), opt(request, "offset"), default=default)
+
+
+def pagination(of: Page, total: int) -> pagination_pb2.OffsetPagination:
+    return pagination_pb2.OffsetPagination(limit=of.limit, offset=of.offset, total=total)
+
+
+_CAMEL = re.compile(r"_([a-z])")
+
+
+def camel(path: str) -> str:
+    """A proto field name in its REST (JSON) spelling."""
+    return _CAMEL.sub(lambda m: m.group(1).upper(), path)
+
+
+class FieldMask:
+    """AIP-134 update mask over a request: which fields to change, and to what."""
+
+    def __init__(self, request: Message, allowed: Iterable[str]) -> None:
+        self.request = request
+        allowed_set = set(allowed)
+        paths = list(request.update_mask.paths)  # type: ignore[attr-defined]
+        if not paths:  # no mask: every field that is set
+            paths = [f.name for f, _ in request.ListFields() if f.name in allowed_set]
+        for path in paths:
+            if path not in allowed_set:
+                raise InvalidArgument(camel(path), f"{camel(path)} cannot be updated", reason="FIELD_NOT_UPDATABLE")
+        self.paths = set(paths)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.paths
+
+    def __bool__(self) -> bool:
+        return bool(self.paths)
+
+    def value(self, path: str, *, clearable: bool = False) -> Any:
+        """The new value; None when cleared (only if the field may be cleared)."""
+        descriptor = self.request.DESCRIPTOR.fields_by_name[path]
+        if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+            return dict(getattr(self.request, path))
+        if descriptor.is_repeated:
+            return list(getattr(self.request, path))
+        if self.request.HasField(path):
+            return getattr(self.request, path)
+        if clearable:
+            return None
+        raise InvalidArgument(camel(path), f"{camel(path)} cannot be cleared", reason="FIELD_NOT_CLEARABLE")
+
+    def changes(self, *, clearable: Iterable[str] = (), convert: dict[str, Callable[[Any], Any]] | None = None) -> dict[str, Any]:
+        """Every masked field and its new value (``convert`` maps a field's proto value to a
+        plain one; a cleared value stays None)."""
+        clearable_set, converters = set(clearable), convert or {}
+        out: dict[str, Any] = {}
+        for path in sorted(self.paths):
+            value = self.value(path, clearable=path in clearable_set)
+            if value is not None and path in converters:
+                value = converters[path](value)
+            out[path] = value
+        return out

@@ -1,0 +1,13 @@
+"""PaymentService: proto <-> domain. Maps only: rules live in domain/, queries in store.py."""
+
+from __future__ import annotations
+
+from accrue.payment.v1 import payment_service_pb2_grpc
+
+from libs.infra.service import Servicer
+
+
+class PaymentServicer(Servicer, payment_service_pb2_grpc.PaymentServiceServicer):
+    """Every RPC not written here answers UNIMPLEMENTED: the generated base raises
+    NotImplementedError and the server's interceptor (libs/infra/grpc_server.py) turns it
+    into UNIMPLEMENTED "<method> is not built yet", which the gateway answers with 501."""

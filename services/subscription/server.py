@@ -1,0 +1,13 @@
+"""SubscriptionService: proto <-> domain. Maps only: rules live in domain/, queries in store.py."""
+
+from __future__ import annotations
+
+from accrue.subscription.v1 import subscription_service_pb2_grpc
+
+from libs.infra.service import Servicer
+
+
+class SubscriptionServicer(Servicer, subscription_service_pb2_grpc.SubscriptionServiceServicer):
+    """Every RPC not written here answers UNIMPLEMENTED: the generated base raises
+    NotImplementedError and the server's interceptor (libs/infra/grpc_server.py) turns it
+    into UNIMPLEMENTED "<method> is not built yet", which the gateway answers with 501."""
