@@ -9,11 +9,14 @@ STAMP := $(VENV)/.installed
 SITE := $(VENV)/lib/python3.11/site-packages
 PROTO_FILES := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
+# google/api, google/rpc and google/protobuf protos from the pinned wheels (tools/protodeps.py)
+PROTODEPS := .build/protodeps/.stamp
+DESCRIPTORS := .build/accrue.binpb
 
-.PHONY: run test gen lint fmt bench bench-ingest clean help
+.PHONY: run test gen protos-deps descriptors lint fmt bench bench-ingest clean help
 
 help:
-	@echo "make run | make test | make gen | make lint | make bench | make bench-ingest | make clean"
+	@echo "make run | make test | make gen | make protos-deps | make descriptors | make lint | make bench | make bench-ingest | make clean"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -30,16 +33,29 @@ $(GEN_STAMP): $(STAMP) $(PROTO_FILES) tools/gen_protos.py
 
 gen: $(GEN_STAMP)
 
+# the include dirs every client generator needs: protos/ and .build/protodeps/
+$(PROTODEPS): $(STAMP) tools/protodeps.py
+	$(PY) tools/protodeps.py
+	touch $(PROTODEPS)
+
+protos-deps: $(PROTODEPS)
+
+# one FileDescriptorSet of every Accrue service with its imports and source info (comments),
+# plus google.rpc.Status and the error details: for grpcurl, Postman, dynamic clients, buf generate
+$(DESCRIPTORS): $(PROTODEPS) $(PROTO_FILES)
+	$(VENV)/bin/buf build --path protos/accrue --path .build/protodeps/google/rpc/status.proto \
+		--path .build/protodeps/google/rpc/error_details.proto -o $(DESCRIPTORS)
+	@echo "wrote $(DESCRIPTORS)"
+
+descriptors: $(DESCRIPTORS)
+
 run: $(GEN_STAMP)
 	$(PY) -m services.run
 
-test: $(GEN_STAMP)
+test: $(GEN_STAMP) $(PROTODEPS)
 	$(PY) -m pytest
 
-lint: $(GEN_STAMP)
-	rm -rf .build/protodeps && mkdir -p .build/protodeps/google
-	cp -r $(SITE)/google/api .build/protodeps/google/api
-	cp -r $(SITE)/grpc_tools/_proto/google/protobuf .build/protodeps/google/protobuf
+lint: $(GEN_STAMP) $(PROTODEPS)
 	$(VENV)/bin/buf lint protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -36,7 +36,6 @@ from sqlalchemy.engine import make_url
 
 from bench.httpload import encode_request, run_load
 from libs.infra import messaging
-from libs.infra.context import MERCHANT_METADATA_KEY
 from services.run import Mesh
 
 
@@ -81,9 +80,14 @@ async def raw_ceiling(nats_url: str, payload: bytes, seconds: float, concurrency
     return count / elapsed
 
 
-async def grpc_stream(
-    address: str, merchant_id: str, body: svc.BatchIngestEventsRequest, seconds: float, streams: int = 4
-) -> tuple[float, int]:
+def merchant_token(base_url: str, api_key: str) -> str:
+    """The documented route for a direct gRPC caller: the API key exchanged at the gateway."""
+    answer = httpx.post(f"{base_url}/v0/internal/tokens", headers={"Authorization": f"Bearer {api_key}"})
+    answer.raise_for_status()
+    return str(answer.json()["token"])
+
+
+async def grpc_stream(address: str, token: str, body: svc.BatchIngestEventsRequest, seconds: float, streams: int = 4) -> tuple[float, int]:
     accepted = 0
     deadline = time.perf_counter() + seconds
     async with grpc.aio.insecure_channel(address) as channel:
@@ -100,7 +104,7 @@ async def grpc_stream(
                         return
                     yield item
 
-            call = stub.StreamIngestEvents(requests(), metadata=[(MERCHANT_METADATA_KEY, merchant_id)])
+            call = stub.StreamIngestEvents(requests(), metadata=[("authorization", f"Bearer {token}")])
             in_flight = 0
             for _ in range(2):  # two batches in flight per stream
                 await queue.put(svc.StreamIngestEventsRequest(batch=body))
@@ -218,7 +222,7 @@ def run(mesh: Mesh, args: argparse.Namespace) -> None:
     for item in grpc_body.events:
         item.data.update({"tokens": 1, "model": "m1"})
     stream_rate, streamed = asyncio.run(
-        grpc_stream(f"127.0.0.1:{mesh.processes['metering'].port}", mesh.merchant_id, grpc_body, args.seconds)
+        grpc_stream(f"127.0.0.1:{mesh.processes['metering'].port}", merchant_token(base, mesh.api_key), grpc_body, args.seconds)
     )
     expected += streamed
     _line("gRPC StreamIngestEvents, 4 streams x 2 batches in flight: events/s", f"{stream_rate:,.0f}")
@@ -246,7 +250,9 @@ def run(mesh: Mesh, args: argparse.Namespace) -> None:
         before, _ = _count_events(metering_db, mesh.merchant_id)
         queued = 0
         while queued < args.backlog:  # queued while no aggregator runs
-            _, accepted = asyncio.run(grpc_stream(f"127.0.0.1:{mesh.processes['metering'].port}", mesh.merchant_id, grpc_body, 2.0))
+            _, accepted = asyncio.run(
+                grpc_stream(f"127.0.0.1:{mesh.processes['metering'].port}", merchant_token(base, mesh.api_key), grpc_body, 2.0)
+            )
             queued += accepted
         expected += queued
         started = time.perf_counter()

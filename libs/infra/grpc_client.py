@@ -3,9 +3,9 @@
 Every call made on such a channel, of any of the four kinds:
 * has a deadline: the call's own ``timeout=``, else the channel's (DEFAULT_TIMEOUT_SECONDS
   unless ``channel(..., timeout=)`` says otherwise), so no call waits for ever;
-* carries the current merchant and idempotency key (libs/infra/context.py) unless the
-  caller put them in its metadata itself: a servicer calling another service forwards
-  what it was called with;
+* carries the current merchant token and idempotency key (libs/infra/context.py) unless
+  the caller put them in its metadata itself: a servicer calling another service forwards
+  the token it was called with, so the other service verifies the same merchant;
 * is traced (OpenTelemetry's client interceptors, inside ours);
 * fails with the DomainError the other service raised (libs/infra/grpc_errors.py), not
   with grpc.aio.AioRpcError: ``except NotFound``, ``err.retryable``. A status that is not
@@ -21,17 +21,20 @@ client interceptor breaks the call.write() style (the call ends before the first
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from typing import Any
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from libs.infra.context import IDEMPOTENCY_METADATA_KEY, MERCHANT_METADATA_KEY, idempotency_key_var, merchant_id_var
+from libs.infra.context import IDEMPOTENCY_METADATA_KEY, MERCHANT_TOKEN_METADATA_KEY, idempotency_key_var, merchant_token_var
 from libs.infra.grpc_errors import decode_rpc_error
+from libs.infra.settings import ServiceSettings
+from libs.infra.tls import channel_credentials
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
-_FORWARDED = ((MERCHANT_METADATA_KEY, merchant_id_var), (IDEMPOTENCY_METADATA_KEY, idempotency_key_var))
+_FORWARDED = ((MERCHANT_TOKEN_METADATA_KEY, merchant_token_var), (IDEMPOTENCY_METADATA_KEY, idempotency_key_var))
 
 Continuation = Callable[[Any, Any], Awaitable[Any]]
 
@@ -42,14 +45,22 @@ def channel(
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
     decode_errors: bool = True,
     options: Sequence[tuple[str, Any]] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure (in-mesh) channel to ``address``; create it inside the running event loop."""
+    """A channel to ``address``; create it inside the running event loop. TLS with
+    ``credentials``, else with the process's own when ACCRUE_TLS_CA is set
+    (libs/infra/tls.py), else plaintext (in-mesh)."""
     ours = [kind(timeout, decode_errors) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
-    return grpc.aio.insecure_channel(
-        address,
-        options=list(options or ()),
-        interceptors=[*ours, *aio_client_interceptors()],  # type: ignore[no-untyped-call]
-    )
+    interceptors = [*ours, *aio_client_interceptors()]  # type: ignore[no-untyped-call]
+    credentials = credentials if credentials is not None else _process_credentials()
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=list(options or ()), interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=list(options or ()), interceptors=interceptors)
+
+
+@functools.cache
+def _process_credentials() -> grpc.ChannelCredentials | None:
+    return channel_credentials(ServiceSettings())
 
 
 class _CallDefaults:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 
+from libs.infra import metrics
 from libs.infra.db import Database, UnitOfWork
 from libs.infra.logging import get_logger
 from libs.infra.telemetry import extract_context, inject_headers, tracer
@@ -30,30 +32,76 @@ _tracer = tracer("accrue.messaging")
 EVENT_TYPE_HEADER = "Accrue-Event-Type"
 MERCHANT_HEADER = "Accrue-Merchant-Id"
 MSG_ID_HEADER = "Nats-Msg-Id"
+# how often the relay counts its backlog and a consumer reads its consumer_info (metrics)
+METRICS_SAMPLE_SECONDS = 5.0
 
 
 async def connect(url: str, name: str) -> NatsClient:
     return await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
 
 
-async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str]) -> None:
+class StreamReplicasError(RuntimeError):
+    """A stream has fewer replicas than ACCRUE_REQUIRE_STREAM_REPLICAS: the process refuses to start."""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    value = int(raw)
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
+
+
+async def ensure_stream(
+    js: JetStreamContext, name: str, subjects: Sequence[str], *, replicas: int | None = None, require_replicas: int | None = None
+) -> None:
     """Create the stream if missing, or give an existing one these subjects if it has
     others (only the producer calls this: its declaration is the truth). Everything else
-    of an existing stream (replicas, storage, limits) is kept as the operator set it.
-    Single-node default for a new stream: R1, file storage, 2 min dedupe window;
-    production creates its streams R3 on a cluster first (see deploy/)."""
+    of an existing stream (storage, limits) is kept as the operator set it.
+    Single-node default for a new stream: R1, file storage, 2 min dedupe window.
+
+    Replicas: `replicas` (default ACCRUE_STREAM_REPLICAS, 1) is what a missing stream is
+    created with and what an existing stream with fewer is raised to (never lowered);
+    a cluster that cannot place them leaves the stream as it was, with a warning.
+    `require_replicas` (default ACCRUE_REQUIRE_STREAM_REPLICAS, 1) is the floor: a stream
+    that ends up with fewer raises StreamReplicasError, so production never runs on R1."""
     wanted = list(subjects)
+    want_replicas = replicas if replicas is not None else _env_int("ACCRUE_STREAM_REPLICAS", 1)
+    floor = require_replicas if require_replicas is not None else _env_int("ACCRUE_REQUIRE_STREAM_REPLICAS", 1)
     try:
         info = await js.stream_info(name)
     except NotFoundError:
+        config = StreamConfig(name=name, subjects=wanted, duplicate_window=120.0, num_replicas=want_replicas)
         try:
-            await js.add_stream(StreamConfig(name=name, subjects=wanted, duplicate_window=120.0))
-            return
-        except Exception:  # a concurrent starter created it first: check it as found
-            info = await js.stream_info(name)
+            info = await js.add_stream(config)
+        except Exception as exc:
+            try:  # a concurrent starter created it first: check it as found
+                info = await js.stream_info(name)
+            except NotFoundError:
+                if want_replicas == 1:
+                    raise
+                # the cluster cannot place that many replicas: create it as it can, and
+                # let the floor below decide whether that is acceptable
+                log.warning("stream_replicas_not_applied", stream=name, replicas=want_replicas, error=str(exc))
+                info = await js.add_stream(config.evolve(num_replicas=1))
     if sorted(info.config.subjects or []) != sorted(wanted):
         log.info("stream_subjects_updated", stream=name, subjects=wanted, previous=info.config.subjects)
-        await js.update_stream(info.config.evolve(subjects=wanted))
+        info = await js.update_stream(info.config.evolve(subjects=wanted))
+    have = info.config.num_replicas or 1
+    if have < want_replicas:
+        try:
+            info = await js.update_stream(info.config.evolve(num_replicas=want_replicas))
+            log.info("stream_replicas_updated", stream=name, replicas=want_replicas, previous=have)
+        except Exception as exc:
+            log.warning("stream_replicas_not_applied", stream=name, replicas=want_replicas, have=have, error=str(exc))
+        have = info.config.num_replicas or 1
+    if have < floor:
+        raise StreamReplicasError(
+            f"stream {name} has {have} replica(s) but ACCRUE_REQUIRE_STREAM_REPLICAS is {floor}: create it on a JetStream "
+            f"cluster with `nats stream edit {name} --replicas {floor}` (or the streams Job of deploy/k8s) before starting"
+        )
 
 
 @dataclass(frozen=True)
@@ -88,13 +136,16 @@ class OutboxRelay:
     inside its duplicate window, and consumers' inboxes drop it after.
     """
 
-    def __init__(self, db: Database, js: JetStreamContext, *, batch_size: int = 100, poll_seconds: float = 1.0) -> None:
+    def __init__(self, db: Database, js: JetStreamContext, *, batch_size: int = 100, poll_seconds: float = 1.0, service: str = "") -> None:
         self._db = db
         self._js = js
         self._outbox = db.metadata.tables["outbox"]
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds
         self._stopping = asyncio.Event()
+        self._backlog = metrics.OUTBOX_BACKLOG.labels(service)
+        self._published = metrics.OUTBOX_PUBLISHED.labels(service)
+        self._sampled_at = -METRICS_SAMPLE_SECONDS
 
     def stop(self) -> None:
         self._stopping.set()
@@ -108,10 +159,26 @@ class OutboxRelay:
                 log.warning("outbox_relay_error", error=str(exc))
                 published = 0
                 await asyncio.sleep(0.5)
+            await self._sample_backlog()
             if published == 0:
                 self._db.events_committed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._db.events_committed.wait(), self._poll_seconds)
+
+    async def _sample_backlog(self) -> None:
+        """The unpublished rows (a partial index), every METRICS_SAMPLE_SECONDS at most."""
+        now = asyncio.get_running_loop().time()
+        if now - self._sampled_at < METRICS_SAMPLE_SECONDS:
+            return
+        self._sampled_at = now
+        o = self._outbox
+        try:
+            async with self._db.engine.connect() as conn:
+                backlog = await conn.scalar(sa.select(sa.func.count()).select_from(o).where(o.c.published_at.is_(None)))
+        except Exception as exc:  # the relay's own error handling reports PostgreSQL trouble
+            log.debug("outbox_backlog_sample_failed", error=repr(exc))
+            return
+        self._backlog.set(backlog or 0)
 
     async def publish_pending(self) -> int:
         o = self._outbox
@@ -139,7 +206,8 @@ class OutboxRelay:
                     )
                     await self._js.publish(row.subject, row.payload, headers=headers)
             await conn.execute(o.update().where(o.c.seq.in_([r.seq for r in rows])).values(published_at=datetime.now(UTC)))
-            return len(rows)
+        self._published.inc(len(rows))
+        return len(rows)
 
 
 Handler = Callable[[ReceivedEvent, UnitOfWork], Awaitable[None]]
@@ -202,13 +270,45 @@ class _PullConsumer(Generic[H]):
         self._dead_letters = db.metadata.tables["dead_letters"]
         self._stopping = asyncio.Event()
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._handled = metrics.CONSUMER_EVENTS.labels(spec.durable)
+        self._dead_lettered = metrics.DEAD_LETTERS.labels(spec.durable)
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
         sub = await self._subscribe()
-        while sub is not None and not self._stopping.is_set():
+        if sub is None:
+            return
+        sampler = asyncio.create_task(self._sample_info(), name=f"{self.durable}-consumer-info")
+        try:
+            await self._fetch_loop(sub)
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+
+    async def _sample_info(self) -> None:
+        """The consumer's lag (num_pending), unacked and redelivered messages as gauges, every
+        METRICS_SAMPLE_SECONDS (one consumer_info round trip; every replica reports the same
+        durable's numbers, so aggregate with max, not sum)."""
+        stream, durable = self._spec.stream, self.durable
+        pending = metrics.CONSUMER_PENDING.labels(stream, durable)
+        ack_pending = metrics.CONSUMER_ACK_PENDING.labels(stream, durable)
+        redelivered = metrics.CONSUMER_REDELIVERED.labels(stream, durable)
+        while not self._stopping.is_set():
+            try:
+                info = await self.consumer_info()
+            except Exception as exc:  # NATS reconnecting: the next sample reports it
+                log.debug("consumer_info_failed", consumer=durable, error=repr(exc))
+            else:
+                pending.set(info.num_pending or 0)
+                ack_pending.set(info.num_ack_pending or 0)
+                redelivered.set(info.num_redelivered or 0)
+            await self._sleep(METRICS_SAMPLE_SECONDS)
+
+    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
             fetch_started = datetime.now(UTC)
             try:
                 try:
@@ -287,6 +387,7 @@ class _PullConsumer(Generic[H]):
                     failed_at=datetime.now(UTC),
                 )
             )
+        self._dead_lettered.inc()
 
     async def _dead_letter_and_term(self, msg: Msg, events: Sequence[tuple[ReceivedEvent, BaseException]]) -> None:
         """Dead-letter the failed parts of a message, then take it off the consumer; if the
@@ -332,6 +433,7 @@ class EventConsumer(_PullConsumer[Handler]):
                     await self._retry_later(msg)
                 return
             await msg.ack()
+            self._handled.inc()
 
     async def replay(self, event: ReceivedEvent) -> None:
         """Run the handler on the event once: a no-op if this consumer's inbox has it."""
@@ -383,6 +485,7 @@ class BatchConsumer(_PullConsumer[BatchHandler]):
                 await self._handle_alone(msg, event)
             return
         await asyncio.gather(*(m.ack() for m in msgs))
+        self._handled.inc(len(msgs))
 
     async def _handle_alone(self, msg: Msg, event: ReceivedEvent) -> None:
         try:
@@ -394,6 +497,7 @@ class BatchConsumer(_PullConsumer[BatchHandler]):
             await self._dead_letter_and_term(msg, await self._failing_parts(event, exc))
             return
         await msg.ack()
+        self._handled.inc()
 
     async def _failing_parts(self, event: ReceivedEvent, error: Exception) -> list[tuple[ReceivedEvent, BaseException]]:
         """Store the message's parts one by one; the ones that fail, with their errors."""

@@ -3,9 +3,17 @@
 What it starts is a ``Topology`` (services/run.py builds it from services/registry.py):
 a real PostgreSQL and NATS (embedded, from pip wheels) unless ACCRUE_POSTGRES_URL /
 ACCRUE_NATS_URL point at existing servers, then every service, every worker and the
-gateway as separate processes on free ports, waiting until each service is healthy (gRPC
-health checking; the gateway's /healthz); then it creates a demo merchant and writes
-.accrue/run.env. Nothing here knows which services exist.
+gateway as separate processes on free ports (or pinned ones: ACCRUE_<NAME>_PORT, or
+ACCRUE_GRPC_BASE_PORT for the services in registry order), waiting until each service is
+healthy (gRPC health checking; the gateway's /healthz); then it creates a demo merchant and
+writes .accrue/run.env (the gateway URL, the merchant, every service's ACCRUE_<NAME>_ADDR).
+Nothing here knows which services exist.
+
+Every process gets the runner's environment, ACCRUE_* included (ACCRUE_LOG_LEVEL,
+ACCRUE_OTEL_EXPORTER_OTLP_ENDPOINT...), with what the runner decides winning: databases,
+NATS, ports, the addresses of the services it runs. Each child dies with the runner, even
+a SIGKILLed one (a parent-death signal; PostgreSQL, which pg_ctl detaches, through a
+watchdog: libs/infra/embedded.py).
 
 ``main()`` (``make run``) then supervises the processes the way a container runtime
 would: one that exits is restarted with exponential backoff on the port it had (the
@@ -13,7 +21,8 @@ gateway and the printed URLs hold that address), and after too many restarts in 
 the runner stops everything and exits non-zero. See ``Supervisor``.
 
 main() reads ACCRUE_STATE_DIR (default .accrue: data, logs/, pids/, run.env),
-ACCRUE_HTTP_PORT (the gateway's; 0 for any free one) and ACCRUE_RESTART_MAX (default 5).
+ACCRUE_HTTP_PORT (the gateway's; 0 for any free one), ACCRUE_RESTART_MAX (default 5) and
+the port pins (``pinned_ports``).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +43,47 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
-from libs.infra.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from libs.infra.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port
 from libs.infra.service import ServiceDefinition
+from libs.infra.tokens import SIGNING_KEY_ENV, mesh_token_env
 
 ROOT = Path(__file__).resolve().parents[2]
+# what main() reads for itself: not handed on to the processes
+RUNNER_ONLY = frozenset({"ACCRUE_STATE_DIR", "ACCRUE_HTTP_PORT", "ACCRUE_RESTART_MAX", "ACCRUE_GRPC_BASE_PORT"})
+
+
+def env_name(name: str) -> str:
+    """A process name as it appears in variables: metering-aggregator -> METERING_AGGREGATOR."""
+    return name.upper().replace("-", "_")
+
+
+def pinned_ports(services: Sequence[ServiceDefinition], environ: Mapping[str, str]) -> dict[str, int]:
+    """The gRPC ports asked for: ACCRUE_GRPC_BASE_PORT gives the services base, base+1, ...
+    in registry order; ACCRUE_<NAME>_PORT pins one (and wins). Services not named get a
+    free port. Raises ValueError for a value that is no port, or two services on one."""
+    ports: dict[str, int] = {}
+    base = environ.get("ACCRUE_GRPC_BASE_PORT", "").strip()
+    for index, definition in enumerate(services):
+        own = environ.get(f"ACCRUE_{env_name(definition.name)}_PORT", "").strip()
+        if own:
+            ports[definition.name] = _port(f"ACCRUE_{env_name(definition.name)}_PORT", own)
+        elif base:
+            ports[definition.name] = _port("ACCRUE_GRPC_BASE_PORT", base) + index
+    taken: dict[int, str] = {}
+    for name, port in ports.items():
+        if not 0 < port < 65536:
+            raise ValueError(f"{name}'s port {port} is outside 1-65535")
+        if port in taken:
+            raise ValueError(f"{taken[port]} and {name} are both pinned to port {port}")
+        taken[port] = name
+    return ports
+
+
+def _port(variable: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{variable}={value!r} is not a port number") from None
 
 
 @dataclass(frozen=True)
@@ -81,7 +127,10 @@ class Mesh:
     # fsync off for tests; make run keeps PostgreSQL durable
     durable: bool = True
     gateway_port: int | None = None
-    log_level: str = "INFO"
+    # services' gRPC ports (name -> port, pinned_ports); the others take any free port
+    grpc_ports: dict[str, int] = field(default_factory=dict)
+    # None: the runner's ACCRUE_LOG_LEVEL, else INFO
+    log_level: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     # database names are <prefix>_<service>: two meshes can share one PostgreSQL
     db_prefix: str = "accrue"
@@ -93,6 +142,9 @@ class Mesh:
     gateway_url: str = ""
     merchant_id: str = ""
     api_key: str = ""
+    # the merchant-token keys its processes sign and verify with (libs/infra/tokens.py):
+    # the environment's, else a pair of this mesh's own, made in start_infra
+    token_env: dict[str, str] = field(default_factory=dict)
     # what start() and start_service() run; a mesh without one only runs infra and spawn()
     topology: Topology | None = None
 
@@ -107,6 +159,7 @@ class Mesh:
 
     def start_infra(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.token_env = self.token_env or mesh_token_env(os.environ)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         (self.state_dir / "ports").mkdir(exist_ok=True)
         self.postgres_url = self.postgres_url or os.environ.get("ACCRUE_POSTGRES_URL", "")
@@ -119,18 +172,30 @@ class Mesh:
             self.nats = EmbeddedNats(self.state_dir / "nats")
             self.nats.start()
             self.nats_url = self.nats.url
+        pid_dir = self.state_dir / "pids"
+        pid_dir.mkdir(exist_ok=True)
+        if self.pg is not None:
+            (pid_dir / "postgres").write_text(str(self.pg.pid()))
+        if self.nats is not None and self.nats.pid is not None:
+            (pid_dir / "nats-server").write_text(str(self.nats.pid))
 
     def service_env(self, name: str, database: str | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ACCRUE_")}
+        """The runner's environment, its own ACCRUE_* settings included, under what the
+        runner decides (database, NATS, port, port file, log level) and the mesh's extra_env."""
+        env = {k: v for k, v in os.environ.items() if k not in RUNNER_ONLY}
+        env.update(self.token_env)
         env.update(
             ACCRUE_DATABASE_URL=self.database_url(database or name),
             ACCRUE_NATS_URL=self.nats_url,
-            ACCRUE_GRPC_PORT="0",
+            ACCRUE_GRPC_PORT=str(self.grpc_ports.get(name, 0)),
             ACCRUE_PORT_FILE=str(self.state_dir / "ports" / name),
-            ACCRUE_LOG_LEVEL=self.log_level,
+            ACCRUE_LOG_LEVEL=self.log_level or os.environ.get("ACCRUE_LOG_LEVEL") or "INFO",
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra_env)
+        if self.topology is not None and name != self.topology.gateway.name:
+            # only the gateway mints merchant tokens; every other process only verifies them
+            env.pop(SIGNING_KEY_ENV, None)
         return env
 
     def spawn(
@@ -141,7 +206,14 @@ class Mesh:
         log_file = self.state_dir / "logs" / f"{name}.log"
         with open(log_file, "ab") as log:
             popen = subprocess.Popen(
-                [sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                [sys.executable, "-m", module, *args],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # SIGTERM, as a stop would: it stops gracefully when the runner is killed
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         pid_dir = self.state_dir / "pids"
         pid_dir.mkdir(exist_ok=True)
@@ -165,13 +237,14 @@ class Mesh:
 
     def definition_env(self, definition: ServiceDefinition, name: str | None = None) -> dict[str, str]:
         """A definition's process environment: its database, the deployment's settings
-        (the mesh's extra_env wins), and the address of each service it talks to that runs."""
+        (the runner's environment and the mesh's extra_env win), and the address of each
+        service it talks to that runs (over any address in the environment)."""
         env = self.service_env(name or definition.name, definition.database_name)
         for key, value in definition.env.items():
             env.setdefault(key, value)
         for other in definition.talks_to:
             if other in self.processes:
-                env.setdefault(f"ACCRUE_{other.upper()}_ADDR", f"127.0.0.1:{self.wait_port(self.processes[other])}")
+                env[f"ACCRUE_{env_name(other)}_ADDR"] = f"127.0.0.1:{self.wait_port(self.processes[other])}"
         return env
 
     def start_service(self, name: str) -> Process:
@@ -245,7 +318,16 @@ class Mesh:
             f"ACCRUE_MERCHANT_ID={self.merchant_id}\n"
             f"ACCRUE_API_KEY={self.api_key}\n"
             f"ACCRUE_GATEWAY_DATABASE_URL={self.database_url('gateway')}\n"
+            + "".join(f"{key}={value}\n" for key, value in self.service_addresses().items())
         )
+
+    def service_addresses(self) -> dict[str, str]:
+        """ACCRUE_<NAME>_ADDR -> host:port of every gRPC service (the gateway's settings, run.env)."""
+        return {
+            f"ACCRUE_{env_name(d.name)}_ADDR": f"127.0.0.1:{self.processes[d.name].port}"
+            for d in self.plan.services
+            if d.name in self.processes
+        }
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes[name]
@@ -394,7 +476,11 @@ def main(topology: Topology) -> None:
     started = time.monotonic()
     state_dir = Path(os.environ["ACCRUE_STATE_DIR"]) if "ACCRUE_STATE_DIR" in os.environ else ROOT / ".accrue"
     gateway_port = int(os.environ["ACCRUE_HTTP_PORT"]) if "ACCRUE_HTTP_PORT" in os.environ else None
-    mesh = Mesh(state_dir, gateway_port=gateway_port, topology=topology)
+    try:
+        grpc_ports = pinned_ports(topology.services, os.environ)
+    except ValueError as err:
+        sys.exit(f"accrue: {err}")
+    mesh = Mesh(state_dir, gateway_port=gateway_port, grpc_ports=grpc_ports, topology=topology)
     stop = False
     received: list[str] = []
 
@@ -422,6 +508,8 @@ def main(topology: Topology) -> None:
         print(f"\nACCRUE_GATEWAY_URL={mesh.gateway_url}")
         print(f"ACCRUE_MERCHANT_ID={mesh.merchant_id}")
         print(f"ACCRUE_API_KEY={mesh.api_key}")
+        for key, value in mesh.service_addresses().items():
+            print(f"{key}={value}")
         print(f"\n(also in {mesh.state_dir / 'run.env'}; Ctrl-C stops everything)", flush=True)
         try:
             Supervisor(mesh, RestartPolicy.from_env()).run(lambda: stop)

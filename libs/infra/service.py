@@ -3,8 +3,9 @@ the definition's parts (a gRPC server, an HTTP server, workers) -> serve, and th
 on SIGTERM. A service's app.py only declares what is its own (tables, streams, servicers,
 consumers) as a ``ServiceDefinition``; services/registry.py lists the definitions.
 
-Every process gets the same plumbing: logging, tracing (configure_tracing), gRPC health
-(a process without an HTTP part serves gRPC, health at least, so the runner and the
+Every process gets the same plumbing: logging, tracing (configure_tracing), Prometheus
+metrics (libs/infra/metrics.py: ACCRUE_METRICS_PORT, the bound port also in
+``<port file>.metrics``), gRPC health (a process without an HTTP part serves gRPC, health at least, so the runner and the
 kubelet can probe a worker too), the outbox relay, and a graceful stop.
 """
 
@@ -27,7 +28,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from libs.core.clock import Clock, SystemClock
-from libs.infra import migrations
+from libs.infra import metrics, migrations
 from libs.infra.db import Database, create_engine
 from libs.infra.grpc_server import GrpcServer
 from libs.infra.logging import configure_logging, get_logger
@@ -130,6 +131,8 @@ class Host:
         self.port = 0
         self.grpc_port = 0
         self.http_port = 0
+        # the process's Prometheus endpoint (shared by every host of the process); None: off
+        self.metrics_port: int | None = None
         self.runtime: Runtime | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._relay: OutboxRelay | None = None
@@ -143,6 +146,8 @@ class Host:
         if s.migrate_on_start and d.migrations_dir is not None:
             await asyncio.to_thread(migrations.upgrade, s.database_url, d.migrations_dir, d.metadata)
         db = Database(create_engine(s.database_url, pool_size=s.db_pool_size), d.metadata)
+        metrics.POOLS.add(d.name, db.engine)
+        self.metrics_port = metrics.start_endpoint()
         if d.messaging:
             nc = await connect(s.nats_url, name=f"accrue-{d.name}")
             for stream, subjects in d.streams.items():
@@ -151,11 +156,11 @@ class Host:
             nc = NatsClient()  # never connected: what uses it fails at once
         self.runtime = Runtime(settings=s, db=db, nats=nc, js=nc.jetstream(), clock=self.clock)
         if d.serves_grpc:
-            self._grpc = GrpcServer(d.grpc_services, s.grpc_host, s.grpc_port)
+            self._grpc = GrpcServer(d.grpc_services, s.grpc_host, s.grpc_port, settings=s)
             if d.register is not None:
                 d.register(self._grpc.server, self.runtime)
         if d.messaging and d.relay_outbox and s.outbox_relay_enabled:
-            self._relay = OutboxRelay(db, self.runtime.js)
+            self._relay = OutboxRelay(db, self.runtime.js, service=d.name)
             self._tasks.append(asyncio.create_task(self._relay.run(), name=f"{d.name}-outbox-relay"))
         self._workers = list(d.workers(self.runtime))
         for worker in self._workers:
@@ -167,8 +172,10 @@ class Host:
             await self._start_http(d.http(self.runtime))
             self.port = self.http_port
         if s.port_file:
+            if self.metrics_port is not None:  # before the port file: once that exists, both do
+                Path(f"{s.port_file}.metrics").write_text(str(self.metrics_port))
             Path(s.port_file).write_text(str(self.port))
-        log.info("service_started", port=self.port)
+        log.info("service_started", port=self.port, metrics_port=self.metrics_port)
 
     async def _start_http(self, config: uvicorn.Config) -> None:
         """uvicorn on a socket bound here (http_port 0: any free port, known at once)."""
@@ -221,6 +228,7 @@ class Host:
                     await self.runtime.nats.flush(timeout=2)
                 with contextlib.suppress(Exception):
                     await self.runtime.nats.close()
+            metrics.POOLS.remove(self.definition.name, self.runtime.db.engine)
             await self.runtime.db.dispose()
         log.info("service_stopped")
 

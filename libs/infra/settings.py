@@ -31,3 +31,15 @@ class ServiceSettings(BaseSettings):
     # OTLP/HTTP traces endpoint; traces are only exported when set.
     otel_exporter_otlp_endpoint: str | None = None
     shutdown_grace_seconds: float = 5.0
+    # Merchant tokens (libs/infra/tokens.py): a service verifies the token every call
+    # carries with these Ed25519 public keys (raw base64 or PEM, comma separated: more than
+    # one while rotating) and refuses to start without one; the gateway signs with its
+    # private key (raw base64 or PEM), tokens living token_ttl_seconds.
+    token_verify_keys: str | None = None
+    token_signing_key: str | None = None
+    token_ttl_seconds: float = 300.0
+    # Optional mutual TLS (libs/infra/tls.py): PEM files of this process's certificate and
+    # key, and of the CA whose certificates it trusts (and requires of its clients).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None

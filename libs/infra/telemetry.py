@@ -3,19 +3,56 @@
 gRPC spans come from opentelemetry-instrumentation-grpc's aio interceptors. NATS carries
 the context in message headers (``traceparent``), written by the outbox relay and read by
 consumers, so one REST call yields one trace through every hop it causes.
+
+Probes are not traces: health checks and reflection (``grpc.health.v1``,
+``grpc.reflection.*``) are dropped by the sampler (``ProbeFilter``), on the server and on
+the client side alike, so a kubelet probing every few seconds exports nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, _get_from_env_or_default
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import Attributes
 
+from libs.infra.logging import get_logger
+
+log = get_logger(__name__)
 _configured = False
+# gRPC span names are the full method (/package.Service/Method): these are probes
+PROBE_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+class ProbeFilter(Sampler):
+    """Drops the spans of health checks and reflection; the rest is up to ``inner`` (the
+    sampler OTEL_TRACES_SAMPLER names, parent-based always-on by default)."""
+
+    def __init__(self, inner: Sampler | None = None) -> None:
+        self._inner = inner or _get_from_env_or_default()
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        if name.startswith(PROBE_PREFIXES):
+            return SamplingResult(Decision.DROP)
+        return self._inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"ProbeFilter{{{self._inner.get_description()}}}"
 
 
 def configure_tracing(service: str, otlp_endpoint: str | None = None) -> None:
@@ -35,20 +72,27 @@ def configure_tracing(service: str, otlp_endpoint: str | None = None) -> None:
     exporter = _otlp_exporter(otlp_endpoint) if otlp_endpoint else None
     if exporter is None:
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider = TracerProvider(resource=Resource.create({"service.name": service}), sampler=ProbeFilter())
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
 
 
 def _otlp_exporter(endpoint: str) -> SpanExporter | None:
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
-            OTLPSpanExporter,
-        )
-    except ImportError:  # the exporter is an optional extra
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:  # a broken install: say so, tracing stays off
+        log.error("tracing_off_exporter_missing", endpoint=endpoint, error=repr(exc), install="opentelemetry-exporter-otlp-proto-http")
         return None
-    exporter: SpanExporter = OTLPSpanExporter(endpoint=endpoint)
+    exporter: SpanExporter = OTLPSpanExporter(endpoint=_traces_url(endpoint))
+    log.info("tracing_on", endpoint=_traces_url(endpoint))
     return exporter
+
+
+def _traces_url(endpoint: str) -> str:
+    """The OTLP/HTTP traces URL: an endpoint given as the collector's base address
+    (``http://collector:4318``, as OTEL_EXPORTER_OTLP_ENDPOINT is) gets ``/v1/traces``."""
+    base = endpoint.rstrip("/")
+    return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
 
 
 def tracer(name: str) -> trace.Tracer:

@@ -24,6 +24,7 @@ import pytest
 from libs.core.clock import Clock
 from libs.infra.runner import Mesh, Topology
 from libs.infra.service import Host, ServiceDefinition
+from libs.testing.tokens import install_session_keys
 
 TIERS = {
     "unit": "fast: no servers, no processes (domain rules on fakes, pure functions)",
@@ -45,6 +46,7 @@ def tier_of(path: Path, root: Path) -> str | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    install_session_keys()  # every process the tests start signs and verifies merchant tokens with one pair
     for name, text in TIERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
 

@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
@@ -25,16 +26,20 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from libs.core.errors import DomainError, ErrorCode, InvalidArgument, http_status
 from libs.infra import grpc_client
-from libs.infra.context import IDEMPOTENCY_METADATA_KEY, MERCHANT_METADATA_KEY
+from libs.infra.context import IDEMPOTENCY_METADATA_KEY
 from libs.infra.grpc_errors import carried_error, decode_rpc_error
 from libs.infra.logging import get_logger
+from libs.infra.metrics import NO_ROUTE, ROUTE_SCOPE_KEY
 from libs.infra.telemetry import extract_context
+from libs.infra.tls import channel_credentials
+from libs.infra.tokens import SIGNING_KEY_ENV, TokenSigner
 from services.gateway import restjson
 from services.gateway.auth import ApiKeys
 from services.gateway.coalescing import Coalescer
 from services.gateway.inflight import InFlight
 from services.gateway.inflight import Request as InFlightRequest
 from services.gateway.openapi import build_openapi
+from services.gateway.readiness import Readiness
 from services.gateway.settings import GatewaySettings
 from services.gateway.transcoding import Route, Router, build_routes
 
@@ -46,6 +51,8 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 MAX_BODY_BYTES = 1 << 20
+# where an internal caller exchanges an API key for a merchant token (libs/infra/tokens.py)
+TOKENS_PATH = "/v0/internal/tokens"
 # what a request's headers may hold (nginx's default buffers are 4 x 8 KiB)
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 32 * 1024
@@ -130,6 +137,10 @@ class Gateway:
         self.settings = settings
         self.engine = engine
         self.keys: KeyResolver = keys if keys is not None else ApiKeys(settings, engine)
+        if not settings.token_signing_key:
+            raise RuntimeError(f"{SIGNING_KEY_ENV} is not set: the gateway cannot prove its callers' merchant to the services")
+        # one token per merchant, renewed at half its lifetime (libs/infra/tokens.py)
+        self.tokens = TokenSigner.from_text(settings.token_signing_key, ttl_seconds=settings.token_ttl_seconds)
         self.router = Router(build_routes())
         self.openapi = json.dumps(build_openapi(self.router.routes)).encode()
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -146,7 +157,10 @@ class Gateway:
         for route in self.router.routes:
             if route.backend not in self._channels:  # statuses are rendered here, not decoded into exceptions
                 self._channels[route.backend] = grpc_client.channel(
-                    self.settings.backend_address(route.backend), timeout=self.settings.rpc_timeout_seconds, decode_errors=False
+                    self.settings.backend_address(route.backend),
+                    timeout=self.settings.rpc_timeout_seconds,
+                    decode_errors=False,
+                    credentials=channel_credentials(self.settings),
                 )
             self._calls[route.grpc_path] = self._channels[route.backend].unary_unary(
                 route.grpc_path,
@@ -177,11 +191,17 @@ class Gateway:
             return
         path: str = scope["path"]
         method: str = scope["method"]
-        if method == "GET" and path == "/healthz":
+        if method == "GET" and path == "/healthz":  # liveness: the process answers
             await _respond(send, Reply(200, b'{"status":"ok"}'))
+            return
+        if method == "GET" and path == "/readyz":  # readiness: every backend is SERVING
+            await _respond(send, await self._readyz())
             return
         if method == "GET" and path == "/openapi.json":
             await _respond(send, Reply(200, self.openapi))
+            return
+        if path == TOKENS_PATH:
+            await _respond(send, await self._exchange_token(method, scope["headers"]))
             return
         raw_headers = scope["headers"]
         if len(raw_headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in raw_headers) > MAX_HEADER_BYTES:
@@ -189,7 +209,7 @@ class Gateway:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
         with _tracer.start_as_current_span(
-            f"{method} {path}", context=extract_context(headers), kind=SpanKind.SERVER, attributes={"http.request.method": method}
+            method, context=extract_context(headers), kind=SpanKind.SERVER, attributes={"http.request.method": method}
         ) as span:
             reply = await self._serve(scope, receive, method, path, headers)
             if reply is None:  # the client went away; nobody to answer
@@ -199,6 +219,31 @@ class Gateway:
             if reply.status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
             await _respond(send, reply)
+
+    async def _exchange_token(self, method: str, raw_headers: list[tuple[bytes, bytes]]) -> Reply:
+        """POST /v0/internal/tokens: an API key (Authorization: Bearer <key>) for a merchant
+        token, what an internal caller sends to the services' gRPC ports as
+        ``authorization: Bearer <token>`` until ``expiresAt`` (renew at half its lifetime)."""
+        if method != "POST":
+            return error_reply(405, "METHOD_NOT_ALLOWED", f"{method} is not allowed on {TOKENS_PATH}", headers=[(b"allow", b"POST")])
+        authorization = next((v.decode("latin-1") for k, v in raw_headers if k.lower() == b"authorization"), None)
+        merchant_id = await self.keys.merchant_for(authorization)
+        if merchant_id is None:
+            return error_reply(401, "UNAUTHENTICATED", "a valid API key is required: Authorization: Bearer <key>")
+        token = self.tokens.mint(merchant_id)
+        expires_at = datetime.fromtimestamp(token.expires_at, UTC).isoformat().replace("+00:00", "Z")
+        body = {"token": token.value, "merchantId": merchant_id, "expiresAt": expires_at, "metadataKey": "authorization"}
+        return Reply(201, _json(body), [(b"cache-control", b"no-store")])
+
+    _readiness: Readiness | None = None
+
+    async def _readyz(self) -> Reply:
+        """200 when every backend answers grpc.health.v1 SERVING (checked over this gateway's
+        own channels, 0.5 s each, one result shared for 1 s), else 503 naming the down ones."""
+        if self._readiness is None:
+            self._readiness = Readiness(lambda: self._channels)
+        verdict = await self._readiness.verdict()
+        return Reply(200 if verdict.ready else 503, _json(verdict.body()))
 
     async def _serve(self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str]) -> Reply | None:
         """Every request gets an answer within its deadline, and a JSON one, whatever fails."""
@@ -226,6 +271,9 @@ class Gateway:
         self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str], inflight: InFlightRequest
     ) -> Reply | None:
         route, path_vars, allowed = self.router.match(method, path)
+        scope[ROUTE_SCOPE_KEY] = route.template if route is not None else NO_ROUTE  # the metrics' route label (libs/infra/metrics.py)
+        if route is not None:  # the span is named by the route's template (no raw ids), else by the method only
+            trace.get_current_span().update_name(f"{method} {route.openapi_path}")
         if route is None:
             if allowed:
                 allow = ", ".join(allowed).encode()
@@ -246,7 +294,7 @@ class Gateway:
             request = await self._build_request(route, scope, receive, path_vars, headers)
         except DomainError as err:
             return Reply(400, _json(_error_body(400, err.message, "bad_request", err.reason, err.metadata)))
-        metadata: list[tuple[str, str]] = [(MERCHANT_METADATA_KEY, merchant_id)]
+        metadata: list[tuple[str, str]] = [self.tokens.token_for(merchant_id).metadata()]
         if idempotency_key:
             metadata.append((IDEMPOTENCY_METADATA_KEY, idempotency_key))
         inflight.body_read = True  # from here a disconnect can be watched for (services/gateway/inflight.py)

@@ -10,6 +10,7 @@ import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.infra import service
+from libs.infra.metrics import HttpMetrics
 from libs.infra.service import Host, Runtime, ServiceDefinition
 from services.gateway import store
 from services.gateway.app import Gateway, JsonErrorsHttpToolsProtocol
@@ -21,7 +22,7 @@ def _http(runtime: Runtime) -> uvicorn.Config:
     gateway = Gateway(runtime.settings_as(GatewaySettings), runtime.db.engine)
     runtime.extras["gateway"] = gateway
     return uvicorn.Config(
-        gateway,
+        HttpMetrics(gateway),  # requests, statuses and latency per route (libs/infra/metrics.py)
         log_config=None,
         access_log=False,
         lifespan="on",

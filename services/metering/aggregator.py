@@ -6,6 +6,11 @@ a crash after it redelivers rows that already exist and are skipped. Usage is co
 from the stored events, so an event counts once however often it is delivered. An event
 that cannot be stored is dead-lettered alone, in the shared ``dead_letters`` table, and
 ``accrue dead-letters replay --service metering`` stores it once fixed.
+
+Tracing: each stored message gets a CONSUMER span continuing the trace of its publish
+(metering's ``<subject> publish`` span, carried in the message headers) and, under it, an
+``INSERT meter_events`` span that ends when the batch's transaction has committed: one
+trace from the REST call to the stored rows, though rows of many traces share a commit.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from accrue.metering.v1 import metering_resources_pb2 as resources
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,10 +36,12 @@ from libs.infra.db import Database
 from libs.infra.logging import get_logger
 from libs.infra.messaging import BatchConsumer, PullSpec, ReceivedEvent
 from libs.infra.proto_struct import to_python
+from libs.infra.telemetry import extract_context, tracer
 from services.metering import events, store
 from services.metering.subjects import resolve_subjects
 
 log = get_logger(__name__)
+_tracer = tracer("accrue.metering.aggregator")
 DURABLE = "metering-aggregator"
 # A pull returns a partial batch only when this expires: it bounds the 202-to-visible
 # delay at low load (an idle aggregator polls this often; under load batches fill first).
@@ -128,7 +137,28 @@ class Aggregator(BatchConsumer):
         self._last_mark = datetime.min.replace(tzinfo=UTC)
 
     async def _store_messages(self, messages: Sequence[ReceivedEvent]) -> None:
-        await self._store([event for m in messages for event in resources.MeterEventBatch.FromString(m.payload).events])
+        spans: list[trace.Span] = []
+        for message in messages:
+            consumed = _tracer.start_span(
+                f"{message.subject} process",
+                context=extract_context(message.headers),
+                kind=SpanKind.CONSUMER,
+                attributes={"messaging.system": "nats", "messaging.message.id": message.event_id, "messaging.consumer": DURABLE},
+            )
+            store_span = _tracer.start_span(
+                "INSERT meter_events", context=trace.set_span_in_context(consumed), attributes={"db.system": "postgresql"}
+            )
+            spans += [store_span, consumed]  # ended children first
+        try:
+            await self._store([event for m in messages for event in resources.MeterEventBatch.FromString(m.payload).events])
+        except Exception as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            for span in spans:
+                span.end()
 
     async def _after_fetch(self, msgs: list[Msg], fetch_started: datetime) -> None:
         if not msgs or msgs[-1].metadata.num_pending == 0:

@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.core.errors import DomainError, NotFound
 from libs.infra import grpc_client
-from libs.infra.context import MERCHANT_METADATA_KEY
 from libs.infra.db import Database, UnitOfWork
 from libs.infra.logging import get_logger
 from libs.infra.messaging import ReceivedEvent
@@ -98,7 +97,6 @@ class CatalogClient:
             while True:
                 page = await self._stub.ListBillableMetrics(
                     catalog_service.ListBillableMetricsRequest(limit=_PAGE, offset=len(out)),
-                    metadata=((MERCHANT_METADATA_KEY, merchant_id),),
                     timeout=max(0.01, deadline - time.monotonic()),  # one deadline for all the pages
                 )
                 out.extend(page.data)

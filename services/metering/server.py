@@ -18,6 +18,7 @@ from accrue.metering.v1 import metering_service_pb2 as svc
 from accrue.metering.v1 import metering_service_pb2_grpc
 from google.protobuf import json_format, timestamp_pb2
 from nats.js import JetStreamContext
+from opentelemetry.trace import SpanKind
 
 from libs.core.clock import Clock
 from libs.core.errors import DomainError, InvalidArgument, Unavailable, Unprocessable, http_status
@@ -28,7 +29,7 @@ from libs.infra.messaging import MSG_ID_HEADER
 from libs.infra.proto_struct import struct_to_dict
 from libs.infra.proto_time import from_timestamp, to_timestamp
 from libs.infra.service_layer import check_merchant, opt, page_of, pagination
-from libs.infra.telemetry import inject_headers
+from libs.infra.telemetry import inject_headers, tracer
 from services.metering import store
 from services.metering.domain import meter_events as rules
 from services.metering.domain.usage import window_unit
@@ -37,6 +38,7 @@ from services.metering.metrics import MetricIndex, TypeCheck
 from services.metering.usage_query import UsageQuery, query_usage
 from services.metering.usage_query import conditions as usage_conditions
 
+_tracer = tracer("accrue.metering")
 METER_EVENTS_PAGE_SIZE = 20
 MAX_BATCH = 1000
 # one array parameter, so the statement is the same whatever the batch size
@@ -146,10 +148,15 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         batch = resources.MeterEventBatch(events=events)
         keys = "\n".join(rules.dedupe_id(e.merchant_id, e.idempotency_key) for e in events)
         message_id = hashlib.sha256(keys.encode()).hexdigest()  # a retried identical call is dropped by JetStream
+        subject = partition_subject(partition)
         try:
-            await self._js.publish(
-                partition_subject(partition), batch.SerializeToString(), headers=inject_headers({MSG_ID_HEADER: message_id})
-            )
+            # the publish span's context rides in the headers: the aggregator's spans continue it
+            with _tracer.start_as_current_span(
+                f"{subject} publish",
+                kind=SpanKind.PRODUCER,
+                attributes={"messaging.system": "nats", "messaging.message.id": message_id, "messaging.batch.message_count": len(events)},
+            ):
+                await self._js.publish(subject, batch.SerializeToString(), headers=inject_headers({MSG_ID_HEADER: message_id}))
         except Exception as exc:  # not durable: the caller must retry (and dedupe keeps it once)
             raise Unavailable("METER_STREAM_UNAVAILABLE", f"the meter stream did not acknowledge: {exc}") from exc
 

@@ -33,10 +33,10 @@ from accrue.subscription.v1 import subscription_service_pb2 as sub
 from google.protobuf import json_format
 
 from libs.infra import messaging
-from libs.infra.context import MERCHANT_METADATA_KEY
 from libs.infra.runner import Mesh
 from libs.testing.fixtures import MerchantClient
 from libs.testing.meshes import own_mesh
+from libs.testing.tokens import merchant_metadata
 from services.subscription import events as subscription_events
 
 pytestmark = pytest.mark.e2e
@@ -189,7 +189,7 @@ def mesh_without_catalog_events(infra_mesh: Mesh, tmp_path: Path) -> Iterator[Me
 
 def test_read_your_writes_does_not_depend_on_the_catalog_event(mesh_without_catalog_events: Mesh) -> None:
     mesh = mesh_without_catalog_events
-    metadata = [(MERCHANT_METADATA_KEY, "org_ryw0000000001")]
+    metadata = [merchant_metadata("org_ryw0000000001")]
     with (
         grpc.insecure_channel(f"127.0.0.1:{mesh.processes['catalog'].port}") as catalog_channel,
         grpc.insecure_channel(f"127.0.0.1:{mesh.processes['metering'].port}") as metering_channel,
@@ -324,7 +324,7 @@ def test_a_stream_applies_the_same_bounds_per_event(mesh: Mesh, merchant_a: Merc
     async def stream() -> svc.BatchIngestEventsResponse:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.processes['metering'].port}") as channel:
             call = metering_service_pb2_grpc.MeteringServiceStub(channel).StreamIngestEvents(
-                metadata=[(MERCHANT_METADATA_KEY, merchant_a.merchant_id)], timeout=20
+                metadata=[merchant_metadata(merchant_a.merchant_id)], timeout=20
             )
             await call.write(svc.StreamIngestEventsRequest(batch=batch))
             await call.done_writing()

@@ -31,14 +31,14 @@ from libs.core.errors import (
 from libs.infra import grpc_client
 from libs.infra.context import (
     IDEMPOTENCY_METADATA_KEY,
-    MERCHANT_METADATA_KEY,
     current_idempotency_key,
     current_merchant_id,
     idempotency_key_var,
-    merchant_id_var,
+    merchant_token_var,
 )
 from libs.infra.embedded import free_port
 from libs.infra.grpc_server import GrpcServer
+from libs.testing.tokens import merchant_metadata
 
 Request = catalog.CreateProductRequest
 SERVICE = "accrue.test.v1.Probe"
@@ -178,7 +178,7 @@ def _status(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, error_details
 async def _refused(address: str, kind: str, request: Request) -> tuple[grpc.StatusCode, error_details_pb2.ErrorInfo | None, str]:
     async with grpc.aio.insecure_channel(address) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call(channel, kind, [request], metadata=[(MERCHANT_METADATA_KEY, MERCHANT)])
+            await call(channel, kind, [request], metadata=[merchant_metadata(MERCHANT)])
     return _status(caught.value)
 
 
@@ -189,7 +189,7 @@ async def _refused(address: str, kind: str, request: Request) -> tuple[grpc.Stat
 async def test_every_kind_sees_the_merchant_and_idempotency_key(address: str, kind: str) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         responses = await call(
-            channel, kind, [Request(name="ok")], metadata=[(MERCHANT_METADATA_KEY, MERCHANT), (IDEMPOTENCY_METADATA_KEY, "key-1")]
+            channel, kind, [Request(name="ok")], metadata=[merchant_metadata(MERCHANT), (IDEMPOTENCY_METADATA_KEY, "key-1")]
         )
     assert (responses[-1]["merchant"], responses[-1]["key"]) == (MERCHANT, "key-1")
 
@@ -230,7 +230,7 @@ async def test_a_server_stream_written_with_context_write_gets_the_same_context_
             request_serializer=Request.SerializeToString,
             response_deserializer=struct_pb2.Struct.FromString,
         )
-        md = [(MERCHANT_METADATA_KEY, MERCHANT)]
+        md = [merchant_metadata(MERCHANT)]
         answered = [response async for response in method(Request(name="ok"), metadata=md)]
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             _ = [response async for response in method(Request(name="in_use"), metadata=md)]
@@ -251,7 +251,7 @@ async def test_a_domain_error_comes_back_as_itself(address: str, name: str) -> N
     raised = ERRORS[name]
     async with grpc_client.channel(address) as channel:
         with pytest.raises(DomainError) as caught:
-            await call(channel, "unary_unary", [Request(name=name)], metadata=[(MERCHANT_METADATA_KEY, MERCHANT)])
+            await call(channel, "unary_unary", [Request(name=name)], metadata=[merchant_metadata(MERCHANT)])
     got = caught.value
     assert type(got) is type(raised)
     assert (got.code, got.reason, got.message, got.field, got.metadata, got.retryable) == (
@@ -269,19 +269,20 @@ async def test_a_domain_error_comes_back_as_itself(address: str, name: str) -> N
 async def test_every_kind_decodes_its_failure(address: str, kind: str) -> None:
     async with grpc_client.channel(address) as channel:
         with pytest.raises(NotFound) as caught:
-            await call(channel, kind, [Request(name="missing")], metadata=[(MERCHANT_METADATA_KEY, MERCHANT)])
+            await call(channel, kind, [Request(name="missing")], metadata=[merchant_metadata(MERCHANT)])
     assert caught.value.reason == "PRODUCT_NOT_FOUND" and caught.value.field == "id"
 
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_the_current_merchant_and_key_are_forwarded(address: str, kind: str) -> None:
-    merchant_token, key_token = merchant_id_var.set("org_caller"), idempotency_key_var.set("key-from-caller")
+    # what a servicer called by org_caller has: the token it was called with
+    merchant_token, key_token = merchant_token_var.set(merchant_metadata("org_caller")[1]), idempotency_key_var.set("key-from-caller")
     try:
         async with grpc_client.channel(address) as channel:
             forwarded = (await call(channel, kind, [Request(name="ok")]))[-1]
-            explicit = (await call(channel, kind, [Request(name="ok")], metadata=[(MERCHANT_METADATA_KEY, "org_explicit")]))[-1]
+            explicit = (await call(channel, kind, [Request(name="ok")], metadata=[merchant_metadata("org_explicit")]))[-1]
     finally:
-        merchant_id_var.reset(merchant_token)
+        merchant_token_var.reset(merchant_token)
         idempotency_key_var.reset(key_token)
     assert (forwarded["merchant"], forwarded["key"]) == ("org_caller", "key-from-caller")
     assert (explicit["merchant"], explicit["key"]) == ("org_explicit", "key-from-caller")
@@ -291,11 +292,11 @@ async def test_without_a_current_merchant_nothing_is_forwarded(address: str) -> 
     async with grpc_client.channel(address) as channel:
         with pytest.raises(Unauthenticated) as caught:
             await call(channel, "unary_unary", [Request(name="ok")])
-    assert caught.value.reason == "MERCHANT_REQUIRED"
+    assert caught.value.reason == "MERCHANT_TOKEN_REQUIRED"
 
 
 async def test_every_call_has_the_default_deadline_unless_it_sets_its_own(address: str) -> None:
-    md = [(MERCHANT_METADATA_KEY, MERCHANT)]
+    md = [merchant_metadata(MERCHANT)]
     async with grpc_client.channel(address) as channel:
         method = channel.unary_unary(
             _path("unary_unary"), request_serializer=Request.SerializeToString, response_deserializer=struct_pb2.Struct.FromString
@@ -317,7 +318,7 @@ async def test_every_call_has_the_default_deadline_unless_it_sets_its_own(addres
 async def test_a_call_past_its_deadline_fails_deadline_exceeded(address: str) -> None:
     async with grpc_client.channel(address, timeout=0.2) as channel:
         with pytest.raises(DomainError) as caught:
-            await asyncio.wait_for(call(channel, "unary_unary", [Request(name="hang")], metadata=[(MERCHANT_METADATA_KEY, MERCHANT)]), 10)
+            await asyncio.wait_for(call(channel, "unary_unary", [Request(name="hang")], metadata=[merchant_metadata(MERCHANT)]), 10)
     assert caught.value.code is ErrorCode.DEADLINE_EXCEEDED and caught.value.reason == "DEADLINE_EXCEEDED"
     assert not caught.value.retryable
 

@@ -18,10 +18,10 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
 from libs.core.clock import FakeClock
-from libs.infra.context import MERCHANT_METADATA_KEY
 from libs.infra.proto_time import from_timestamp
 from libs.infra.service import ServiceDefinition
 from libs.testing.fixtures import StartHost
+from libs.testing.tokens import merchant_metadata
 from services.gateway import store as gateway_store
 from services.gateway.host import DEFINITION as GATEWAY
 from services.gateway.transcoding import build_routes
@@ -35,7 +35,7 @@ async def test_a_host_takes_its_time_from_the_clock_it_is_given(start_host: Star
     host = await start_host(definition("catalog"), clock=clock)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
         stub = catalog_service_pb2_grpc.CatalogServiceStub(channel)
-        metadata = [(MERCHANT_METADATA_KEY, MERCHANT)]
+        metadata = [merchant_metadata(MERCHANT)]
         first = await stub.CreateProduct(catalog.CreateProductRequest(name="Clocked", description="d"), metadata=metadata)
         clock.advance(timedelta(days=3))
         second = await stub.CreateProduct(catalog.CreateProductRequest(name="Later", description="d"), metadata=metadata)
@@ -83,7 +83,7 @@ async def test_what_is_not_built_answers_unimplemented_and_the_gateway_501(
                 path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=response_class.FromString
             )
             with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await call(request_class(), metadata=[(MERCHANT_METADATA_KEY, MERCHANT)], timeout=10)
+                await call(request_class(), metadata=[merchant_metadata(MERCHANT)], timeout=10)
             assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED, path
             assert raised.value.details() == f"{path} is not built yet"
 

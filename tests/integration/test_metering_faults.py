@@ -26,13 +26,13 @@ from accrue.metering.v1 import metering_service_pb2 as svc
 from accrue.metering.v1 import metering_service_pb2_grpc
 from sqlalchemy.engine import make_url
 
-from libs.infra.context import MERCHANT_METADATA_KEY
 from libs.infra.runner import ROOT, Mesh
 from libs.testing.meshes import own_mesh
+from libs.testing.tokens import merchant_metadata
 
 pytestmark = pytest.mark.integration
 MERCHANT = "org_faults0000001"
-METADATA = [(MERCHANT_METADATA_KEY, MERCHANT)]
+METADATA = [merchant_metadata(MERCHANT)]
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ from accrue.catalog.v1 import catalog_service_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from libs.infra import messaging
-from libs.infra.context import MERCHANT_METADATA_KEY
 from libs.infra.runner import Mesh
 from libs.infra.service import ServiceHost
 from libs.infra.settings import ServiceSettings
 from libs.testing.events import CountingConsumer, consumer_database, messages_on
 from libs.testing.fixtures import Infra
+from libs.testing.tokens import merchant_metadata
 from services.catalog.app import DEFINITION
 from services.catalog.events import STREAM
 
@@ -36,7 +36,7 @@ async def _create_product(port: int, merchant_id: str) -> str:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = catalog_service_pb2_grpc.CatalogServiceStub(channel)
         product = await stub.CreateProduct(
-            svc.CreateProductRequest(name="Crash test", description="outbox"), metadata=[(MERCHANT_METADATA_KEY, merchant_id)]
+            svc.CreateProductRequest(name="Crash test", description="outbox"), metadata=[merchant_metadata(merchant_id)]
         )
     product_id: str = product.id
     return product_id

@@ -82,7 +82,8 @@ def test_each_manifest_serves_and_probes_the_port_its_settings_read(definition: 
         if scheme == "grpc":
             assert server[probe]["grpc"] == {"port": port}, probe
         else:
-            assert server[probe]["httpGet"] == {"path": "/healthz", "port": scheme}, probe
+            path = "/readyz" if probe == "readinessProbe" else "/healthz"  # ready = every backend SERVING
+            assert server[probe]["httpGet"] == {"path": path, "port": scheme}, probe
     if definition in TOPOLOGY.workers:
         assert "Service" not in objects  # a worker is reached by nobody; its port is for the kubelet's probes
     else:
