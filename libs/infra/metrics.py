@@ -216,10 +216,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _streaming(handler, m)
 
 
-def _unary_unary(handler: grpc.RpcMethodHandler, m: _RpcMethod) -> grpc.RpcMethodHandler:
-    inner = handler.unary_unary
+def _timed(inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], m: _RpcMethod) -> Callable[..., Awaitable[Any]]:
+    """A handler with one response, counted and timed."""
 
-    async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         failed: BaseException | None = None
         try:
@@ -230,8 +230,12 @@ def _unary_unary(handler: grpc.RpcMethodHandler, m: _RpcMethod) -> grpc.RpcMetho
         finally:
             m.observe(_code(context, failed), time.perf_counter() - started)
 
+    return timed
+
+
+def _unary_unary(handler: grpc.RpcMethodHandler, m: _RpcMethod) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(
-        unary_unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        _timed(handler.unary_unary, m), request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
     )
 
 
@@ -244,16 +248,7 @@ def _streaming(handler: grpc.RpcMethodHandler, m: _RpcMethod) -> grpc.RpcMethodH
     else:
         inner, build = handler.unary_stream, grpc.unary_stream_rpc_method_handler
 
-    async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        failed: BaseException | None = None
-        try:
-            return await inner(request, context)
-        except BaseException as exc:
-            failed = exc
-            raise
-        finally:
-            m.observe(_code(context, failed), time.perf_counter() - started)
+    unary_response = _timed(inner, m)
 
     async def streamed_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
