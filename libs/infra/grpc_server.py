@@ -8,7 +8,6 @@ import asyncio
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -27,6 +26,7 @@ from libs.infra.context import (
 )
 from libs.infra.declared import check_declared
 from libs.infra.grpc_errors import to_grpc_status
+from libs.infra.grpc_handlers import Inner, each_response, rewrap
 from libs.infra.logging import get_logger
 from libs.infra.metrics import MetricsInterceptor
 from libs.infra.settings import ServiceSettings
@@ -67,47 +67,28 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         if method.startswith(_OPEN_PREFIXES):
             return handler
         verifier = self._verifier
-        kind = _KINDS[(bool(handler.request_streaming), bool(handler.response_streaming))]
-        inner = getattr(handler, kind.attribute)
         checks = not handler.request_streaming
 
-        async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with _request_scope(context, method, verifier):
-                if checks:
-                    check_declared(request)
-                return await inner(request, context)
+        def one_response(inner: Inner) -> Inner:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with _request_scope(context, method, verifier):
+                    if checks:
+                        check_declared(request)
+                    return await inner(request, context)
 
-        async def streamed_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with _request_scope(context, method, verifier):
-                if checks:
-                    check_declared(request)
-                responses = inner(request, context)
-                if hasattr(responses, "__aiter__"):
-                    async for response in responses:
+            return wrapped
+
+        def streamed_responses(inner: Inner) -> Inner:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async with _request_scope(context, method, verifier):
+                    if checks:
+                        check_declared(request)
+                    async for response in each_response(inner(request, context)):
                         yield response
-                else:  # a handler that writes with context.write() and returns nothing
-                    await responses
 
-        return kind.build(
-            streamed_response if handler.response_streaming else unary_response,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return wrapped
 
-
-@dataclass(frozen=True)
-class _Kind:
-    attribute: str
-    build: Callable[..., grpc.RpcMethodHandler]
-
-
-# (request streaming, response streaming) -> the handler attribute and its builder
-_KINDS = {
-    (False, False): _Kind("unary_unary", grpc.unary_unary_rpc_method_handler),
-    (False, True): _Kind("unary_stream", grpc.unary_stream_rpc_method_handler),
-    (True, False): _Kind("stream_unary", grpc.stream_unary_rpc_method_handler),
-    (True, True): _Kind("stream_stream", grpc.stream_stream_rpc_method_handler),
-}
+        return rewrap(handler, one_response=one_response, streamed_responses=streamed_responses)
 
 
 @asynccontextmanager

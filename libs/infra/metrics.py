@@ -34,6 +34,8 @@ from prometheus_client.registry import Collector
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from libs.infra.grpc_handlers import Inner, each_response, rewrap
+
 # One registry per process (not prometheus_client's global one: only what Accrue defines).
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -211,12 +213,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
             return handler
         m = self._method(handler_call_details.method)
-        if not handler.request_streaming and not handler.response_streaming:
-            return _unary_unary(handler, m)
-        return _streaming(handler, m)
+        return rewrap(handler, one_response=lambda inner: _timed(inner, m), streamed_responses=lambda inner: _timed_stream(inner, m))
 
 
-def _timed(inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], m: _RpcMethod) -> Callable[..., Awaitable[Any]]:
+def _timed(inner: Inner, m: _RpcMethod) -> Inner:
     """A handler with one response, counted and timed."""
 
     async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -233,44 +233,22 @@ def _timed(inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], m: 
     return timed
 
 
-def _unary_unary(handler: grpc.RpcMethodHandler, m: _RpcMethod) -> grpc.RpcMethodHandler:
-    return grpc.unary_unary_rpc_method_handler(
-        _timed(handler.unary_unary, m), request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
+def _timed_stream(inner: Inner, m: _RpcMethod) -> Inner:
+    """A handler that streams its responses: latency is the whole call, until the last one."""
 
-
-def _streaming(handler: grpc.RpcMethodHandler, m: _RpcMethod) -> grpc.RpcMethodHandler:
-    """The three streaming kinds: latency is the whole call, until the last response."""
-    if handler.request_streaming and handler.response_streaming:
-        inner, build = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        inner, build = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    else:
-        inner, build = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-
-    unary_response = _timed(inner, m)
-
-    async def streamed_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         failed: BaseException | None = None
         try:
-            responses = inner(request, context)
-            if hasattr(responses, "__aiter__"):
-                async for response in responses:
-                    yield response
-            else:  # a handler that writes with context.write() and returns nothing
-                await responses
+            async for response in each_response(inner(request, context)):
+                yield response
         except BaseException as exc:
             failed = exc
             raise
         finally:
             m.observe(_code(context, failed), time.perf_counter() - started)
 
-    return build(
-        streamed_response if handler.response_streaming else unary_response,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return timed
 
 
 Scope = dict[str, Any]
