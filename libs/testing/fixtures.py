@@ -95,6 +95,16 @@ def infra(infra_mesh: Mesh) -> Infra:
     return Infra(infra_mesh)
 
 
+@pytest.fixture
+async def nc(infra: Infra) -> AsyncIterator[Any]:
+    """A NATS client of the session's server, closed after the test."""
+    from libs.infra import messaging
+
+    client = await messaging.connect(infra.nats_url, "test")
+    yield client
+    await client.close()
+
+
 @pytest.fixture(scope="session")
 def mesh(infra_mesh: Mesh) -> Mesh:
     """The whole mesh as separate processes, as ``make run`` starts it (Mesh.start), with

@@ -57,13 +57,6 @@ class Stream:
 
 
 @pytest.fixture
-async def nc(infra: Infra) -> AsyncIterator[NatsClient]:
-    client = await messaging.connect(infra.nats_url, "test-dead-letters")
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 def stream(nc: NatsClient) -> Stream:
     tag = uuid.uuid4().hex[:10]
     return Stream(f"TEST_DL_{tag}", f"test.dl.{tag}", nc.jetstream())

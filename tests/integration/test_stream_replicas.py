@@ -5,7 +5,6 @@ R3 (production: ACCRUE_REQUIRE_STREAM_REPLICAS=3) refuses to start."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -16,13 +15,6 @@ from libs.testing.fixtures import Infra
 from services.streams import declared, main
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def nc(infra: Infra) -> AsyncIterator[NatsClient]:
-    client = await messaging.connect(infra.nats_url, "test-stream-replicas")
-    yield client
-    await client.close()
 
 
 def _names() -> tuple[str, str]:

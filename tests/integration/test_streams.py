@@ -4,23 +4,14 @@ over what an earlier starter created, and the operator's other settings are kept
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
 
 from libs.infra import messaging
-from libs.testing.fixtures import Infra
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def nc(infra: Infra) -> AsyncIterator[NatsClient]:
-    client = await messaging.connect(infra.nats_url, "test-streams")
-    yield client
-    await client.close()
 
 
 async def test_a_missing_stream_is_created_with_the_declared_subjects(nc: NatsClient) -> None:
