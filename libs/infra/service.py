@@ -233,10 +233,6 @@ class Host:
         log.info("service_stopped")
 
 
-# the name tests and services have used for a gRPC service's host
-ServiceHost = Host
-
-
 async def serve_until_signalled(host: Host) -> None:
     """Start, run until SIGINT/SIGTERM (or the HTTP server stops on one), stop."""
     stop = asyncio.Event()

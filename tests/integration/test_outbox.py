@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from libs.infra import messaging
 from libs.infra.runner import Mesh
-from libs.infra.service import ServiceHost
+from libs.infra.service import Host
 from libs.infra.settings import ServiceSettings
 from libs.testing.events import CountingConsumer, consumer_database, messages_on
 from libs.testing.fixtures import Infra
@@ -95,7 +95,7 @@ async def test_republish_after_a_crash_between_publish_and_mark_is_not_counted_t
     same Nats-Msg-Id; JetStream's duplicate window and the consumer's inbox both drop it."""
     merchant_id = f"org_dup{uuid.uuid4().hex[:8]}"
     database_url = infra.new_database_url("dup_catalog")
-    host = ServiceHost(DEFINITION, ServiceSettings(database_url=database_url, nats_url=infra.nats_url, grpc_port=0))
+    host = Host(DEFINITION, ServiceSettings(database_url=database_url, nats_url=infra.nats_url, grpc_port=0))
     await host.start()
     nc = await messaging.connect(infra.nats_url, "test-dup")
     consumer = CountingConsumer(

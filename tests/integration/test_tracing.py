@@ -11,7 +11,7 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from libs.infra import messaging
-from libs.infra.service import ServiceHost
+from libs.infra.service import Host
 from libs.infra.settings import ServiceSettings
 from libs.testing.events import CountingConsumer, consumer_database
 from libs.testing.fixtures import Infra
@@ -26,9 +26,7 @@ SUBJECT = "accrue.catalog.v1.product.created"
 
 
 async def test_rest_create_is_one_trace_through_grpc_outbox_and_consumer(infra: Infra, span_exporter: Any) -> None:
-    catalog = ServiceHost(
-        DEFINITION, ServiceSettings(database_url=infra.new_database_url("trace_catalog"), nats_url=infra.nats_url, grpc_port=0)
-    )
+    catalog = Host(DEFINITION, ServiceSettings(database_url=infra.new_database_url("trace_catalog"), nats_url=infra.nats_url, grpc_port=0))
     await catalog.start()
     gateway = GatewayHost(
         GatewaySettings(
