@@ -13,10 +13,10 @@ GEN_STAMP := gen/.stamp
 PROTODEPS := .build/protodeps/.stamp
 DESCRIPTORS := .build/accrue.binpb
 
-.PHONY: run test gen protos-deps descriptors lint fmt bench bench-ingest clean help
+.PHONY: run test gen protos-deps descriptors lint fmt bench bench-ingest bench-advance clean help
 
 help:
-	@echo "make run | make test | make gen | make protos-deps | make descriptors | make lint | make bench | make bench-ingest | make clean"
+	@echo "make run | make test | make gen | make protos-deps | make descriptors | make lint | make bench | make bench-ingest | make bench-advance | make clean"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -71,6 +71,9 @@ bench: $(GEN_STAMP)
 # meter-event ingestion (a)-(e), about 4 minutes; BENCH_SECONDS=60 for the sustained runs
 bench-ingest: $(GEN_STAMP)
 	$(PY) -m bench.ingest --seconds $${BENCH_SECONDS:-20}
+
+bench-advance: $(GEN_STAMP)
+	$(PY) -m bench.advance --subscriptions 1000 10000
 
 clean:
 	rm -rf gen .build .accrue .pytest_cache .mypy_cache

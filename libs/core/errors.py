@@ -51,6 +51,8 @@ HTTP_STATUS: Mapping[tuple[ErrorCode, str | None], int] = {
     (ErrorCode.RESOURCE_EXHAUSTED, None): 429,
     (ErrorCode.FAILED_PRECONDITION, None): 409,
     (ErrorCode.FAILED_PRECONDITION, "UNKNOWN_EVENT_TYPE"): 422,
+    # Paygentic's code for paying an invoice that is not ISSUED or PAYMENT_FAILED
+    (ErrorCode.FAILED_PRECONDITION, "INVOICE_NOT_LINKABLE_STATUS"): 422,
     (ErrorCode.ABORTED, None): 409,
     (ErrorCode.OUT_OF_RANGE, None): 400,
     (ErrorCode.UNIMPLEMENTED, None): 501,

@@ -8,9 +8,13 @@ loss, and integers add without drift. Floats never appear: a binary float cannot
 at a billion events.
 
 Rounding to what a customer can actually pay (the ISO 4217 minor unit) happens once per
-invoice line, half-to-even, through :func:`round_to_minor`. Half-to-even is the one
-rule that is unbiased over many lines, so the carried remainders (DESIGN.md section 3)
-do not creep in the customer's or the merchant's favour.
+invoice line, half up (a half goes away from zero: 0.045 -> 0.05, -0.045 -> -0.05),
+through :func:`round_to_minor` (also :func:`round_half_up`). Half up is what every
+peer, every spreadsheet and every customer checking an invoice by hand does; the bias
+half-to-even avoids does not accumulate here, because the rounding carry (DESIGN.md
+sections 3 and 7) keeps each customer's billed cumulative total equal to the rounded
+exact cumulative total, so the drift stays below half a minor unit however many lines
+pass.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import (
-    ROUND_HALF_EVEN,
+    ROUND_HALF_UP,
     Context,
     Decimal,
     DivisionByZero,
@@ -54,7 +58,7 @@ def exact_context() -> Context:
     """
     return Context(
         prec=EXACT_PRECISION,
-        rounding=ROUND_HALF_EVEN,
+        rounding=ROUND_HALF_UP,  # never used: Inexact is trapped
         Emax=999_999,
         Emin=-999_999,
         traps=[Inexact, InvalidOperation, DivisionByZero, Overflow],
@@ -283,12 +287,18 @@ def atomic_to_major(atomic: int) -> Decimal:
     return Decimal(format_major(atomic, min_places=0))
 
 
-def round_to_minor(amount_atomic: Decimal | int, currency: str) -> int:
-    """Round an exact atomic amount once, half-to-even, to the currency's minor unit.
+# The one rounding rule of money (DESIGN.md section 3); provenance records its name.
+ROUNDING_MODE: Final = "half_up"
 
-    The input may be fractional (0.5 units x 3 atomic = 1.5 atomic); the output is
-    always a whole multiple of the minor unit in atomic units (USD: of 10**7).
-    Negative amounts (rebates) round symmetrically, so -0.125 USD becomes -0.12.
+
+def round_to_minor(amount_atomic: Decimal | int, currency: str) -> int:
+    """Round an exact atomic amount once, half up, to the currency's minor unit.
+
+    Half up means a half goes away from zero (Decimal's ROUND_HALF_UP): 0.045 USD
+    becomes 0.05 and 0.125 becomes 0.13. The input may be fractional (0.5 units x 3
+    atomic = 1.5 atomic); the output is always a whole multiple of the minor unit in
+    atomic units (USD: of 10**7). Negative amounts (rebates, credits) round
+    symmetrically, so -0.045 USD becomes -0.05: a credit is the mirror of the charge.
     """
     unit = minor_unit_atomic(currency)
     if isinstance(amount_atomic, bool):
@@ -301,8 +311,13 @@ def round_to_minor(amount_atomic: Decimal | int, currency: str) -> int:
         raise TypeError(f"amount_atomic must be an int or finite Decimal, got {amount_atomic!r}")
     ctx = exact_context()
     minor_units = amount.scaleb(-(ATOMIC_PLACES - currency_exponent(currency)), context=ctx)
-    rounded = minor_units.to_integral_value(rounding=ROUND_HALF_EVEN, context=ctx)
+    rounded = minor_units.to_integral_value(rounding=ROUND_HALF_UP, context=ctx)
     return int(rounded) * unit
+
+
+def round_half_up(amount_atomic: Decimal | int, currency: str) -> int:
+    """The same as :func:`round_to_minor`, by the name the billing rules use."""
+    return round_to_minor(amount_atomic, currency)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,8 @@
 
 Invoicing stores the steps returned here as the line's calculation provenance, so a
 customer (or support) can replay the bill by hand. Arithmetic is exact on Decimal
-quantities and integer atomic prices; the only rounding is the last step, half-to-even
-to the currency's minor unit, once per line (DESIGN.md section 3). The sub-minor
+quantities and integer atomic prices; the only rounding is the last step, half up (a half
+away from zero) to the currency's minor unit, once per line (DESIGN.md section 3). The sub-minor
 remainder is returned, not dropped, so the caller can carry it to the next invoice.
 
 Models:
@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, DecimalException, localcontext
 from functools import partial
-from typing import Final, Literal
+from typing import Literal
 
 from libs.core.errors import InvalidArgument
 from libs.core.money import (
@@ -39,8 +39,7 @@ from libs.core.money import (
     exact_context,
     round_to_minor,
 )
-
-ROUNDING_MODE: Final = "half_even"
+from libs.core.money import ROUNDING_MODE as ROUNDING_MODE
 
 # ---------------------------------------------------------------------------------------
 # Models
@@ -312,7 +311,7 @@ def calculate(price: Price, quantity: Decimal, currency: str) -> PriceCalculatio
         CalculationStep(
             kind="round",
             description=(
-                f"round once, half-to-even, to {exponent} decimal places (the {currency} minor unit); the remainder is carried forward"
+                f"round once, half up, to {exponent} decimal places (the {currency} minor unit); the remainder is carried forward"
             ),
             inputs={
                 "amount": fmt(exact),

@@ -9,10 +9,12 @@ nor from ``x-accrue-merchant-id`` metadata: that header is no longer read.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 from libs.core.errors import Unauthenticated
-from libs.infra.tokens import TOKEN_METADATA_KEY
+from libs.infra.tokens import BEARER, TOKEN_METADATA_KEY, process_signer
 
 # ignored by services since merchant tokens (kept so old callers still import it)
 MERCHANT_METADATA_KEY = "x-accrue-merchant-id"
@@ -34,3 +36,24 @@ def current_merchant_id() -> str:
 
 def current_idempotency_key() -> str | None:
     return idempotency_key_var.get()
+
+
+@contextmanager
+def acting_for(merchant_id: str, *, idempotency_key: str | None = None) -> Iterator[None]:
+    """Work done for ``merchant_id`` outside any request (a scheduler, a consumer): the
+    calls made inside carry a token this process mints for that merchant (its definition
+    declares ``mints_tokens``) and, when given, ``idempotency_key``. Inside a request that
+    already acts for the same merchant, the request's token is kept."""
+    if merchant_id_var.get() == merchant_id and merchant_token_var.get():
+        token = merchant_token_var.get()
+    else:
+        token = BEARER + process_signer().token_for(merchant_id).value
+    merchant = merchant_id_var.set(merchant_id)
+    bearer = merchant_token_var.set(token)
+    key = idempotency_key_var.set(idempotency_key)
+    try:
+        yield
+    finally:
+        idempotency_key_var.reset(key)
+        merchant_token_var.reset(bearer)
+        merchant_id_var.reset(merchant)

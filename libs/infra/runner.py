@@ -129,6 +129,8 @@ class Mesh:
     gateway_port: int | None = None
     # services' gRPC ports (name -> port, pinned_ports); the others take any free port
     grpc_ports: dict[str, int] = field(default_factory=dict)
+    # every service's port once the first one starts (_decide_ports); pinned ones included
+    _decided_ports: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     # None: the runner's ACCRUE_LOG_LEVEL, else INFO
     log_level: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -179,6 +181,15 @@ class Mesh:
         if self.nats is not None and self.nats.pid is not None:
             (pid_dir / "nats-server").write_text(str(self.nats.pid))
 
+    def _mints_tokens(self, name: str) -> bool:
+        assert self.topology is not None
+        if name == self.topology.gateway.name:
+            return True
+        try:
+            return self.topology.definition(name).mints_tokens
+        except KeyError:
+            return False
+
     def service_env(self, name: str, database: str | None = None) -> dict[str, str]:
         """The runner's environment, its own ACCRUE_* settings included, under what the
         runner decides (database, NATS, port, port file, log level) and the mesh's extra_env."""
@@ -193,8 +204,9 @@ class Mesh:
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra_env)
-        if self.topology is not None and name != self.topology.gateway.name:
-            # only the gateway mints merchant tokens; every other process only verifies them
+        if self.topology is not None and not self._mints_tokens(name):
+            # only the gateway and the definitions that declare mints_tokens get the
+            # signing key; every other process only verifies tokens
             env.pop(SIGNING_KEY_ENV, None)
         return env
 
@@ -245,11 +257,26 @@ class Mesh:
         for other in definition.talks_to:
             if other in self.processes:
                 env[f"ACCRUE_{env_name(other)}_ADDR"] = f"127.0.0.1:{self.wait_port(self.processes[other])}"
+            elif other in self._decided_ports:
+                # not started yet (services may call each other both ways): its port is decided
+                env[f"ACCRUE_{env_name(other)}_ADDR"] = f"127.0.0.1:{self._decided_ports[other]}"
         return env
+
+    def _decide_ports(self) -> None:
+        """Every service's gRPC port (pinned, else a free one), decided before the first one
+        starts, so that each is given the address of every service it talks to whatever
+        the start order (the subscription service calls invoicing, which calls it back)."""
+        for definition in self.plan.services:
+            if definition.name not in self._decided_ports:
+                self._decided_ports[definition.name] = self.grpc_ports.get(definition.name) or free_port()
 
     def start_service(self, name: str) -> Process:
         definition = self.plan.definition(name)
-        return self.spawn(name, self.plan.entry, self.definition_env(definition), args=(name,))
+        self._decide_ports()
+        env = self.definition_env(definition)
+        if name in self._decided_ports:
+            env["ACCRUE_GRPC_PORT"] = str(self._decided_ports[name])
+        return self.spawn(name, self.plan.entry, env, args=(name,))
 
     def start_worker(self, kind: str, name: str | None = None) -> Process:
         """A worker process of ``kind`` (a definition in topology.workers); several may run

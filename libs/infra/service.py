@@ -105,6 +105,11 @@ class ServiceDefinition:
     database: str | None = None
     talks_to: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    # whether it mints merchant tokens (ACCRUE_TOKEN_SIGNING_KEY): the gateway for its
+    # callers, and services that call others for a merchant outside any request (the
+    # billing timeline's scheduler, libs.infra.context.acting_for); every other process
+    # only verifies them and never gets the key
+    mints_tokens: bool = False
 
     def __post_init__(self) -> None:
         if self.http is not None and (self.register is not None or self.grpc_services):

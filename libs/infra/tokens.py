@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -163,6 +164,21 @@ class TokenSigner:
                 self._current.clear()  # a new one per merchant is one signature each
             token = self._current[merchant_id] = self.mint(merchant_id)
         return token
+
+
+_process_signer: TokenSigner | None = None
+
+
+def process_signer() -> TokenSigner:
+    """This process's signer, from ``ACCRUE_TOKEN_SIGNING_KEY`` (read once). Only processes
+    whose definition declares ``mints_tokens`` are given the key."""
+    global _process_signer
+    if _process_signer is None:
+        text = os.environ.get(SIGNING_KEY_ENV)
+        if not text:
+            raise RuntimeError(f"{SIGNING_KEY_ENV} is not set: this process cannot act for a merchant outside a request")
+        _process_signer = TokenSigner.from_text(text)
+    return _process_signer
 
 
 def _invalid(message: str) -> Unauthenticated:

@@ -274,6 +274,8 @@ class Gateway:
         scope[ROUTE_SCOPE_KEY] = route.template if route is not None else NO_ROUTE  # the metrics' route label (libs/infra/metrics.py)
         if route is not None:  # the span is named by the route's template (no raw ids), else by the method only
             trace.get_current_span().update_name(f"{method} {route.openapi_path}")
+            if route.timeout_seconds > self.settings.rpc_timeout_seconds:  # a method allowed longer (timeout_seconds)
+                inflight.deadline_at += route.timeout_seconds - self.settings.rpc_timeout_seconds
         if route is None:
             if allowed:
                 allow = ", ".join(allowed).encode()
@@ -313,12 +315,16 @@ class Gateway:
                     )
                 response = outcome.response
             else:
-                response = await self._calls[route.grpc_path](request, metadata=metadata, timeout=self.settings.rpc_timeout_seconds)
+                timeout = max(route.timeout_seconds, self.settings.rpc_timeout_seconds)
+                response = await self._calls[route.grpc_path](request, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             return self._rpc_error_reply(route, exc)
         if route.success_code == 204:
             return Reply(204, None)
-        return Reply(route.success_code, _json(restjson.message_to_json(response)))
+        status = route.success_code
+        if route.created_field and not getattr(response, route.created_field):
+            status = 200  # the resource already existed
+        return Reply(status, _json(restjson.message_to_json(response)))
 
     def _rpc_error_reply(self, route: Route, exc: grpc.aio.AioRpcError) -> Reply:
         err = carried_error(exc)

@@ -214,6 +214,11 @@ def _links(route: Route, routes: list[Route]) -> dict[str, Any]:
     return links
 
 
+def _existed(schema: dict[str, Any]) -> dict[str, Any]:
+    """The 200 of a create whose resource already existed (route.created_field)."""
+    return {"description": "Already existed", "content": {"application/json": {"schema": schema}}}
+
+
 def build_openapi(routes: list[Route], *, title: str = "Accrue API", version: str = "0.1.0") -> dict[str, Any]:
     inputs = _reachable([route.method.input_type for route in routes])
     schemas = _Schemas(_reachable([route.method.output_type for route in routes]) - inputs)
@@ -234,6 +239,7 @@ def build_openapi(routes: list[Route], *, title: str = "Accrue API", version: st
                         **({"links": links} if links else {}),
                     }
                 ),
+                **({"200": _existed(schemas.ref(route.method.output_type))} if route.created_field else {}),
                 "default": {
                     "description": "Error",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},

@@ -48,6 +48,10 @@ class Route:
     batch_grpc_path: str = ""
     batch_request_class: type[Message] | None = None
     batch_response_class: type[Message] | None = None
+    # a boolean response field: false answers 200 instead of success_code
+    created_field: str = ""
+    # the deadline of the gRPC call when it must exceed the gateway's default (0: default)
+    timeout_seconds: int = 0
 
     @property
     def openapi_path(self) -> str:
@@ -101,6 +105,8 @@ def build_routes(services: dict[str, ServiceDescriptor] | None = None) -> list[R
                     path_fields=fields,
                     body=rule.body,
                     success_code=code,
+                    created_field=options.Extensions[accrue_annotations.created_field],
+                    timeout_seconds=options.Extensions[accrue_annotations.timeout_seconds],
                     grpc_path=f"/{service.full_name}/{method.name}",
                     method=method,
                     request_class=message_factory.GetMessageClass(method.input_type),

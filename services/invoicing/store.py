@@ -1,13 +1,528 @@
-"""The invoicing service's own database: its tables and the repositories that read and write
-them (loading and saving the domain's aggregates). Every table is declared here and
-created by a migration in migrations/versions (tests/integration/test_migrations.py
-checks that the two agree)."""
+"""The invoicing service's own database: its tables and the repositories over them
+(domain/ports.py). Every table is declared here and created by a migration in
+migrations/versions (tests/integration/test_migrations.py checks that the two agree).
+
+Money is integer atomic units in ``numeric(38,0)``; exact (unrounded) amounts and
+quantities in plain ``numeric``. Every query is scoped by merchant_id.
+
+* invoices: one per (subscription, sequence number), the database's unique key: the
+  engine's steps may race or repeat, the row exists once.
+* invoice_lines: the lines of an issued invoice, with their provenance (JSON).
+* billed_periods: what each issued invoice billed per price and window: the in-advance
+  rows are what a termination credits, every row what a late-usage correction subtracts.
+* customer_carry: per (merchant, customer, currency) the exact cumulative total E and the
+  billed cumulative total B of the rounding carry (DESIGN section 7).
+* credit_notes: the part of a final invoice below zero.
+* invoice_counters: per merchant the last invoice number given; locked by the issuing
+  transaction (an upsert), so numbers are gapless.
+"""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
 
-from libs.infra.db import add_infra_tables
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.core.clock import Clock
+from libs.core.domain import DomainEvent, EventCollector
+from libs.core.errors import NotFound
+from libs.core.paging import Page
+from libs.infra.db import Database, OutboxMessage, UnitOfWork, add_infra_tables
+from services.invoicing.domain.calculation import Billed, Carry, Line, Window
+from services.invoicing.domain.commands import InvoiceFilters
+from services.invoicing.domain.model import CreditNote, Invoice, InvoiceLine, window_json, window_of
 
 metadata = sa.MetaData()
 add_infra_tables(metadata)
+
+TS = sa.DateTime(timezone=True)
+ATOMIC = sa.Numeric(38, 0)
+EXACT = sa.Numeric()
+
+invoices = sa.Table(
+    "invoices",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("merchant_id", sa.Text, nullable=False),
+    sa.Column("subscription_id", sa.Text, nullable=False),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("sequence_number", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("billing_anchor", TS),
+    sa.Column("billing_cadence", sa.Text, nullable=False),
+    sa.Column("terms", pg.JSONB, nullable=False),
+    sa.Column("composition", pg.JSONB, nullable=False),
+    sa.Column("grace_period_end", TS, nullable=False),
+    sa.Column("period_start", TS, nullable=False),
+    sa.Column("period_end", TS, nullable=False),
+    sa.Column("test_clock_id", sa.Text),
+    sa.Column("auto_approve", sa.Boolean, nullable=False),
+    sa.Column("subtotal", ATOMIC, nullable=False),
+    sa.Column("total_tax", ATOMIC, nullable=False),
+    sa.Column("grand_total", ATOMIC, nullable=False),
+    sa.Column("paid_amount", ATOMIC, nullable=False),
+    sa.Column("item_count", sa.Integer, nullable=False),
+    sa.Column("invoice_number", sa.Text),
+    sa.Column("issued_at", TS),
+    sa.Column("due_at", TS),
+    sa.Column("paid_at", TS),
+    sa.Column("payment_reason", sa.Text),
+    sa.Column("failure_reason", sa.Text),
+    sa.Column("opened_at", TS, nullable=False),
+    sa.Column("metadata", pg.JSONB, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.UniqueConstraint("subscription_id", "sequence_number", name="uq_invoices_subscription_sequence"),
+    sa.UniqueConstraint("merchant_id", "invoice_number", name="uq_invoices_merchant_number"),
+    sa.Index("ix_invoices_merchant_created", "merchant_id", "created_at"),
+    sa.Index("ix_invoices_merchant_customer", "merchant_id", "customer_id"),
+)
+
+invoice_lines = sa.Table(
+    "invoice_lines",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("invoice_id", sa.Text, sa.ForeignKey("invoices.id"), nullable=False),
+    sa.Column("merchant_id", sa.Text, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("price_id", sa.Text),
+    sa.Column("source_id", sa.Text),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("display_name", sa.Text, nullable=False),
+    sa.Column("payment_term", sa.Text),
+    sa.Column("window", pg.JSONB),
+    sa.Column("quantity", EXACT, nullable=False),
+    sa.Column("unit_price", EXACT, nullable=False),
+    sa.Column("exact_amount", EXACT, nullable=False),
+    sa.Column("amount", ATOMIC, nullable=False),
+    sa.Column("tax_rate", EXACT, nullable=False),
+    sa.Column("tax", ATOMIC, nullable=False),
+    sa.Column("total", ATOMIC, nullable=False),
+    sa.Column("corrects", pg.JSONB),
+    sa.Column("provenance", pg.JSONB, nullable=False),
+    sa.Column("metric_name", sa.Text, nullable=False),
+    sa.Column("metric_unit", sa.Text, nullable=False),
+    sa.Column("metric_description", sa.Text, nullable=False),
+    sa.UniqueConstraint("invoice_id", "position", name="uq_invoice_lines_position"),
+)
+
+billed_periods = sa.Table(
+    "billed_periods",
+    metadata,
+    sa.Column("invoice_id", sa.Text, sa.ForeignKey("invoices.id"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("merchant_id", sa.Text, nullable=False),
+    sa.Column("subscription_id", sa.Text, nullable=False),
+    sa.Column("price_id", sa.Text, nullable=False),
+    sa.Column("window_start", TS, nullable=False),
+    sa.Column("window_end", TS, nullable=False),
+    sa.Column("period_start", TS, nullable=False),
+    sa.Column("period_end", TS, nullable=False),
+    sa.Column("period_index", sa.BigInteger, nullable=False),
+    sa.Column("quantity", EXACT, nullable=False),
+    sa.Column("exact_amount", EXACT, nullable=False),
+    sa.Column("tax_rate", EXACT),
+    sa.Index("ix_billed_periods_subscription_end", "subscription_id", "window_end"),
+)
+
+customer_carry = sa.Table(
+    "customer_carry",
+    metadata,
+    sa.Column("merchant_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("currency", sa.Text, primary_key=True),
+    sa.Column("exact_total", EXACT, nullable=False),
+    sa.Column("billed_total", ATOMIC, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+credit_notes = sa.Table(
+    "credit_notes",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("merchant_id", sa.Text, nullable=False),
+    sa.Column("invoice_id", sa.Text, sa.ForeignKey("invoices.id"), nullable=False),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("amount", ATOMIC, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Index("ix_credit_notes_invoice", "invoice_id"),
+)
+
+invoice_counters = sa.Table(
+    "invoice_counters",
+    metadata,
+    sa.Column("merchant_id", sa.Text, primary_key=True),
+    sa.Column("last_number", sa.BigInteger, nullable=False),
+)
+
+_MONEY_COLUMNS = ("subtotal", "total_tax", "grand_total", "paid_amount")
+
+
+def _invoice(row: sa.Row[Any]) -> Invoice:
+    values = dict(row._mapping)
+    for name in _MONEY_COLUMNS:
+        values[name] = int(values[name])
+    return Invoice(**values)
+
+
+def _invoice_values(invoice: Invoice) -> dict[str, Any]:
+    return {column.name: getattr(invoice, column.name) for column in invoices.c}
+
+
+class InvoiceRepository:
+    def __init__(self, conn: AsyncConnection, seen: EventCollector) -> None:
+        self._conn = conn
+        self._seen = seen
+
+    def _load(self, row: sa.Row[Any]) -> Invoice:
+        return self._seen.track(_invoice(row))
+
+    async def get(self, merchant_id: str, invoice_id: str, *, lock: bool = False) -> Invoice:
+        query = sa.select(invoices).where(invoices.c.id == invoice_id, invoices.c.merchant_id == merchant_id)
+        if lock:
+            query = query.with_for_update()
+        row = (await self._conn.execute(query)).first()
+        if row is None:
+            raise NotFound("invoice", invoice_id, field="id")
+        return self._load(row)
+
+    async def by_sequence(self, merchant_id: str, subscription_id: str, sequence_number: int, *, lock: bool = False) -> Invoice | None:
+        t = invoices
+        query = sa.select(t).where(
+            t.c.merchant_id == merchant_id, t.c.subscription_id == subscription_id, t.c.sequence_number == sequence_number
+        )
+        if lock:
+            query = query.with_for_update()
+        row = (await self._conn.execute(query)).first()
+        return None if row is None else self._load(row)
+
+    async def add_if_absent(self, invoice: Invoice) -> tuple[Invoice, bool]:
+        # a racing twin blocks on the unique index until the first commits, then inserts nothing
+        inserted = (
+            await self._conn.execute(
+                pg.insert(invoices)
+                .values(**_invoice_values(invoice))
+                .on_conflict_do_nothing(index_elements=[invoices.c.subscription_id, invoices.c.sequence_number])
+                .returning(invoices.c.id)
+            )
+        ).first()
+        if inserted is not None:
+            return self._seen.track(invoice), True
+        found = await self.by_sequence(invoice.merchant_id, invoice.subscription_id, invoice.sequence_number)
+        if found is None:  # the subscription id is another merchant's: never the case for real ids
+            raise NotFound("subscription", invoice.subscription_id, field="terms.subscriptionId")
+        return found, False
+
+    async def save(self, invoice: Invoice) -> None:
+        values = _invoice_values(invoice)
+        del values["id"]
+        await self._conn.execute(invoices.update().where(invoices.c.id == invoice.id).values(**values))
+        self._seen.track(invoice)
+
+    async def list_page(self, merchant_id: str, filters: InvoiceFilters, page: Page) -> tuple[list[Invoice], int]:
+        t = invoices
+        conditions = [t.c.merchant_id == merchant_id]
+        if filters.status is not None:
+            conditions.append(t.c.status == filters.status)
+        if filters.subscription_id is not None:
+            conditions.append(t.c.subscription_id == filters.subscription_id)
+        if filters.customer_id is not None:
+            conditions.append(t.c.customer_id == filters.customer_id)
+        where = sa.and_(*conditions)
+        total = (await self._conn.execute(sa.select(sa.func.count()).select_from(t).where(where))).scalar_one()
+        query = (
+            sa.select(t)
+            .where(where)
+            .order_by(t.c.created_at.desc(), t.c.sequence_number.desc(), t.c.id.desc())
+            .limit(page.limit)
+            .offset(page.offset)
+        )
+        rows = (await self._conn.execute(query)).all()
+        return [self._load(row) for row in rows], int(total)
+
+    async def of_subscription(self, merchant_id: str, subscription_id: str) -> list[Invoice]:
+        t = invoices
+        query = sa.select(t).where(t.c.merchant_id == merchant_id, t.c.subscription_id == subscription_id).order_by(t.c.sequence_number)
+        return [self._load(row) for row in (await self._conn.execute(query)).all()]
+
+
+def _line_row(stored: InvoiceLine, merchant_id: str) -> dict[str, Any]:
+    line = stored.line
+    return {
+        "id": stored.id,
+        "invoice_id": stored.invoice_id,
+        "merchant_id": merchant_id,
+        "position": stored.position,
+        "kind": line.kind,
+        "price_id": line.price_id,
+        "source_id": line.source_id,
+        "event_type": line.event_type,
+        "display_name": line.display_name,
+        "payment_term": line.payment_term,
+        "window": None if line.window is None else window_json(line.window),
+        "quantity": line.quantity,
+        "unit_price": line.unit_price,
+        "exact_amount": line.exact_amount,
+        "amount": line.amount,
+        "tax_rate": line.tax_rate,
+        "tax": line.tax,
+        "total": line.total,
+        "corrects": None if line.corrects is None else window_json(line.corrects),
+        "provenance": line.provenance,
+        "metric_name": stored.metric_name,
+        "metric_unit": stored.metric_unit,
+        "metric_description": stored.metric_description,
+    }
+
+
+def _line(row: sa.Row[Any]) -> InvoiceLine:
+    v = row._mapping
+    line = Line(
+        kind=v["kind"],
+        price_id=v["price_id"],
+        source_id=v["source_id"],
+        event_type=v["event_type"],
+        display_name=v["display_name"],
+        payment_term=v["payment_term"],
+        window=None if v["window"] is None else window_of(v["window"]),
+        quantity=Decimal(v["quantity"]),
+        unit_price=Decimal(v["unit_price"]),
+        exact_amount=Decimal(v["exact_amount"]),
+        amount=int(v["amount"]),
+        tax_rate=Decimal(v["tax_rate"]),
+        tax=int(v["tax"]),
+        total=int(v["total"]),
+        corrects=None if v["corrects"] is None else window_of(v["corrects"]),
+        provenance=v["provenance"],
+    )
+    return InvoiceLine(
+        id=v["id"],
+        invoice_id=v["invoice_id"],
+        position=v["position"],
+        line=line,
+        metric_name=v["metric_name"],
+        metric_unit=v["metric_unit"],
+        metric_description=v["metric_description"],
+    )
+
+
+class LineRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add_all(self, merchant_id: str, lines: Sequence[InvoiceLine]) -> None:
+        if not lines:
+            return
+        await self._conn.execute(invoice_lines.insert(), [_line_row(line, merchant_id) for line in lines])
+
+    async def of_invoices(self, invoice_ids: Sequence[str]) -> dict[str, list[InvoiceLine]]:
+        out: dict[str, list[InvoiceLine]] = {invoice_id: [] for invoice_id in invoice_ids}
+        if not invoice_ids:
+            return out
+        t = invoice_lines
+        rows = await self._conn.execute(sa.select(t).where(t.c.invoice_id.in_(list(invoice_ids))).order_by(t.c.invoice_id, t.c.position))
+        for row in rows:
+            out[row.invoice_id].append(_line(row))
+        return out
+
+
+class BilledRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add_all(self, merchant_id: str, subscription_id: str, billed: Sequence[Billed]) -> None:
+        if not billed:
+            return
+        await self._conn.execute(
+            billed_periods.insert(),
+            [
+                {
+                    "invoice_id": b.invoice_id,
+                    "position": position,
+                    "merchant_id": merchant_id,
+                    "subscription_id": subscription_id,
+                    "price_id": b.price_id,
+                    "window_start": b.window.start,
+                    "window_end": b.window.end,
+                    "period_start": b.window.period_start,
+                    "period_end": b.window.period_end,
+                    "period_index": b.window.period_index,
+                    "quantity": b.quantity,
+                    "exact_amount": b.exact_amount,
+                    "tax_rate": b.tax_rate,
+                }
+                for position, b in enumerate(billed)
+            ],
+        )
+
+    async def of_subscription(self, merchant_id: str, subscription_id: str, *, window_end_after: datetime) -> list[Billed]:
+        t = billed_periods
+        rows = await self._conn.execute(
+            sa.select(t)
+            .where(t.c.merchant_id == merchant_id, t.c.subscription_id == subscription_id, t.c.window_end > window_end_after)
+            .order_by(t.c.window_start, t.c.invoice_id, t.c.position)
+        )
+        return [
+            Billed(
+                price_id=row.price_id,
+                window=Window(
+                    start=row.window_start,
+                    end=row.window_end,
+                    period_start=row.period_start,
+                    period_end=row.period_end,
+                    period_index=int(row.period_index),
+                ),
+                quantity=Decimal(row.quantity),
+                exact_amount=Decimal(row.exact_amount),
+                invoice_id=row.invoice_id,
+                tax_rate=None if row.tax_rate is None else Decimal(row.tax_rate),
+            )
+            for row in rows
+        ]
+
+
+class CarryRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    def _where(self, merchant_id: str, customer_id: str, currency: str) -> list[sa.ColumnElement[bool]]:
+        t = customer_carry
+        return [t.c.merchant_id == merchant_id, t.c.customer_id == customer_id, t.c.currency == currency]
+
+    async def _read(self, merchant_id: str, customer_id: str, currency: str, *, lock: bool) -> Carry:
+        t = customer_carry
+        query = sa.select(t.c.exact_total, t.c.billed_total).where(*self._where(merchant_id, customer_id, currency))
+        if lock:
+            query = query.with_for_update()
+        row = (await self._conn.execute(query)).first()
+        return Carry(Decimal(0), 0) if row is None else Carry(Decimal(row.exact_total), int(row.billed_total))
+
+    async def lock(self, merchant_id: str, customer_id: str, currency: str) -> Carry:
+        await self._conn.execute(
+            pg.insert(customer_carry)
+            .values(
+                merchant_id=merchant_id,
+                customer_id=customer_id,
+                currency=currency,
+                exact_total=0,
+                billed_total=0,
+                updated_at=sa.func.now(),
+            )
+            .on_conflict_do_nothing()
+        )
+        return await self._read(merchant_id, customer_id, currency, lock=True)
+
+    async def peek(self, merchant_id: str, customer_id: str, currency: str) -> Carry:
+        return await self._read(merchant_id, customer_id, currency, lock=False)
+
+    async def save(self, merchant_id: str, customer_id: str, currency: str, carry: Carry, now: datetime) -> None:
+        await self._conn.execute(
+            customer_carry.update()
+            .where(*self._where(merchant_id, customer_id, currency))
+            .values(exact_total=carry.exact_total, billed_total=carry.billed_total, updated_at=now)
+        )
+
+
+class CreditNoteRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, note: CreditNote) -> None:
+        await self._conn.execute(
+            credit_notes.insert().values(
+                id=note.id,
+                merchant_id=note.merchant_id,
+                invoice_id=note.invoice_id,
+                customer_id=note.customer_id,
+                currency=note.currency,
+                amount=note.amount,
+                status="ISSUED",
+                reason=note.reason,
+                created_at=note.created_at,
+            )
+        )
+
+    async def of_invoice(self, invoice_id: str) -> list[CreditNote]:
+        t = credit_notes
+        rows = await self._conn.execute(sa.select(t).where(t.c.invoice_id == invoice_id).order_by(t.c.created_at))
+        return [
+            CreditNote(
+                id=r.id,
+                merchant_id=r.merchant_id,
+                invoice_id=r.invoice_id,
+                customer_id=r.customer_id,
+                currency=r.currency,
+                amount=int(r.amount),
+                reason=r.reason,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+
+class Numbering:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def next_number(self, merchant_id: str) -> int:
+        t = invoice_counters
+        # the upsert locks the merchant's row until this transaction ends: a concurrent
+        # issue waits, then counts on from the committed number (or from ours, rolled back)
+        stmt = (
+            pg.insert(t)
+            .values(merchant_id=merchant_id, last_number=1)
+            .on_conflict_do_update(index_elements=[t.c.merchant_id], set_={"last_number": t.c.last_number + 1})
+            .returning(t.c.last_number)
+        )
+        return int((await self._conn.execute(stmt)).scalar_one())
+
+
+class SqlInvoicingUnitOfWork:
+    """domain/ports.InvoicingUnitOfWork over PostgreSQL: one libs/infra/db.UnitOfWork and
+    the repositories on its connection. ``translate`` renders a recorded event (views.py)."""
+
+    invoices: InvoiceRepository
+    lines: LineRepository
+    billed: BilledRepository
+    carry: CarryRepository
+    credit_notes: CreditNoteRepository
+    numbering: Numbering
+
+    def __init__(
+        self, db: Database, *, clock: Clock, translate: Callable[[SqlInvoicingUnitOfWork, DomainEvent], Awaitable[OutboxMessage]]
+    ) -> None:
+        self._translate = translate
+        self._uow: UnitOfWork = db.uow(translate=self._translate_event, clock=clock)
+
+    async def _translate_event(self, event: DomainEvent) -> OutboxMessage:
+        return await self._translate(self, event)
+
+    async def __aenter__(self) -> SqlInvoicingUnitOfWork:
+        await self._uow.__aenter__()
+        conn, seen = self._uow.conn, self._uow.seen
+        self.invoices = InvoiceRepository(conn, seen)
+        self.lines = LineRepository(conn)
+        self.billed = BilledRepository(conn)
+        self.carry = CarryRepository(conn)
+        self.credit_notes = CreditNoteRepository(conn)
+        self.numbering = Numbering(conn)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._uow.__aexit__(exc_type, exc, tb)
+
+    @property
+    def transaction(self) -> UnitOfWork:
+        """The libs/infra/db.UnitOfWork underneath (ServiceLayer runs idempotent calls in it)."""
+        return self._uow

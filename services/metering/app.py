@@ -18,6 +18,7 @@ from services.metering.server import MeteringServicer
 from services.metering.settings import MeteringSettings
 from services.metering.store import metadata
 from services.metering.subjects import CUSTOMER_DURABLE, on_customer_event
+from services.metering.test_clocks import TEST_CLOCK_DURABLE, TEST_CLOCK_SUBJECTS, ClockIndex, ClockListener, on_test_clock_event
 from services.subscription import events as subscription_events
 
 SERVICE_NAME = metering_service_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
@@ -32,6 +33,13 @@ def _index(runtime: Runtime) -> MetricIndex:
     return index
 
 
+def _clocks(runtime: Runtime) -> ClockIndex:
+    if "clocks" not in runtime.extras:
+        runtime.extras["clocks"] = ClockIndex(runtime.db)
+    index: ClockIndex = runtime.extras["clocks"]
+    return index
+
+
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     settings = runtime.settings_as(MeteringSettings)
     servicer = MeteringServicer(
@@ -42,6 +50,8 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> None:
         partitions=settings.meter_partitions,
         max_payload=runtime.nats.max_payload,
         max_event_age_days=settings.metering_max_event_age_days,
+        clocks=_clocks(runtime),
+        nats=runtime.nats,
     )
     metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
 
@@ -68,6 +78,16 @@ def workers(runtime: Runtime) -> Sequence[Worker]:
             handler=on_customer_event,
         )
     )
+    # test clocks: the durable consumer keeps the tables, the listener this process's cache
+    out.append(
+        EventConsumer(
+            runtime.db,
+            runtime.js,
+            PullSpec(stream=subscription_events.STREAM, durable=TEST_CLOCK_DURABLE, filter_subject=TEST_CLOCK_SUBJECTS),
+            handler=on_test_clock_event,
+        )
+    )
+    out.append(ClockListener(runtime.nats, _clocks(runtime)))
     if settings.aggregator_enabled:
         out.extend(aggregator_workers(runtime))
     return out

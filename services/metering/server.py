@@ -17,6 +17,7 @@ from accrue.metering.v1 import metering_resources_pb2 as resources
 from accrue.metering.v1 import metering_service_pb2 as svc
 from accrue.metering.v1 import metering_service_pb2_grpc
 from google.protobuf import json_format, timestamp_pb2
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
 
@@ -30,11 +31,12 @@ from libs.infra.proto_struct import struct_to_dict
 from libs.infra.proto_time import from_timestamp, to_timestamp
 from libs.infra.service_layer import check_merchant, opt, page_of, pagination
 from libs.infra.telemetry import inject_headers, tracer
-from services.metering import store
+from services.metering import store, test_clocks
 from services.metering.domain import meter_events as rules
 from services.metering.domain.usage import window_unit
 from services.metering.events import partition_subject
 from services.metering.metrics import MetricIndex, TypeCheck
+from services.metering.test_clocks import ClockChange, ClockIndex, MerchantClocks
 from services.metering.usage_query import UsageQuery, query_usage
 from services.metering.usage_query import conditions as usage_conditions
 
@@ -68,6 +70,8 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         partitions: int,
         max_payload: int = 1 << 20,
         max_event_age_days: int = rules.DEFAULT_MAX_AGE_DAYS,
+        clocks: ClockIndex | None = None,
+        nats: NatsClient | None = None,
     ) -> None:
         self._max_payload = max_payload
         self._max_event_age_days = max_event_age_days
@@ -76,13 +80,23 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self._clock = clock
         self._metrics = metrics
         self._partitions = partitions
+        self._clocks = clocks if clocks is not None else ClockIndex(db)
+        self._nats = nats
 
     # --- ingestion --------------------------------------------------------------------
 
     async def _validate(
-        self, request: svc.IngestEventRequest, merchant_id: str, now: datetime, types: TypeCheck, now_ts: timestamp_pb2.Timestamp
+        self,
+        request: svc.IngestEventRequest,
+        merchant_id: str,
+        now: datetime,
+        types: TypeCheck,
+        now_ts: timestamp_pb2.Timestamp,
+        clocks: MerchantClocks | None,
     ) -> resources.MeterEvent:
-        """The same rules for single, batched and streamed events (every path is _ingest)."""
+        """The same rules for single, batched and streamed events (every path is _ingest).
+        An event of a customer on a test clock (``clocks``) is stamped and bounded in the
+        clock's time; ``ingest_time`` is always the server's."""
         check_merchant(opt(request, "namespace") or "", merchant_id, field="namespace")
         event_type = rules.check_type(request.type)
         source = rules.check_source(request.source)
@@ -93,7 +107,14 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             check_no_nul(request.idempotency_key, "idempotencyKey")
         rules.check_data_size(request.data)
         rules.check_data(struct_to_dict(request.data))
-        when = rules.check_time(_event_time(request.timestamp), now, self._max_event_age_days) if request.HasField("timestamp") else None
+        clock = clocks.clock_of(subject, external_subject) if clocks is not None else None
+        stamp = now_ts if clock is None else clock.timestamp  # the default timestamp
+        if not request.HasField("timestamp"):
+            when = None
+        elif clock is None:
+            when = rules.check_time(_event_time(request.timestamp), now, self._max_event_age_days)
+        else:
+            when = rules.check_time(_event_time(request.timestamp), clock.time, self._max_event_age_days, f"test clock {clock.id} time")
         key = rules.idempotency_key(request.idempotency_key if request.HasField("idempotency_key") else None)
         external_id = rules.external_id(request.external_id if request.HasField("external_id") else None)
         if not request.HasField("data"):
@@ -113,7 +134,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             type=event_type,
             source=source,
             subject=subject,
-            time=now_ts if when is None else to_timestamp(when),
+            time=stamp if when is None else to_timestamp(when),
             idempotency_key=key,
             data=request.data,
             ingest_time=now_ts,
@@ -167,20 +188,32 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         partition), and answer once JetStream has them. Receipts and errors by position."""
         receipts: list[svc.EventReceipt] = [svc.EventReceipt(index=i) for i in range(len(items))]
         errors: list[DomainError | None] = [None] * len(items)
-        valid: list[tuple[int, resources.MeterEvent]] = []
         # one look-up per call (none when every type is known), not per event
         types = await self._metrics.known_types(merchant_id, {item.type for item in items})
+        # None (the common case) when no customer of the merchant is on a test clock
+        clocks = await self._clocks.current(merchant_id)
         now_ts = to_timestamp(now)
-        for index, item in enumerate(items):
+        outcomes: list[resources.MeterEvent | DomainError] = []
+        time_refused = False
+        for item in items:
             try:
-                valid.append((index, await self._validate(item, merchant_id, now, types, now_ts)))
+                outcomes.append(await self._validate(item, merchant_id, now, types, now_ts, clocks))
             except DomainError as err:
-                errors[index] = err
-                receipt = receipts[index]
-                receipt.status, receipt.code, receipt.message = "rejected", err.reason, err.message
-                receipt.http_status = http_status(err.code, err.reason)
-                if err.field:
-                    receipt.field = err.field
+                outcomes.append(err)
+                time_refused = time_refused or err.reason in rules.TIME_BOUND_REASONS
+        if time_refused or clocks is not None:
+            await self._judge_again_on_fresh_clocks(items, outcomes, merchant_id, now, types, now_ts, clocks)
+        valid: list[tuple[int, resources.MeterEvent]] = []
+        for index, outcome in enumerate(outcomes):
+            if not isinstance(outcome, DomainError):
+                valid.append((index, outcome))
+                continue
+            errors[index] = outcome
+            receipt = receipts[index]
+            receipt.status, receipt.code, receipt.message = "rejected", outcome.reason, outcome.message
+            receipt.http_status = http_status(outcome.code, outcome.reason)
+            if outcome.field:
+                receipt.field = outcome.field
         first_of_key: dict[str, int] = {}
         fresh: list[tuple[int, resources.MeterEvent]] = []
         known = await self._known_keys(merchant_id, [e.idempotency_key for _, e in valid]) if check_duplicates and valid else set()
@@ -201,6 +234,70 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             by_partition[rules.partition_of(merchant_id, key, self._partitions)].append(event)
         await asyncio.gather(*(self._publish(partition, events) for partition, events in by_partition.items()))
         return receipts, errors
+
+    async def _judge_again_on_fresh_clocks(
+        self,
+        items: Sequence[svc.IngestEventRequest],
+        outcomes: list[resources.MeterEvent | DomainError],
+        merchant_id: str,
+        now: datetime,
+        types: TypeCheck,
+        now_ts: timestamp_pb2.Timestamp,
+        clocks: MerchantClocks | None,
+    ) -> None:
+        """Events whose answer a stale cache could make wrong, judged again after reading
+        their customers' clocks from the database (one statement, only for such calls):
+        when an event is refused by a time bound (another process may have moved or made
+        the clock a moment ago) or one would be stamped with a cached clock's time, every
+        event of the call that is refused so or whose customer is on a clock."""
+        refused = [i for i, o in enumerate(outcomes) if isinstance(o, DomainError) and o.reason in rules.TIME_BOUND_REASONS]
+        clocked = [i for i, item in enumerate(items) if self._on_a_clock(item, clocks)] if clocks is not None else []
+        if not refused and all(items[i].HasField("timestamp") for i in clocked):
+            return
+        # the clock events of the call too: their clocks are read anyway
+        again = sorted({*refused, *clocked})
+        customers = {items[i].subject for i in again if items[i].subject}
+        externals = {items[i].external_subject for i in again if not items[i].subject and items[i].HasField("external_subject")}
+        fresh = await self._clocks.reread(merchant_id, customers, externals)
+        for index in again:
+            try:
+                outcomes[index] = await self._validate(items[index], merchant_id, now, types, now_ts, fresh)
+            except DomainError as err:
+                outcomes[index] = err
+
+    @staticmethod
+    def _on_a_clock(item: svc.IngestEventRequest, clocks: MerchantClocks | None) -> bool:
+        external = item.external_subject if item.HasField("external_subject") else None
+        return clocks is not None and clocks.clock_of(item.subject, external) is not None
+
+    # --- test clocks --------------------------------------------------------------------
+
+    async def SyncTestClock(self, request: svc.SyncTestClockRequest, context: grpc.aio.ServicerContext) -> svc.SyncTestClockResponse:
+        """The subscription service: a clock's time, its new customers, or its deletion.
+        Idempotent; times only move forward (the answer is the time metering holds)."""
+        merchant_id = current_merchant_id()
+        if not request.test_clock_id:
+            raise InvalidArgument("testClockId", "testClockId is required", reason="REQUIRED")
+        check_no_nul(request.test_clock_id, "testClockId")
+        rules.check_length(request.test_clock_id, "testClockId")
+        if not request.HasField("current_time"):
+            raise InvalidArgument("currentTime", "currentTime is required", reason="REQUIRED")
+        try:
+            when = from_timestamp(request.current_time)
+        except ValueError as exc:
+            raise InvalidArgument("currentTime", "currentTime is not a valid instant", reason="INVALID_TIMESTAMP") from exc
+        for i, customer_id in enumerate(request.customer_ids):
+            if not customer_id:
+                raise InvalidArgument(f"customerIds[{i}]", "a customer id must not be empty", reason="REQUIRED")
+            check_no_nul(customer_id, f"customerIds[{i}]")
+            rules.check_length(customer_id, f"customerIds[{i}]")
+        change = ClockChange(merchant_id, request.test_clock_id, when, tuple(request.customer_ids), request.deleted)
+        async with self._db.engine.begin() as conn:
+            held = await test_clocks.record(conn, change, self._clock.now())
+        # after the commit: this process's cache at once, the others' by broadcast
+        self._clocks.apply(held)
+        await test_clocks.broadcast(self._nats, held)
+        return svc.SyncTestClockResponse(current_time=to_timestamp(held.time))
 
     @staticmethod
     def _response(event: resources.MeterEvent) -> svc.IngestEventResponse:

@@ -6,6 +6,9 @@
 catalog's domain events (metering never reads the catalog's tables).
 ``subject_map`` is metering's projection of customers' external ids, kept from the
 subscription service's customer events (see services/metering/subjects.py).
+``test_clocks`` and ``test_clock_customers``: which customers live on which test clock
+and the clock's time, kept from the subscription service (SyncTestClock and its
+TestClockChanged events; see services/metering/test_clocks.py).
 Events a consumer (the aggregator included) could not handle are in the shared
 ``dead_letters`` infrastructure table (libs/infra/tables.py, libs/infra/dead_letters.py).
 """
@@ -79,6 +82,9 @@ subject_map = sa.Table(
     sa.Column("customer_id", sa.Text),
     sa.Column("sequence", sa.BigInteger, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
+    # the external subjects of given customers (test clocks: a clock customer's events
+    # sent by external subject, services/metering/test_clocks.py)
+    sa.Index("ix_subject_map_customer", "merchant_id", "customer_id"),
 )
 
 # Progress of the aggregator: every event accepted before drained_at is in meter_events.
@@ -87,4 +93,29 @@ aggregator_state = sa.Table(
     metadata,
     sa.Column("consumer", sa.Text, primary_key=True),
     sa.Column("drained_at", TS, nullable=False),
+)
+
+# Test clocks (services/metering/test_clocks.py): each clock's time as metering last heard
+# it (it only moves forward; ``deleted`` is sticky, a tombstone that no late message can
+# undo), and the customers living on each live clock (a customer lives on at most one;
+# a deleted clock's customers are released: their rows are deleted).
+test_clocks = sa.Table(
+    "test_clocks",
+    metadata,
+    sa.Column("merchant_id", sa.Text, primary_key=True),
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("clock_time", TS, nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+test_clock_customers = sa.Table(
+    "test_clock_customers",
+    metadata,
+    sa.Column("merchant_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("test_clock_id", sa.Text, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    # a clock's customers (release on delete, a merchant's load)
+    sa.Index("ix_test_clock_customers_clock", "merchant_id", "test_clock_id"),
 )

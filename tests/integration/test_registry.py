@@ -101,6 +101,14 @@ def test_each_manifest_sets_what_the_definition_declares(definition: ServiceDefi
     assert {key for key in env if key.endswith("_ADDR")} == {f"ACCRUE_{other.upper()}_ADDR" for other in definition.talks_to}
 
 
+@pytest.mark.parametrize("definition", PROCESSES, ids=lambda d: d.name)
+def test_only_the_processes_that_mint_tokens_get_the_signing_key(definition: ServiceDefinition) -> None:
+    (server,) = _manifest(definition)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    names = {item["name"] for item in server.get("env", [])}
+    mints = definition.mints_tokens or definition.name == TOPOLOGY.gateway.name
+    assert ("ACCRUE_TOKEN_SIGNING_KEY" in names) == mints
+
+
 def test_the_dev_databases_and_secrets_are_the_registrys() -> None:
     databases = sorted({d.database_name for d in PROCESSES})
     secrets = [doc["metadata"]["name"] for doc in _documents(ROOT / "deploy/k8s/components/postgres/secrets.yaml")]

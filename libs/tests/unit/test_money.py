@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from libs.core.errors import InvalidArgument
 from libs.core.money import (
     ATOMIC_PER_MAJOR,
+    ROUNDING_MODE,
     Money,
     atomic_to_major,
     currency_exponent,
@@ -20,6 +21,7 @@ from libs.core.money import (
     major_to_atomic,
     minor_unit_atomic,
     parse_decimal,
+    round_half_up,
     round_to_minor,
 )
 
@@ -308,27 +310,39 @@ def test_format_major_rejects_bad_arguments() -> None:
 @pytest.mark.parametrize(
     ("amount", "currency", "rounded"),
     [
-        (Decimal(125_000_000), "USD", 120_000_000),  # 0.125 -> 0.12 (half to even)
+        (Decimal(45_000_000), "USD", 50_000_000),  # 0.045 -> 0.05 (half up)
+        (-45_000_000, "USD", -50_000_000),  # -0.045 -> -0.05 (a half away from zero)
+        (Decimal(125_000_000), "USD", 130_000_000),  # 0.125 -> 0.13 (half-to-even said 0.12)
         (Decimal(135_000_000), "USD", 140_000_000),  # 0.135 -> 0.14
-        (-125_000_000, "USD", -120_000_000),  # symmetric for rebates
+        (-125_000_000, "USD", -130_000_000),  # symmetric for rebates
         (-135_000_000, "USD", -140_000_000),
         (Decimal("5000000.5"), "USD", 10_000_000),  # just over half a cent
-        (Decimal("4999999.5"), "USD", 0),
+        (Decimal("4999999.5"), "USD", 0),  # just under
+        (Decimal("-4999999.5"), "USD", 0),
+        (Decimal(5_000_000), "USD", 10_000_000),  # exactly half a cent
+        (Decimal(-5_000_000), "USD", -10_000_000),
         (Decimal(2_469_120_000), "USD", 2_470_000_000),
-        (500_000_000, "JPY", 0),  # 0.5 yen -> 0
+        (500_000_000, "JPY", 1_000_000_000),  # 0.5 yen -> 1
         (1_500_000_000, "JPY", 2_000_000_000),
-        (2_500_000_000, "JPY", 2_000_000_000),
+        (2_500_000_000, "JPY", 3_000_000_000),  # half-to-even said 2
+        (-2_500_000_000, "JPY", -3_000_000_000),
         (Decimal("1234567.5"), "KWD", 1_000_000),
-        (Decimal(50_000), "CLF", 0),
+        (Decimal(500_000), "KWD", 1_000_000),  # 0.0005 KWD -> 0.001
+        (Decimal(50_000), "CLF", 100_000),  # 0.00005 CLF -> 0.0001
         (Decimal(150_000), "CLF", 200_000),
         (Decimal("0.5"), "USD", 0),
         (0, "EUR", 0),
     ],
 )
-def test_round_to_minor_half_to_even(amount: Decimal | int, currency: str, rounded: int) -> None:
+def test_round_to_minor_half_up(amount: Decimal | int, currency: str, rounded: int) -> None:
     result = round_to_minor(amount, currency)
     assert type(result) is int
     assert result == rounded
+    assert round_half_up(amount, currency) == rounded
+
+
+def test_rounding_mode_is_named_half_up() -> None:
+    assert ROUNDING_MODE == "half_up"
 
 
 def test_round_to_minor_keeps_precision_beyond_28_digits() -> None:
@@ -456,8 +470,8 @@ def test_round_to_minor_is_within_half_a_minor_unit(amount: Decimal | int, curre
     with localcontext(EXACT):
         error = abs(Decimal(amount) - rounded)
         assert error * 2 <= unit
-        if error * 2 == unit:  # a tie went to the even neighbour
-            assert (rounded // unit) % 2 == 0
+        if error * 2 == unit:  # a tie went away from zero
+            assert abs(rounded) > abs(Decimal(amount))
     assert round_to_minor(rounded, currency) == rounded
 
 
@@ -467,3 +481,10 @@ def test_money_addition_is_integer_addition(a: int, b: int, currency: str) -> No
     total = Money(a, currency) + Money(b, currency)
     assert type(total.amount_atomic) is int
     assert total.amount_atomic == a + b
+
+
+@PROPERTY
+@given(amount=atomic_amounts, currency=currencies)
+def test_rounding_is_symmetric_around_zero(amount: int, currency: str) -> None:
+    # half up goes away from zero on both sides: a credit is the exact mirror of its charge
+    assert round_to_minor(-amount, currency) == -round_to_minor(amount, currency)

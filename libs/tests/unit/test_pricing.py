@@ -108,21 +108,21 @@ def test_standard_multiplies_then_rounds_once() -> None:
     multiply, rounding = calc.steps
     assert multiply.inputs == {"quantity": "123456", "unitPrice": "0.00002"}
     assert multiply.outputs == {"amount": "2.46912"}
-    assert rounding.inputs == {"amount": "2.46912", "scale": "2", "mode": "half_even"}
+    assert rounding.inputs == {"amount": "2.46912", "scale": "2", "mode": "half_up"}
     assert rounding.outputs == {"amount": "2.47", "remainder": "-0.00088"}
 
 
 @pytest.mark.parametrize(
     ("unit_price", "rounded"),
     [
-        (125_000_000, 120_000_000),  # 0.125 -> 0.12
+        (125_000_000, 130_000_000),  # 0.125 -> 0.13
         (135_000_000, 140_000_000),  # 0.135 -> 0.14
-        (-125_000_000, -120_000_000),  # a rebate rounds symmetrically
-        (115_000_000, 120_000_000),
-        (145_000_000, 140_000_000),
+        (-125_000_000, -130_000_000),  # a rebate rounds symmetrically, away from zero
+        (124_999_999, 120_000_000),  # below the half: down
+        (145_000_000, 150_000_000),
     ],
 )
-def test_rounding_is_half_to_even(unit_price: int, rounded: int) -> None:
+def test_rounding_is_half_up(unit_price: int, rounded: int) -> None:
     calc = calculate(StandardPrice(unit_price), Decimal(1), "USD")
     assert calc.amount_atomic == rounded
 
@@ -142,7 +142,7 @@ def test_fractional_atomic_amounts_stay_exact_until_the_round() -> None:
 
 
 def test_rounding_uses_the_currency_minor_unit() -> None:
-    assert calculate(StandardPrice(MAJOR // 2), Decimal(5), "JPY").amount_atomic == 2 * MAJOR
+    assert calculate(StandardPrice(MAJOR // 2), Decimal(5), "JPY").amount_atomic == 3 * MAJOR  # 2.5 -> 3
     kwd = calculate(StandardPrice(1_234_567), Decimal(1), "KWD")  # 0.001234567
     assert kwd.amount_atomic == 1_000_000
     assert kwd.steps[-1].inputs["scale"] == "3"
@@ -231,7 +231,7 @@ def test_package_price_below_the_minor_unit_is_rounded_once() -> None:
     # 0.001 per package
     calc = calculate(PackagePrice(Decimal(1), 1_000_000), Decimal(15), "USD")
     assert calc.exact_amount_atomic == 15_000_000
-    assert calc.amount_atomic == 20_000_000  # 0.015 -> 0.02 (half to even)
+    assert calc.amount_atomic == 20_000_000  # 0.015 -> 0.02 (half up)
 
 
 @pytest.mark.parametrize("size", [Decimal(0), Decimal(-1), Decimal("NaN"), Decimal("Infinity")])

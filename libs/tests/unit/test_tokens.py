@@ -115,3 +115,41 @@ def test_the_gateway_reuses_a_merchants_token_until_half_its_lifetime() -> None:
 def test_a_service_without_verify_keys_does_not_start() -> None:
     with pytest.raises(RuntimeError, match="ACCRUE_TOKEN_VERIFY_KEYS"):
         GrpcServer(["x.Y"], "127.0.0.1", 0, settings=ServiceSettings(token_verify_keys=""))
+
+
+def test_acting_for_mints_a_token_of_that_merchant_and_clears_the_callers_idempotency_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libs.infra import context, tokens
+
+    monkeypatch.setenv(tokens.SIGNING_KEY_ENV, PAIR.signing_key)
+    monkeypatch.setattr(tokens, "_process_signer", None)
+    request_key = context.idempotency_key_var.set("the-callers-key")
+    try:
+        with context.acting_for("org_one"):
+            bearer = context.merchant_token_var.get()
+            assert bearer is not None and bearer.startswith(tokens.BEARER)
+            assert _verifier().merchant_of(bearer.removeprefix(tokens.BEARER)) == "org_one"
+            assert context.current_merchant_id() == "org_one"
+            assert context.current_idempotency_key() is None
+        with context.acting_for("org_one", idempotency_key="step-1"):
+            assert context.current_idempotency_key() == "step-1"
+        assert context.current_idempotency_key() == "the-callers-key"
+        assert context.merchant_id_var.get() is None
+    finally:
+        context.idempotency_key_var.reset(request_key)
+
+
+def test_acting_for_keeps_the_requests_token_for_the_same_merchant_and_needs_the_key_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libs.infra import context, tokens
+
+    monkeypatch.delenv(tokens.SIGNING_KEY_ENV, raising=False)
+    monkeypatch.setattr(tokens, "_process_signer", None)
+    merchant = context.merchant_id_var.set("org_one")
+    bearer = context.merchant_token_var.set("Bearer from-the-request")
+    try:
+        with context.acting_for("org_one"):
+            assert context.merchant_token_var.get() == "Bearer from-the-request"
+        with pytest.raises(RuntimeError, match="ACCRUE_TOKEN_SIGNING_KEY"), context.acting_for("org_two"):
+            pass
+    finally:
+        context.merchant_token_var.reset(bearer)
+        context.merchant_id_var.reset(merchant)

@@ -89,18 +89,24 @@ def check_subjects(subject: str, external_subject: str | None) -> None:
     check_length(external_subject, "externalSubject")
 
 
-def check_time(when: datetime, now: datetime, max_age_days: int = DEFAULT_MAX_AGE_DAYS) -> datetime:
-    """At most 5 minutes ahead of the server's clock, and within the backdating window."""
+# the reasons of check_time's refusals (judged again on a fresh test clock: server.py)
+TIME_BOUND_REASONS = frozenset({"TIMESTAMP_IN_FUTURE", "TIMESTAMP_TOO_OLD"})
+
+
+def check_time(when: datetime, now: datetime, max_age_days: int = DEFAULT_MAX_AGE_DAYS, reference: str = "server time") -> datetime:
+    """At most 5 minutes ahead of ``now``, and within the backdating window before it.
+    ``now`` is the server's clock, or the test clock of the event's customer
+    (``reference`` names which in the message)."""
     if when - now > MAX_FUTURE:
         raise InvalidArgument(
             "timestamp",
-            f"timestamp {when.isoformat()} is more than 5 minutes in the future (server time {now.isoformat()})",
+            f"timestamp {when.isoformat()} is more than 5 minutes in the future ({reference} {now.isoformat()})",
             reason="TIMESTAMP_IN_FUTURE",
         )
     if now - when > timedelta(days=max_age_days):
         raise InvalidArgument(
             "timestamp",
-            f"timestamp {when.isoformat()} is more than {max_age_days} days in the past (server time {now.isoformat()}); "
+            f"timestamp {when.isoformat()} is more than {max_age_days} days in the past ({reference} {now.isoformat()}); "
             "usage older than the backdating window cannot be ingested",
             reason="TIMESTAMP_TOO_OLD",
         )

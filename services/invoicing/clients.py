@@ -1,0 +1,169 @@
+"""The services invoicing calls, over gRPC (domain/ports.py: Catalog, Meter, Subscriptions).
+
+Each call carries the merchant token of the request being served (libs/infra/grpc_client.py
+forwards it): the engine's step or the REST call acts for one merchant, and so do these.
+Channels are made lazily, inside the running event loop, one per address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+import grpc
+from accrue.catalog.v1 import catalog_resources_pb2 as catalog_res
+from accrue.catalog.v1 import catalog_service_pb2 as catalog_svc
+from accrue.catalog.v1 import catalog_service_pb2_grpc
+from accrue.metering.v1 import metering_service_pb2 as metering_svc
+from accrue.metering.v1 import metering_service_pb2_grpc
+from accrue.subscription.v1 import subscription_service_pb2 as subscription_svc
+from accrue.subscription.v1 import subscription_service_pb2_grpc
+
+from libs.core.errors import NotFound, Unavailable
+from libs.core.money import currency_exponent, format_major
+from libs.infra import grpc_client
+from libs.infra.context import acting_for, current_merchant_id
+from libs.infra.proto_time import from_timestamp, to_timestamp
+from services.invoicing import mapping
+from services.invoicing.domain.calculation import Charge
+from services.invoicing.domain.model import Invoice, Terms
+from services.invoicing.domain.ports import Reading
+
+# metric names and units change rarely; an invoice shows them as they were at most this old
+METRIC_CACHE_SECONDS = 60.0
+_VERSION_PAGE = 100
+
+
+def _unconfigured(service: str) -> Unavailable:
+    return Unavailable(
+        f"{service.upper()}_NOT_CONFIGURED", f"invoicing has no address of the {service} service (ACCRUE_{service.upper()}_ADDR)"
+    )
+
+
+class _Channels:
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def get(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            self._channels[address] = grpc_client.channel(address)
+        return self._channels[address]
+
+
+_CHANNELS = _Channels()
+
+
+class CatalogClient:
+    """The pinned plan version's price slots (GetPlanVersion; immutable, so kept) and the
+    names of their metrics (GetBillableMetric, kept a minute)."""
+
+    def __init__(self, address: str | None) -> None:
+        self._address = address
+        self._versions: dict[tuple[str, str], catalog_res.PlanVersion] = {}
+        self._metrics: dict[tuple[str, str], tuple[float, catalog_res.BillableMetric]] = {}
+
+    def _stub(self) -> catalog_service_pb2_grpc.CatalogServiceStub:
+        if self._address is None:
+            raise _unconfigured("catalog")
+        return catalog_service_pb2_grpc.CatalogServiceStub(_CHANNELS.get(self._address))
+
+    async def _version(self, merchant_id: str, terms: Terms) -> catalog_res.PlanVersion:
+        key = (merchant_id, terms.plan_version_id)
+        if key in self._versions:
+            return self._versions[key]
+        stub = self._stub()
+        if terms.plan_version_number > 0:
+            version: catalog_res.PlanVersion = await stub.GetPlanVersion(
+                catalog_svc.GetPlanVersionRequest(id=terms.plan_id, version_number=terms.plan_version_number)
+            )
+        else:
+            version = await self._find_version(stub, terms)
+        self._versions[key] = version
+        return version
+
+    async def _find_version(self, stub: catalog_service_pb2_grpc.CatalogServiceStub, terms: Terms) -> catalog_res.PlanVersion:
+        offset = 0
+        while True:
+            page: catalog_svc.ListPlanVersionsResponse = await stub.ListPlanVersions(
+                catalog_svc.ListPlanVersionsRequest(id=terms.plan_id, limit=_VERSION_PAGE, offset=offset)
+            )
+            for version in page.data:
+                if version.id == terms.plan_version_id:
+                    found: catalog_res.PlanVersion = version
+                    return found
+            offset += len(page.data)
+            if not page.data or offset >= page.pagination.total:
+                raise NotFound("plan_version", terms.plan_version_id, field="terms.planVersionId")
+
+    async def _metric(self, merchant_id: str, metric_id: str) -> catalog_res.BillableMetric:
+        key = (merchant_id, metric_id)
+        cached = self._metrics.get(key)
+        if cached is not None and time.monotonic() - cached[0] < METRIC_CACHE_SECONDS:
+            return cached[1]
+        metric: catalog_res.BillableMetric = await self._stub().GetBillableMetric(catalog_svc.GetBillableMetricRequest(id=metric_id))
+        self._metrics[key] = (time.monotonic(), metric)
+        return metric
+
+    async def charges(self, terms: Terms) -> list[Charge]:
+        merchant_id = current_merchant_id()
+        version = await self._version(merchant_id, terms)
+        metric_ids = sorted({slot.billable_metric_id for slot in version.prices if slot.HasField("billable_metric_id")})
+        metrics = dict(zip(metric_ids, await asyncio.gather(*(self._metric(merchant_id, m) for m in metric_ids)), strict=True))
+        return [mapping.charge(slot, metrics.get(slot.billable_metric_id)) for slot in version.prices]
+
+
+class MeterClient:
+    """Usage of one metric for one customer over a window (GetMeter) with its watermark."""
+
+    def __init__(self, address: str | None) -> None:
+        self._address = address
+
+    async def usage(self, metric_id: str, subject: str, start: datetime, end: datetime) -> Reading:
+        if self._address is None:
+            raise _unconfigured("metering")
+        stub = metering_service_pb2_grpc.MeteringServiceStub(_CHANNELS.get(self._address))
+        answer = await stub.GetMeter(
+            metering_svc.GetMeterRequest(id=metric_id, from_time=to_timestamp(start), to_time=to_timestamp(end), subject=subject)
+        )
+        try:
+            quantity = Decimal(answer.total_value_decimal or "0")
+        except InvalidOperation:
+            raise Unavailable("USAGE_UNREADABLE", f"metering answered {answer.total_value_decimal!r} for {metric_id}") from None
+        complete_until = from_timestamp(answer.complete_until) if answer.HasField("complete_until") else None
+        return Reading(
+            quantity=quantity,
+            complete_until=complete_until,
+            query={
+                "meter": "metering.GetMeter",
+                "billableMetricId": metric_id,
+                "subject": subject,
+                "from": start.isoformat(),
+                "to": end.isoformat(),
+                "value": format(quantity, "f"),
+                "completeUntil": None if complete_until is None else complete_until.isoformat(),
+            },
+        )
+
+
+class SubscriptionClient:
+    """RecordInvoicePaid of the subscription service (activation by Invoice 0)."""
+
+    def __init__(self, address: str | None) -> None:
+        self._address = address
+
+    async def invoice_paid(self, invoice: Invoice) -> None:
+        if self._address is None:
+            raise _unconfigured("subscription")
+        stub = subscription_service_pb2_grpc.SubscriptionServiceStub(_CHANNELS.get(self._address))
+        request = subscription_svc.RecordInvoicePaidRequest(
+            subscription_id=invoice.subscription_id,
+            invoice_id=invoice.id,
+            sequence_number=invoice.sequence_number,
+            amount=format_major(invoice.paid_amount, currency_exponent(invoice.currency)),
+        )
+        # the request's token, without its Idempotency-Key: the key is this call's
+        # caller's, for invoicing's own replay, and means nothing to the subscription service
+        with acting_for(invoice.merchant_id):
+            await stub.RecordInvoicePaid(request)

@@ -1,0 +1,132 @@
+"""What the invoicing use cases need from the world: repositories over its own database
+(store.py implements them over PostgreSQL, tests/fakes.py in memory) and the three
+services it reads or tells (clients.py over gRPC, tests/fakes.py in memory).
+
+Every query is scoped to the merchant: another merchant's invoice is NotFound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from libs.core.paging import Page
+from services.invoicing.domain.calculation import Billed, Carry, Charge
+from services.invoicing.domain.commands import InvoiceFilters
+from services.invoicing.domain.model import CreditNote, Invoice, InvoiceLine, Terms
+
+
+class InvoiceRepository(Protocol):
+    async def get(self, merchant_id: str, invoice_id: str, *, lock: bool = False) -> Invoice:
+        """The merchant's invoice, or NotFound (field ``id``)."""
+        ...
+
+    async def by_sequence(self, merchant_id: str, subscription_id: str, sequence_number: int, *, lock: bool = False) -> Invoice | None: ...
+
+    async def add_if_absent(self, invoice: Invoice) -> tuple[Invoice, bool]:
+        """The subscription's invoice of that sequence number: ``invoice`` if none existed
+        (True), else the one that did (False). The store holds one per (subscription, k)
+        however many callers race."""
+        ...
+
+    async def save(self, invoice: Invoice) -> None: ...
+
+    async def list_page(self, merchant_id: str, filters: InvoiceFilters, page: Page) -> tuple[list[Invoice], int]:
+        """Matching invoices, newest created first (ties: higher sequence number first), and how many match."""
+        ...
+
+    async def of_subscription(self, merchant_id: str, subscription_id: str) -> list[Invoice]:
+        """Every invoice of the subscription, by sequence number."""
+        ...
+
+
+class LineRepository(Protocol):
+    async def add_all(self, merchant_id: str, lines: Sequence[InvoiceLine]) -> None: ...
+
+    async def of_invoices(self, invoice_ids: Sequence[str]) -> dict[str, list[InvoiceLine]]:
+        """Each invoice's stored lines in position order."""
+        ...
+
+
+class BilledRepository(Protocol):
+    async def add_all(self, merchant_id: str, subscription_id: str, billed: Sequence[Billed]) -> None: ...
+
+    async def of_subscription(self, merchant_id: str, subscription_id: str, *, window_end_after: datetime) -> list[Billed]:
+        """What the subscription's issued invoices billed for windows ending after the instant."""
+        ...
+
+
+class CarryRepository(Protocol):
+    async def lock(self, merchant_id: str, customer_id: str, currency: str) -> Carry:
+        """The customer's carry in that currency (zero when new), locked until the unit of work ends."""
+        ...
+
+    async def peek(self, merchant_id: str, customer_id: str, currency: str) -> Carry: ...
+
+    async def save(self, merchant_id: str, customer_id: str, currency: str, carry: Carry, now: datetime) -> None: ...
+
+
+class CreditNoteRepository(Protocol):
+    async def add(self, note: CreditNote) -> None: ...
+
+    async def of_invoice(self, invoice_id: str) -> list[CreditNote]: ...
+
+
+class Numbering(Protocol):
+    async def next_number(self, merchant_id: str) -> int:
+        """The merchant's next invoice number (1, 2, ...), from its counter row, locked
+        until the unit of work ends: a rolled-back issue gives its number back, so the
+        numbers of issued invoices have no gaps."""
+        ...
+
+
+class InvoicingUnitOfWork(Protocol):
+    @property
+    def invoices(self) -> InvoiceRepository: ...
+
+    @property
+    def lines(self) -> LineRepository: ...
+
+    @property
+    def billed(self) -> BilledRepository: ...
+
+    @property
+    def carry(self) -> CarryRepository: ...
+
+    @property
+    def credit_notes(self) -> CreditNoteRepository: ...
+
+    @property
+    def numbering(self) -> Numbering: ...
+
+
+# --- other services --------------------------------------------------------------------
+
+
+class Catalog(Protocol):
+    async def charges(self, terms: Terms) -> list[Charge]:
+        """The pinned plan version's price slots as charges (with their metrics' names)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One usage answer of metering: the quantity, the watermark it is complete until,
+    and what was asked (the line's provenance)."""
+
+    quantity: Decimal
+    complete_until: datetime | None
+    query: dict[str, Any] = field(default_factory=dict)
+
+
+class Meter(Protocol):
+    async def usage(self, metric_id: str, subject: str, start: datetime, end: datetime) -> Reading: ...
+
+
+class Subscriptions(Protocol):
+    async def invoice_paid(self, invoice: Invoice) -> None:
+        """Tell the subscription service (synchronously) that an invoice was paid."""
+        ...

@@ -1,0 +1,224 @@
+"""In-memory repositories, unit of work and neighbouring services for the invoicing use
+cases (domain/ports.py), after cosmicpython's fakes: the same named queries over dicts.
+
+``FakeStore`` is the database: a ``FakeUnitOfWork`` over it keeps its writes aside and
+applies them on a clean exit only (a failed step leaves nothing behind, as a rolled-back
+transaction does), and collects the events the aggregates recorded into ``outbox``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from types import TracebackType
+
+from libs.core.domain import DomainEvent, EventCollector
+from libs.core.errors import NotFound, Unavailable
+from libs.core.paging import Page
+from services.invoicing.domain.calculation import Billed, Carry, Charge
+from services.invoicing.domain.commands import InvoiceFilters
+from services.invoicing.domain.model import CreditNote, Invoice, InvoiceLine, Terms
+from services.invoicing.domain.ports import Reading
+
+
+@dataclass
+class FakeStore:
+    invoices: dict[str, Invoice] = field(default_factory=dict)
+    lines: dict[str, list[InvoiceLine]] = field(default_factory=dict)
+    billed: list[tuple[str, str, Billed]] = field(default_factory=list)  # (merchant, subscription, row)
+    carry: dict[tuple[str, str, str], Carry] = field(default_factory=dict)
+    credit_notes: list[CreditNote] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    outbox: list[DomainEvent] = field(default_factory=list)
+
+
+class FakeInvoices:
+    def __init__(self, data: FakeStore, seen: EventCollector) -> None:
+        self._data = data
+        self._seen = seen
+
+    async def get(self, merchant_id: str, invoice_id: str, *, lock: bool = False) -> Invoice:
+        found = self._data.invoices.get(invoice_id)
+        if found is None or found.merchant_id != merchant_id:
+            raise NotFound("invoice", invoice_id, field="id")
+        return self._seen.track(found)
+
+    async def by_sequence(self, merchant_id: str, subscription_id: str, sequence_number: int, *, lock: bool = False) -> Invoice | None:
+        for found in self._data.invoices.values():
+            if (found.merchant_id, found.subscription_id, found.sequence_number) == (merchant_id, subscription_id, sequence_number):
+                return self._seen.track(found)
+        return None
+
+    async def add_if_absent(self, invoice: Invoice) -> tuple[Invoice, bool]:
+        existing = await self.by_sequence(invoice.merchant_id, invoice.subscription_id, invoice.sequence_number)
+        if existing is not None:
+            return existing, False
+        self._data.invoices[invoice.id] = self._seen.track(invoice)
+        return invoice, True
+
+    async def save(self, invoice: Invoice) -> None:
+        assert invoice.id in self._data.invoices
+        self._data.invoices[invoice.id] = self._seen.track(invoice)
+
+    async def list_page(self, merchant_id: str, filters: InvoiceFilters, page: Page) -> tuple[list[Invoice], int]:
+        matching = [
+            i
+            for i in self._data.invoices.values()
+            if i.merchant_id == merchant_id
+            and filters.status in (None, i.status)
+            and filters.subscription_id in (None, i.subscription_id)
+            and filters.customer_id in (None, i.customer_id)
+        ]
+        matching.sort(key=lambda i: (i.created_at, i.sequence_number, i.id), reverse=True)
+        return matching[page.offset : page.offset + page.limit], len(matching)
+
+    async def of_subscription(self, merchant_id: str, subscription_id: str) -> list[Invoice]:
+        found = [i for i in self._data.invoices.values() if i.merchant_id == merchant_id and i.subscription_id == subscription_id]
+        return [self._seen.track(i) for i in sorted(found, key=lambda i: i.sequence_number)]
+
+
+class FakeLines:
+    def __init__(self, data: FakeStore) -> None:
+        self._data = data
+
+    async def add_all(self, merchant_id: str, lines: Sequence[InvoiceLine]) -> None:
+        for line in lines:
+            self._data.lines.setdefault(line.invoice_id, []).append(line)
+
+    async def of_invoices(self, invoice_ids: Sequence[str]) -> dict[str, list[InvoiceLine]]:
+        return {i: sorted(self._data.lines.get(i, []), key=lambda line: line.position) for i in invoice_ids}
+
+
+class FakeBilled:
+    def __init__(self, data: FakeStore) -> None:
+        self._data = data
+
+    async def add_all(self, merchant_id: str, subscription_id: str, billed: Sequence[Billed]) -> None:
+        self._data.billed.extend((merchant_id, subscription_id, b) for b in billed)
+
+    async def of_subscription(self, merchant_id: str, subscription_id: str, *, window_end_after: datetime) -> list[Billed]:
+        return [b for m, s, b in self._data.billed if (m, s) == (merchant_id, subscription_id) and b.window.end > window_end_after]
+
+
+class FakeCarry:
+    def __init__(self, data: FakeStore) -> None:
+        self._data = data
+
+    async def lock(self, merchant_id: str, customer_id: str, currency: str) -> Carry:
+        return await self.peek(merchant_id, customer_id, currency)
+
+    async def peek(self, merchant_id: str, customer_id: str, currency: str) -> Carry:
+        return self._data.carry.get((merchant_id, customer_id, currency), Carry(Decimal(0), 0))
+
+    async def save(self, merchant_id: str, customer_id: str, currency: str, carry: Carry, now: datetime) -> None:
+        self._data.carry[(merchant_id, customer_id, currency)] = carry
+
+
+class FakeCreditNotes:
+    def __init__(self, data: FakeStore) -> None:
+        self._data = data
+
+    async def add(self, note: CreditNote) -> None:
+        self._data.credit_notes.append(note)
+
+    async def of_invoice(self, invoice_id: str) -> list[CreditNote]:
+        return [n for n in self._data.credit_notes if n.invoice_id == invoice_id]
+
+
+class FakeNumbering:
+    def __init__(self, data: FakeStore) -> None:
+        self._data = data
+
+    async def next_number(self, merchant_id: str) -> int:
+        self._data.counters[merchant_id] = self._data.counters.get(merchant_id, 0) + 1
+        return self._data.counters[merchant_id]
+
+
+class FakeUnitOfWork:
+    """A transaction over ``store``: works on a copy, applied at a clean exit."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self._store = store
+
+    async def __aenter__(self) -> FakeUnitOfWork:
+        self.seen = EventCollector()
+        self._data = copy.deepcopy(self._store)
+        self._data.outbox = []
+        self.invoices = FakeInvoices(self._data, self.seen)
+        self.lines = FakeLines(self._data)
+        self.billed = FakeBilled(self._data)
+        self.carry = FakeCarry(self._data)
+        self.credit_notes = FakeCreditNotes(self._data)
+        self.numbering = FakeNumbering(self._data)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            return
+        events = list(self.seen.collect_new_events())
+        outbox = self._store.outbox
+        self._store.__dict__.update(self._data.__dict__)
+        self._store.outbox = [*outbox, *events]
+
+
+# --- neighbouring services -------------------------------------------------------------
+
+
+class FakeCatalog:
+    def __init__(self, charges: Sequence[Charge] = ()) -> None:
+        self.versions: dict[str, list[Charge]] = {}
+        self.default = list(charges)
+        self.calls = 0
+
+    async def charges(self, terms: Terms) -> list[Charge]:
+        self.calls += 1
+        return list(self.versions.get(terms.plan_version_id, self.default))
+
+
+class FakeMeter:
+    """Usage per (metric, subject, window start, window end): a quantity set by the test
+    (0 unless set), and one watermark for all (``complete_until``; None = far ahead).
+    ``lagging`` answers: so many readings come with a watermark in the past first."""
+
+    def __init__(self) -> None:
+        self.quantities: dict[tuple[str, str, datetime, datetime], Decimal] = {}
+        self.complete_until: datetime | None = None
+        self.lagging = 0
+        self.lag_until: datetime | None = None
+        self.asked: list[tuple[str, str, datetime, datetime]] = []
+        self.down = False
+        # runs once, after the next answer: events stored just after that answer's usage
+        # was aggregated, though its watermark (read a moment later) already covers them
+        self.after_next_answer: Callable[[], None] | None = None
+
+    def set(self, metric_id: str, subject: str, start: datetime, end: datetime, quantity: str) -> None:
+        self.quantities[(metric_id, subject, start, end)] = Decimal(quantity)
+
+    async def usage(self, metric_id: str, subject: str, start: datetime, end: datetime) -> Reading:
+        if self.down:
+            raise Unavailable("METERING_DOWN", "metering is down")
+        key = (metric_id, subject, start, end)
+        self.asked.append(key)
+        until = self.complete_until or datetime.max.replace(tzinfo=start.tzinfo)
+        quantity = self.quantities.get(key, Decimal(0))
+        if self.lagging > 0:
+            self.lagging -= 1
+            until = self.lag_until or datetime.min.replace(tzinfo=start.tzinfo)
+        if self.after_next_answer is not None:
+            hook, self.after_next_answer = self.after_next_answer, None
+            hook()
+        return Reading(quantity, until, {"billableMetricId": metric_id, "subject": subject, "value": str(quantity)})
+
+
+class FakeSubscriptions:
+    def __init__(self) -> None:
+        self.paid: list[tuple[str, str, int]] = []
+        self.fail = False
+
+    async def invoice_paid(self, invoice: Invoice) -> None:
+        if self.fail:
+            raise Unavailable("SUBSCRIPTION_DOWN", "the subscription service is down")
+        self.paid.append((invoice.subscription_id, invoice.id, invoice.sequence_number))

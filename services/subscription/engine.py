@@ -1,0 +1,565 @@
+"""The billing engine: runs the timeline's due work (DESIGN.md section 7).
+
+The subscription service owns the timeline. What falls due and what each invoice bills
+is computed by domain/timeline.py; this module stores it as durable rows
+(engine_store.py) and executes them: each row is one call of invoicing's internal RPCs
+(OpenInvoice, CloseInvoice, IssueInvoice; each idempotent by (subscription, sequence
+number)) with BillingTerms built from the subscription, and ``end`` rows terminate the
+subscription (store.mark_terminated) and re-lay its final invoice.
+
+Execution, in batches: one transaction claims up to ``batch_size`` rows (FOR UPDATE
+SKIP LOCKED; the head of each customer's pending work, so one customer's rows run one
+at a time, in time order), runs their RPCs concurrently (``concurrency`` in flight),
+then, in the same transaction, lays every follow-up and marks the rows done. Killed
+anywhere, nothing is lost or repeated: an uncommitted batch leaves its rows pending and
+the next claim re-runs their (idempotent) RPCs; a committed one has laid its follow-ups.
+
+Lanes:
+* a test clock (``advance_clock``): after the clock moved, everything due by its new
+  time, in time order across all of its subscriptions (a batch holds only rows due at
+  the lane's earliest pending instant). Advances of one clock take turns (a PostgreSQL
+  advisory lock), and it returns once every row due by then is done, including rows
+  another process held when it looked. A row failing with a retryable error (invoicing
+  UNAVAILABLE: usage not yet complete) is retried with a backoff up to ``max_attempts``,
+  then, like any other error at once, the advance fails with it; the row stays pending
+  and the next advance resumes there.
+* real time (the ``Scheduler`` worker): rows with no test clock, due by the system
+  clock; a failed row waits ``retry_at`` (exponential, capped) without holding up others.
+* one subscription (``run_subscription``): after a create or a termination commits, so
+  that its answer shows Invoice 0 or the final close; it waits for rows another claimer
+  holds rather than skipping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from accrue.invoicing.v1 import invoicing_service_pb2 as inv
+from accrue.invoicing.v1 import invoicing_service_pb2_grpc
+
+from libs.core.clock import Clock, SystemClock
+from libs.core.errors import Unavailable
+from libs.infra.context import acting_for
+from libs.infra.db import Database
+from libs.infra.grpc_client import channel
+from libs.infra.logging import get_logger
+from libs.infra.proto_time import to_timestamp
+from libs.infra.service import Runtime, Worker
+from services.subscription import engine_store
+from services.subscription.domain.timeline import BilledSubscription, Composition, Due, Kind, Schedule, Window
+from services.subscription.engine_store import DueRow, Lane, Owner
+
+log = get_logger(__name__)
+
+DEFAULT_GRACE_SECONDS = 3600
+# deadlock / serialization failure: the batch is rolled back whole and simply runs again
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+# --- ports -------------------------------------------------------------------------------
+
+
+class Invoicing(Protocol):
+    """Invoicing's internal RPCs, called for a merchant."""
+
+    async def open_invoice(self, merchant_id: str, request: inv.OpenInvoiceRequest) -> inv.Invoice: ...
+    async def close_invoice(self, merchant_id: str, request: inv.CloseInvoiceRequest) -> inv.Invoice: ...
+    async def issue_invoice(self, merchant_id: str, request: inv.IssueInvoiceRequest) -> inv.Invoice: ...
+
+
+class GrpcInvoicing:
+    """The invoicing service over gRPC; every call carries a token minted for the
+    merchant (``acting_for``, which also drops any caller's Idempotency-Key: each RPC is
+    idempotent by (subscription, sequence number) on its own)."""
+
+    def __init__(self, address: str | None, *, timeout: float = 60.0) -> None:
+        self._address = address
+        self._timeout = timeout
+        self._stub: invoicing_service_pb2_grpc.InvoicingServiceStub | None = None
+
+    def _client(self) -> invoicing_service_pb2_grpc.InvoicingServiceStub:
+        if not self._address:
+            raise Unavailable("INVOICING_NOT_CONFIGURED", "the invoicing service's address (ACCRUE_INVOICING_ADDR) is not set")
+        if self._stub is None:  # created inside the running loop, on first use
+            self._stub = invoicing_service_pb2_grpc.InvoicingServiceStub(channel(self._address, timeout=self._timeout))
+        return self._stub
+
+    async def open_invoice(self, merchant_id: str, request: inv.OpenInvoiceRequest) -> inv.Invoice:
+        with acting_for(merchant_id):
+            answer: inv.Invoice = await self._client().OpenInvoice(request)
+        return answer
+
+    async def close_invoice(self, merchant_id: str, request: inv.CloseInvoiceRequest) -> inv.Invoice:
+        with acting_for(merchant_id):
+            answer: inv.Invoice = await self._client().CloseInvoice(request)
+        return answer
+
+    async def issue_invoice(self, merchant_id: str, request: inv.IssueInvoiceRequest) -> inv.Invoice:
+        with acting_for(merchant_id):
+            answer: inv.Invoice = await self._client().IssueInvoice(request)
+        return answer
+
+
+class Subscriptions(Protocol):
+    """What the engine needs of the subscription store (services/subscription/store.py)."""
+
+    async def load_many(self, session: Any, merchant_id: str, ids: Sequence[str]) -> Mapping[str, BilledSubscription]: ...
+    async def mark_terminated(self, session: Any, subscription: BilledSubscription, at: datetime) -> None: ...
+    async def record_invoice_zero(self, session: Any, subscription: BilledSubscription, invoice: inv.Invoice) -> None: ...
+
+
+class StoreSubscriptions:
+    """The subscription service's own store (H1's functions in store.py)."""
+
+    async def load_many(self, session: Any, merchant_id: str, ids: Sequence[str]) -> Mapping[str, BilledSubscription]:
+        from services.subscription import store
+
+        found: Mapping[str, BilledSubscription] = await store.load_subscriptions(session, merchant_id, ids)
+        return found
+
+    async def mark_terminated(self, session: Any, subscription: BilledSubscription, at: datetime) -> None:
+        from services.subscription import store
+
+        await store.mark_terminated(session, subscription, at)  # type: ignore[arg-type]
+
+    async def record_invoice_zero(self, session: Any, subscription: BilledSubscription, invoice: inv.Invoice) -> None:
+        from services.subscription import store
+
+        await store.record_invoice_zero(session, subscription, invoice)  # type: ignore[arg-type]
+
+
+def _conn(session: Any) -> Any:
+    """The SQL connection of whatever unit of work the caller passes."""
+    if hasattr(session, "conn"):
+        return session.conn
+    if hasattr(session, "transaction"):
+        return session.transaction.conn
+    return session
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Executed:
+    """A row that ran, and what invoicing answered (None for an ``end`` or a skipped row)."""
+
+    subscription_id: str
+    kind: Kind
+    sequence_number: int
+    invoice: inv.Invoice | None
+
+
+@dataclass
+class _Outcome:
+    row: DueRow
+    subscription: BilledSubscription | None = None
+    invoice: inv.Invoice | None = None
+    follow_ups: list[Due] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+@dataclass
+class _Batch:
+    claimed: int = 0
+    executed: list[Executed] = field(default_factory=list)
+    failed: list[tuple[DueRow, BaseException]] = field(default_factory=list)
+
+
+# --- proto building ------------------------------------------------------------------------
+
+
+def billing_terms(subscription: BilledSubscription) -> inv.BillingTerms:
+    terms = inv.BillingTerms(
+        subscription_id=subscription.id,
+        customer_id=subscription.customer_id,
+        plan_id=subscription.plan_id,
+        plan_version_id=subscription.plan_version_id,
+        currency=subscription.currency,
+        billing_anchor=to_timestamp(subscription.billing_anchor),
+        billing_cadence=subscription.billing_cadence,
+        payment_term_days=subscription.payment_term_days or 0,
+        tax_exempt=bool(subscription.tax_exempt),
+        customer_tax_rates={str(k): str(v) for k, v in (subscription.customer_tax_rates or {}).items()},
+        tax_behavior=subscription.tax_behavior or "exclusive",
+        default_tax_rate=subscription.default_tax_rate or "0",
+        auto_approve=True,
+    )
+    if subscription.test_clock_id:
+        terms.test_clock_id = subscription.test_clock_id
+    return terms
+
+
+def _window(w: Window) -> inv.BillingWindow:
+    return inv.BillingWindow(
+        start=to_timestamp(w.start),
+        end=to_timestamp(w.end),
+        period_start=to_timestamp(w.period_start),
+        period_end=to_timestamp(w.period_end),
+        period_index=w.period_index,
+    )
+
+
+def composition_proto(c: Composition) -> inv.InvoiceComposition:
+    return inv.InvoiceComposition(
+        arrears=[_window(w) for w in c.arrears],
+        advance=[_window(w) for w in c.advance],
+        credits=[_window(w) for w in c.credits],
+        one_time_fees=c.one_time_fees,
+        final=c.final,
+    )
+
+
+def _owner(subscription: BilledSubscription) -> Owner:
+    return Owner(subscription.id, subscription.merchant_id, subscription.customer_id, subscription.test_clock_id)
+
+
+def _backoff(attempts: int, *, base: float, cap: float) -> float:
+    return float(min(cap, base * 2 ** max(attempts - 1, 0)))
+
+
+def _retry_batch(exc: BaseException) -> bool:
+    return isinstance(exc, sa.exc.DBAPIError) and getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
+
+
+# --- the engine ----------------------------------------------------------------------------
+
+
+class Timeline:
+    """Lays and runs the due work of subscriptions (the API the subscription use cases call)."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        invoicing: Invoicing,
+        subscriptions: Subscriptions | None = None,
+        unit_of_work: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        clock: Clock | None = None,
+        batch_size: int = 500,
+        concurrency: int = 64,
+        max_attempts: int = 8,
+        retry_base_seconds: float = 0.1,
+        retry_cap_seconds: float = 2.0,
+        real_time_retry_cap_seconds: float = 300.0,
+        finish_when_caller_leaves: bool = True,
+    ) -> None:
+        self._db = db
+        self._invoicing = invoicing
+        self._subscriptions = subscriptions or StoreSubscriptions()
+        self._unit_of_work = unit_of_work or db.uow
+        self.grace = timedelta(seconds=grace_seconds)
+        self._clock = clock or SystemClock()
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self._retry_base = retry_base_seconds
+        self._retry_cap = retry_cap_seconds
+        self._real_time_retry_cap = real_time_retry_cap_seconds
+        self.finish_when_caller_leaves = finish_when_caller_leaves
+        self._background: set[asyncio.Task[list[Executed]]] = set()
+
+    # --- laying work, inside the caller's transaction --------------------------------
+
+    async def schedule_new(self, session: Any, subscription: BilledSubscription, now: datetime) -> None:
+        """At creation (``now``: the creation instant in the subscription's time): Invoice 0
+        opened and issued now, the next invoice opened now and closed at its boundary, and
+        the scheduled end."""
+        due = Schedule.of(subscription).initial(now, subscription.ending_at)
+        owner = _owner(subscription)
+        await engine_store.lay(_conn(session), [(owner, d) for d in due], now=self._clock.now())
+
+    async def schedule_termination(self, session: Any, subscription: BilledSubscription, at: datetime) -> None:
+        """The subscription ends at ``at`` (now, or a past ``terminatedAt``): the invoice
+        not yet closed becomes the final one (closed at ``at``, issued after the grace),
+        every later row and the scheduled end are dropped."""
+        await self._lay_final(_conn(session), subscription, at)
+
+    async def schedule_end(self, session: Any, subscription: BilledSubscription, at: datetime | None) -> None:
+        """``endingAt`` changed: the pending ``end`` row moves to ``at`` (None: removed)."""
+        conn = _conn(session)
+        await engine_store.drop_pending(conn, subscription.id, from_sequence=None, ends=True)
+        if at is not None:
+            await engine_store.lay(conn, [(_owner(subscription), Due(Kind.END, 0, at))], now=self._clock.now())
+
+    async def _lay_final(self, conn: Any, subscription: BilledSubscription, at: datetime, *, keep: DueRow | None = None) -> None:
+        rows = await engine_store.rows_of(conn, subscription.id, lock=True)
+        schedule = Schedule.of(subscription)
+        keep_key = keep.key if keep is not None else None
+        if schedule.once:
+            await engine_store.drop_pending(conn, subscription.id, from_sequence=None, ends=True, keep=keep_key)
+            return
+        first_regular = min((r.sequence_number for r in rows if r.sequence_number > 0), default=1)
+        last_closed = max((r.sequence_number for r in rows if r.kind is Kind.CLOSE and r.done), default=None)
+        g = schedule.final_sequence(at, first_regular=first_regular, last_closed=last_closed)
+        await engine_store.drop_pending(conn, subscription.id, from_sequence=g, ends=True, keep=keep_key)
+        owner = _owner(subscription)
+        await engine_store.lay(conn, [(owner, d) for d in schedule.termination(g, at, self.grace)], now=self._clock.now())
+
+    # --- running work ------------------------------------------------------------------
+
+    async def run_subscription(self, merchant_id: str, subscription_id: str, until: datetime) -> list[Executed]:
+        """Run the subscription's rows due by ``until`` (after a create or a termination
+        committed); answers what ran here (rows someone else ran are done, not listed)."""
+        return await self._drain(Lane.of_subscription(subscription_id), until, wait=True)
+
+    async def advance_clock(self, merchant_id: str, clock_id: str, until: datetime) -> list[Executed]:
+        """After the clock moved to ``until``: every row of its subscriptions due by then,
+        in time order; returns when all of them are done. Advances of one clock take turns.
+
+        A caller that goes away (its deadline passed, its client disconnected) does not
+        stop the work halfway: it finishes in the background (``finish_when_caller_leaves``),
+        and the next advance or read sees it done."""
+
+        async def advance() -> list[Executed]:
+            async with self._clock_lock(clock_id):
+                return await self._drain(Lane.clock(clock_id), until, same_instant=True)
+
+        if not self.finish_when_caller_leaves:
+            return await advance()
+        task = asyncio.create_task(advance(), name=f"advance-{clock_id}")
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Task[list[Executed]]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("due_work_advance_failed", task=task.get_name(), error=str(task.exception()))
+
+    async def run_real_time(self) -> int:
+        """One pass over the real-time lane: every row due by the system clock that is not
+        waiting for a retry; answers how many rows ran."""
+        ran = 0
+        while True:
+            now = self._clock.now()
+            batch = await self._run_batch(Lane.system(), now, real_time=True)
+            ran += len(batch.executed)
+            if batch.claimed < self.batch_size:
+                return ran
+
+    async def next_real_time_due(self) -> datetime | None:
+        async with self._db.engine.connect() as conn:
+            return await engine_store.next_due(conn, Lane.system())
+
+    @contextlib.asynccontextmanager
+    async def _clock_lock(self, clock_id: str) -> AsyncIterator[None]:
+        conn = await self._db.engine.connect()
+        try:
+            await engine_store.lock_clock(conn, clock_id)
+            await conn.commit()
+            try:
+                yield
+            finally:
+                await engine_store.unlock_clock(conn, clock_id)
+                await conn.commit()
+        except BaseException:
+            # never hand a connection that may still hold the lock back to the pool
+            await conn.invalidate()
+            raise
+        finally:
+            await conn.close()
+
+    async def _drain(self, lane: Lane, until: datetime, *, same_instant: bool = False, wait: bool = False) -> list[Executed]:
+        executed: list[Executed] = []
+        while True:
+            try:
+                batch = await self._run_batch(lane, until, same_instant=same_instant, wait=wait)
+            except sa.exc.DBAPIError as exc:
+                if not _retry_batch(exc):
+                    raise
+                log.info("due_work_batch_retried", lane=str(lane), error=str(exc.orig))
+                await asyncio.sleep(0.05)
+                continue
+            executed += batch.executed
+            if batch.failed:
+                row, error = max(batch.failed, key=lambda f: (not getattr(f[1], "retryable", False), f[0].attempts))
+                # only a retryable error (UNAVAILABLE: usage not complete yet, a service
+                # restarting) is worth waiting for; anything else fails the call at once
+                if not getattr(error, "retryable", False) or row.attempts + 1 >= self.max_attempts:
+                    log.warning(
+                        "due_work_gave_up",
+                        subscription_id=row.subscription_id,
+                        kind=row.kind.value,
+                        sequence=row.sequence_number,
+                        error=str(error),
+                    )
+                    raise error
+                await asyncio.sleep(_backoff(row.attempts + 1, base=self._retry_base, cap=self._retry_cap))
+                continue
+            if batch.claimed:
+                continue
+            async with self._db.engine.connect() as conn:
+                if not await engine_store.pending(conn, lane, until=until):
+                    return executed
+            await asyncio.sleep(0.02)  # rows another claimer holds: wait until they are done
+
+    async def _run_batch(
+        self, lane: Lane, until: datetime, *, same_instant: bool = False, wait: bool = False, real_time: bool = False
+    ) -> _Batch:
+        batch = _Batch()
+        service_now = self._clock.now()
+        async with self._unit_of_work() as session:
+            conn = _conn(session)
+            rows = await engine_store.claim(
+                conn, lane, until=until, limit=self.batch_size, now=service_now if real_time else None, same_instant=same_instant, wait=wait
+            )
+            batch.claimed = len(rows)
+            if not rows:
+                return batch
+            subscriptions = await self._load(session, rows)
+            outcomes = await self._execute_all(rows, subscriptions)
+            done: list[tuple[str, int, str]] = []
+            follow_ups: list[tuple[Owner, Due]] = []
+            for outcome in outcomes:
+                row, sub = outcome.row, outcome.subscription
+                if outcome.error is not None:
+                    batch.failed.append((row, outcome.error))
+                    retry_at = None
+                    if real_time:
+                        retry_at = service_now + timedelta(seconds=_backoff(row.attempts + 1, base=1.0, cap=self._real_time_retry_cap))
+                    await engine_store.mark_failed(
+                        conn, row.key, error=f"{type(outcome.error).__name__}: {outcome.error}", retry_at=retry_at
+                    )
+                    continue
+                if sub is not None and row.kind is Kind.END and sub.status != "terminated":
+                    await self._subscriptions.mark_terminated(session, sub, row.due_at)
+                    await self._lay_final(conn, sub, row.due_at, keep=row)
+                if sub is not None and row.kind is Kind.ISSUE and row.sequence_number == 0 and outcome.invoice is not None:
+                    await self._subscriptions.record_invoice_zero(session, sub, outcome.invoice)
+                if sub is not None:
+                    follow_ups += [(_owner(sub), d) for d in outcome.follow_ups]
+                done.append(row.key)
+                batch.executed.append(Executed(row.subscription_id, row.kind, row.sequence_number, outcome.invoice))
+            await engine_store.lay(conn, follow_ups, now=service_now)
+            await engine_store.mark_done(conn, done, now=service_now)
+        return batch
+
+    async def _load(self, session: Any, rows: Sequence[DueRow]) -> dict[str, BilledSubscription]:
+        by_merchant: dict[str, list[str]] = {}
+        for row in rows:
+            by_merchant.setdefault(row.merchant_id, []).append(row.subscription_id)
+        found: dict[str, BilledSubscription] = {}
+        for merchant_id, ids in by_merchant.items():
+            found.update(await self._subscriptions.load_many(session, merchant_id, ids))
+        return found
+
+    async def _execute_all(self, rows: Sequence[DueRow], subscriptions: Mapping[str, BilledSubscription]) -> list[_Outcome]:
+        """Every row's RPC, ``concurrency`` in flight (a few runner tasks pulling rows, not
+        a task per row). Outcomes in the rows' order."""
+        outcomes = [_Outcome(row, subscriptions.get(row.subscription_id)) for row in rows]
+        pending = iter(outcomes)
+
+        async def runner() -> None:
+            for outcome in pending:
+                try:
+                    await self._execute(outcome)
+                except Exception as exc:  # the row stays pending; see _drain and run_real_time
+                    outcome.error = exc
+
+        await asyncio.gather(*(runner() for _ in range(min(self.concurrency, len(outcomes)))))
+        return outcomes
+
+    async def _execute(self, outcome: _Outcome) -> None:
+        row, sub = outcome.row, outcome.subscription
+        if sub is None or row.kind is Kind.END:
+            return  # a vanished subscription's row is just done; an end runs in the batch's transaction
+        if self._superseded(row, sub):
+            return
+        schedule = Schedule.of(sub)
+        terms = billing_terms(sub)
+        at = to_timestamp(row.due_at)
+        if row.kind is Kind.OPEN:
+            composition = schedule.composition(row.due, created=row.due_at)
+            outcome.invoice = await self._invoicing.open_invoice(
+                sub.merchant_id,
+                inv.OpenInvoiceRequest(
+                    terms=terms, sequence_number=row.sequence_number, composition=composition_proto(composition), effective_time=at
+                ),
+            )
+        elif row.kind is Kind.CLOSE:
+            request = inv.CloseInvoiceRequest(
+                terms=terms, sequence_number=row.sequence_number, grace_period_end=to_timestamp(row.due_at + self.grace), effective_time=at
+            )
+            if row.final:
+                request.composition.CopyFrom(composition_proto(schedule.composition(row.due)))
+            else:
+                outcome.follow_ups = schedule.after_close(row.sequence_number, row.due_at, self.grace)
+            outcome.invoice = await self._invoicing.close_invoice(sub.merchant_id, request)
+        else:
+            outcome.invoice = await self._invoicing.issue_invoice(
+                sub.merchant_id, inv.IssueInvoiceRequest(terms=terms, sequence_number=row.sequence_number, effective_time=at)
+            )
+
+    @staticmethod
+    def _superseded(row: DueRow, sub: BilledSubscription) -> bool:
+        """A regular open/close of a subscription that has ended before it (a termination
+        that did not re-lay its rows): nothing to do. Issues always run."""
+        if sub.status != "terminated" or row.final or row.kind is Kind.ISSUE or row.sequence_number == 0:
+            return False
+        return sub.terminated_at is not None and row.due_at > sub.terminated_at
+
+
+# --- the real-time scheduler -------------------------------------------------------------
+
+
+class Scheduler:
+    """A worker of the subscription service: runs the real-time lane (rows of subscriptions
+    on no test clock) as their time comes, polling at most every ``poll_seconds``."""
+
+    def __init__(self, timeline: Timeline, *, poll_seconds: float = 1.0) -> None:
+        self._timeline = timeline
+        self._poll = poll_seconds
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._timeline.run_real_time()
+            except Exception as exc:  # keep scheduling through transient PG trouble
+                log.warning("due_work_scheduler_error", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._poll)
+
+
+# --- composition root helpers -------------------------------------------------------------
+
+
+def build_timeline(runtime: Runtime, *, unit_of_work: Callable[[], AbstractAsyncContextManager[Any]] | None = None) -> Timeline:
+    """The service's Timeline, built once (runtime.extras["timeline"])."""
+    existing = runtime.extras.get("timeline")
+    if isinstance(existing, Timeline):
+        return existing
+    settings = runtime.settings
+    timeline = Timeline(
+        db=runtime.db,
+        invoicing=GrpcInvoicing(getattr(settings, "invoicing_addr", None)),
+        unit_of_work=unit_of_work,
+        grace_seconds=float(getattr(settings, "subscription_grace_period_seconds", DEFAULT_GRACE_SECONDS)),
+        clock=runtime.clock,
+    )
+    runtime.extras["timeline"] = timeline
+    return timeline
+
+
+def timeline_of(runtime: Runtime) -> Timeline:
+    return build_timeline(runtime)
+
+
+def scheduler_workers(runtime: Runtime) -> Sequence[Worker]:
+    """The real-time scheduler, for the service definition's ``workers``."""
+    return [Scheduler(build_timeline(runtime))]
+
+
+workers = scheduler_workers

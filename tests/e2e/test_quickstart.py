@@ -1,0 +1,86 @@
+"""The Paygentic quickstart (examples/paygentic_quickstart.py, a verbatim copy of the
+reference flow) through the official SDK against the real mesh, unchanged, to its end.
+
+Two of its steps belong to later issues and are answered here by stand-ins, which the
+test checks were reached: the entitlement check and grant (issue 10, entitlements) and
+``payments.create`` (issue 11, payments). Every other call goes to the gateway.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+from libs.testing.fixtures import MerchantClient
+
+pytestmark = pytest.mark.e2e
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "paygentic_quickstart.py"
+
+
+def _quickstart() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("paygentic_quickstart", QUICKSTART)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class LaterIssues:
+    """The SDK, but for the two resources later issues build."""
+
+    sdk: Any
+    reached: list[str] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "entitlements":
+            return SimpleNamespace(list=self._entitlements)
+        if name == "payments":
+            return SimpleNamespace(create=self._payment)
+        return getattr(self.sdk, name)
+
+    def _entitlements(self, request: dict[str, Any]) -> Any:
+        self.reached.append("entitlements.list")
+        return SimpleNamespace(data=[])
+
+    def _payment(self, **kwargs: Any) -> Any:
+        self.reached.append("payments.create")
+        return SimpleNamespace(payment_url="(issue 11)")
+
+
+def test_the_quickstart_runs_to_its_end_through_the_sdk(merchant_a: MerchantClient) -> None:
+    sdk = LaterIssues(merchant_a.sdk)
+    out = _quickstart().run(sdk, merchant_a.merchant_id)
+
+    assert sdk.reached == ["entitlements.list", "payments.create"]
+    assert out["subscription"].startswith("sub_") and out["customer"].startswith("cus_")
+    # the plan has a 49.00 in-advance fee: Invoice 0 gates activation
+    assert out["status_at_create"] == "pending_payment"
+    assert out["checkout_url"].startswith("http")
+    assert out["invoice0_status"] == "PAID"
+    assert out["status_after_invoice0"] == "active"
+    assert out["event_id"]
+    assert out["metered_total"] == 1500
+    # one month later: Invoice 0 paid, invoice 1 (usage of period 0 + the fee of period 1)
+    # closing during the grace hour, invoice 2 accruing
+    assert sorted(out["invoice_statuses"]) == ["ACTIVE", "CLOSING", "PAID"]
+    lines = [(name, Decimal(str(quantity)), total) for name, quantity, total in out["line_items"]]
+    assert ("Platform fee", Decimal(1), "49.00") in lines
+    assert ("Token usage", Decimal(1500), "0.03") in lines
+    assert out["final_status"] == "terminated"
+
+
+def test_the_quickstart_twice_reuses_nothing_it_should_not(merchant_a: MerchantClient) -> None:
+    """A second run makes its own customer (another email) and its own invoices."""
+    first = _quickstart().run(LaterIssues(merchant_a.sdk), merchant_a.merchant_id)
+    second = _quickstart().run(LaterIssues(merchant_a.sdk), merchant_a.merchant_id)
+    assert first["customer"] != second["customer"]
+    assert first["subscription"] != second["subscription"]
+    assert second["status_after_invoice0"] == "active"
