@@ -255,10 +255,11 @@ class Mesh:
         for key, value in definition.env.items():
             env.setdefault(key, value)
         for other in definition.talks_to:
-            if other in self.processes:
+            if other in self.processes and self.processes[other].popen.poll() is None:
                 env[f"ACCRUE_{env_name(other)}_ADDR"] = f"127.0.0.1:{self.wait_port(self.processes[other])}"
             elif other in self._decided_ports:
-                # not started yet (services may call each other both ways): its port is decided
+                # not started yet (services may call each other both ways), or down (killed,
+                # restarting): its port is decided
                 env[f"ACCRUE_{env_name(other)}_ADDR"] = f"127.0.0.1:{self._decided_ports[other]}"
         return env
 

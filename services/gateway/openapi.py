@@ -257,8 +257,11 @@ def build_openapi(routes: list[Route], *, title: str = "Accrue API", version: st
                 }
             )
         if route.body:
+            # a body is required when it has a required field; else no body is an empty one
+            # (POST /v0/testClocks: every field has a default)
+            body_fields = [f for f in route.method.input_type.fields if f.name not in route.path_fields]
             op["requestBody"] = {
-                "required": True,
+                "required": any(is_required(f) for f in body_fields),
                 "content": {"application/json": {"schema": schemas.body(route.method.input_type, route.path_fields)}},
             }
             op["parameters"].append(

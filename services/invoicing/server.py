@@ -207,12 +207,7 @@ class InvoicingServicer(invoicing_service_pb2_grpc.InvoicingServiceServicer):
         merchant_id = current_merchant_id()
         async with self._unit_of_work() as uow:
             if invoice_id:
-                found = [
-                    await uow.invoices.get(
-                        merchant_id,
-                        invoice_id,
-                    )
-                ]
+                found = [await uow.invoices.get(merchant_id, invoice_id, field="invoiceId")]
                 if subscription_id and found[0].subscription_id != subscription_id:
                     found = []
             else:

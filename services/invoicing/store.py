@@ -188,13 +188,14 @@ class InvoiceRepository:
     def _load(self, row: sa.Row[Any]) -> Invoice:
         return self._seen.track(_invoice(row))
 
-    async def get(self, merchant_id: str, invoice_id: str, *, lock: bool = False) -> Invoice:
+    async def get(self, merchant_id: str, invoice_id: str, *, lock: bool = False, field: str = "id") -> Invoice:
+        """The merchant's invoice; NotFound naming ``field`` (the request field that held the id)."""
         query = sa.select(invoices).where(invoices.c.id == invoice_id, invoices.c.merchant_id == merchant_id)
         if lock:
             query = query.with_for_update()
         row = (await self._conn.execute(query)).first()
         if row is None:
-            raise NotFound("invoice", invoice_id, field="id")
+            raise NotFound("invoice", invoice_id, field=field)
         return self._load(row)
 
     async def by_sequence(self, merchant_id: str, subscription_id: str, sequence_number: int, *, lock: bool = False) -> Invoice | None:

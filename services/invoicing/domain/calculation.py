@@ -498,7 +498,7 @@ class _Calculator:
             source_id=charge.source_id,
             event_type=event_type,
             display_name=display_name,
-            payment_term=charge.payment_term,
+            payment_term=None if kind == "correction" else charge.payment_term,  # a correction re-rates a period, it has no term
             window=window,
             quantity=priced.quantity,
             unit_price=priced.unit_price,

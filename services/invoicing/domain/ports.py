@@ -20,8 +20,8 @@ from services.invoicing.domain.model import CreditNote, Invoice, InvoiceLine, Te
 
 
 class InvoiceRepository(Protocol):
-    async def get(self, merchant_id: str, invoice_id: str, *, lock: bool = False) -> Invoice:
-        """The merchant's invoice, or NotFound (field ``id``)."""
+    async def get(self, merchant_id: str, invoice_id: str, *, lock: bool = False, field: str = "id") -> Invoice:
+        """The merchant's invoice, or NotFound naming ``field``."""
         ...
 
     async def by_sequence(self, merchant_id: str, subscription_id: str, sequence_number: int, *, lock: bool = False) -> Invoice | None: ...

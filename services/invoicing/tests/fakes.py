@@ -40,10 +40,10 @@ class FakeInvoices:
         self._data = data
         self._seen = seen
 
-    async def get(self, merchant_id: str, invoice_id: str, *, lock: bool = False) -> Invoice:
+    async def get(self, merchant_id: str, invoice_id: str, *, lock: bool = False, field: str = "id") -> Invoice:
         found = self._data.invoices.get(invoice_id)
         if found is None or found.merchant_id != merchant_id:
-            raise NotFound("invoice", invoice_id, field="id")
+            raise NotFound("invoice", invoice_id, field=field)
         return self._seen.track(found)
 
     async def by_sequence(self, merchant_id: str, subscription_id: str, sequence_number: int, *, lock: bool = False) -> Invoice | None:
