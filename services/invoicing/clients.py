@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
@@ -145,6 +146,46 @@ class MeterClient:
                 "completeUntil": None if complete_until is None else complete_until.isoformat(),
             },
         )
+
+    async def usages(self, wanted: Sequence[tuple[str, str, datetime, datetime]]) -> tuple[list[Reading], datetime | None]:
+        """Many readings in one GetUsages call (metering reads its watermark first)."""
+        if self._address is None:
+            raise _unconfigured("metering")
+        stub = metering_service_pb2_grpc.MeteringServiceStub(_CHANNELS.get(self._address))
+        answer = await stub.GetUsages(
+            metering_svc.GetUsagesRequest(
+                readings=[
+                    metering_svc.UsageReading(billable_metric_id=m, subject=s, from_time=to_timestamp(a), to_time=to_timestamp(b))
+                    for m, s, a, b in wanted
+                ]
+            )
+        )
+        if len(answer.total_value_decimals) != len(wanted):
+            raise Unavailable("USAGE_UNREADABLE", f"metering answered {len(answer.total_value_decimals)} of {len(wanted)} readings")
+        complete_until = from_timestamp(answer.complete_until) if answer.HasField("complete_until") else None
+        until_text = None if complete_until is None else complete_until.isoformat()
+        out = []
+        for (metric_id, subject, start, end), text in zip(wanted, answer.total_value_decimals, strict=True):
+            try:
+                quantity = Decimal(text or "0")
+            except InvalidOperation:
+                raise Unavailable("USAGE_UNREADABLE", f"metering answered {text!r} for {metric_id}") from None
+            out.append(
+                Reading(
+                    quantity=quantity,
+                    complete_until=complete_until,
+                    query={
+                        "meter": "metering.GetUsages",
+                        "billableMetricId": metric_id,
+                        "subject": subject,
+                        "from": start.isoformat(),
+                        "to": end.isoformat(),
+                        "value": format(quantity, "f"),
+                        "completeUntil": until_text,
+                    },
+                )
+            )
+        return out, complete_until
 
 
 class SubscriptionClient:

@@ -35,7 +35,7 @@ from libs.infra.logging import get_logger
 from libs.infra.proto_time import from_timestamp
 from libs.infra.service_layer import ServiceLayer, check_merchant, opt, page_of, pagination
 from services.invoicing import mapping, views
-from services.invoicing.domain import use_cases
+from services.invoicing.domain import batches, use_cases
 from services.invoicing.domain.calculation import InvoiceCalculation
 from services.invoicing.domain.commands import CloseInvoice, InvoiceFilters, IssueInvoice, OpenInvoice, RecordPayment
 from services.invoicing.domain.model import Invoice, InvoiceLine
@@ -124,6 +124,50 @@ class InvoicingServicer(invoicing_service_pb2_grpc.InvoicingServiceServicer):
         )
         found = await use_cases.issue_invoice(self._unit_of_work, self._sources, self._policy, self._clock, current_merchant_id(), command)
         return mapping.invoice(found)
+
+    async def OpenInvoices(self, request: svc.OpenInvoicesRequest, context: Context) -> svc.InvoiceStepsResponse:
+        _check_batch(len(request.items))
+        commands = [
+            OpenInvoice(
+                terms=mapping.terms_of(item.terms),
+                sequence_number=item.sequence_number,
+                layout=mapping.layout_of(item.composition),
+                effective_time=from_timestamp(item.effective_time),
+            )
+            for item in request.items
+        ]
+        results = await batches.open_invoices(self._unit_of_work, current_merchant_id(), self._clock.now(), commands)
+        return _steps(results)
+
+    async def CloseInvoices(self, request: svc.CloseInvoicesRequest, context: Context) -> svc.InvoiceStepsResponse:
+        _check_batch(len(request.items))
+        commands = [
+            CloseInvoice(
+                terms=mapping.terms_of(item.terms),
+                sequence_number=item.sequence_number,
+                grace_period_end=from_timestamp(item.grace_period_end),
+                layout=mapping.layout_of(item.composition) if item.HasField("composition") else None,
+                effective_time=from_timestamp(item.effective_time),
+            )
+            for item in request.items
+        ]
+        results = await batches.close_invoices(self._unit_of_work, current_merchant_id(), self._clock.now(), commands)
+        return _steps(results)
+
+    async def IssueInvoices(self, request: svc.IssueInvoicesRequest, context: Context) -> svc.InvoiceStepsResponse:
+        _check_batch(len(request.items))
+        commands = [
+            IssueInvoice(
+                terms=mapping.terms_of(item.terms),
+                sequence_number=item.sequence_number,
+                effective_time=from_timestamp(item.effective_time),
+            )
+            for item in request.items
+        ]
+        results = await batches.issue_invoices(
+            self._unit_of_work, self._sources, self._policy, self._clock, current_merchant_id(), commands
+        )
+        return _steps(results)
 
     # --- reads ------------------------------------------------------------------------
 
@@ -240,6 +284,27 @@ class InvoicingServicer(invoicing_service_pb2_grpc.InvoicingServiceServicer):
             return svc.RecordInvoicePaymentResponse(method="out_of_band", invoice=mapping.invoice(found))
 
         return await self._service.mutate("RecordInvoicePayment", request, svc.RecordInvoicePaymentResponse, work)
+
+
+def _check_batch(size: int) -> None:
+    if size > batches.MAX_ITEMS:
+        raise InvalidArgument("items", f"at most {batches.MAX_ITEMS} items per call, got {size}", reason="TOO_MANY_ITEMS")
+
+
+def _steps(results: Sequence[batches.StepResult]) -> svc.InvoiceStepsResponse:
+    out = svc.InvoiceStepsResponse()
+    for result in results:
+        if result.invoice is not None:
+            out.results.append(svc.InvoiceStepResult(invoice=mapping.invoice(result.invoice)))
+            continue
+        err = result.error or DomainError("BATCH_ITEM_LOST", "the step was not answered")
+        error = svc.InvoiceStepError(
+            code=err.code.value, reason=err.reason, message=err.message, metadata=err.metadata, retryable=err.retryable
+        )
+        if err.field is not None:
+            error.field = err.field
+        out.results.append(svc.InvoiceStepResult(error=error))
+    return out
 
 
 def _summary(rows: Sequence[tuple[Invoice, InvoiceLine]], invoices: Sequence[Invoice]) -> svc.LineItemsSummary:

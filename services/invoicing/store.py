@@ -19,6 +19,7 @@ quantities in plain ``numeric``. Every query is scoped by merchant_id.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -184,6 +185,12 @@ class InvoiceRepository:
     def __init__(self, conn: AsyncConnection, seen: EventCollector) -> None:
         self._conn = conn
         self._seen = seen
+        # each invoice as this unit of work last wrote it (a copy): what its recorded
+        # events render at commit, without reading the row again (views.py)
+        self.written: dict[str, Invoice] = {}
+
+    def _wrote(self, invoice: Invoice) -> None:
+        self.written[invoice.id] = dataclasses.replace(invoice)
 
     def _load(self, row: sa.Row[Any]) -> Invoice:
         return self._seen.track(_invoice(row))
@@ -219,17 +226,89 @@ class InvoiceRepository:
             )
         ).first()
         if inserted is not None:
+            self._wrote(invoice)
             return self._seen.track(invoice), True
         found = await self.by_sequence(invoice.merchant_id, invoice.subscription_id, invoice.sequence_number)
         if found is None:  # the subscription id is another merchant's: never the case for real ids
             raise NotFound("subscription", invoice.subscription_id, field="terms.subscriptionId")
         return found, False
 
+    async def by_sequences(
+        self, merchant_id: str, keys: Sequence[tuple[str, int]], *, lock: bool = False
+    ) -> dict[tuple[str, int], Invoice]:
+        """The merchant's invoices of those (subscription, sequence number) pairs (locked in id order)."""
+        if not keys:
+            return {}
+        t = invoices
+        pairs = sa.tuple_(t.c.subscription_id, t.c.sequence_number).in_([(sub, int(k)) for sub, k in keys])
+        query = sa.select(t).where(t.c.merchant_id == merchant_id, pairs).order_by(t.c.id)
+        if lock:
+            query = query.with_for_update()
+        found = [self._load(row) for row in (await self._conn.execute(query)).all()]
+        return {(i.subscription_id, i.sequence_number): i for i in found}
+
+    async def add_many_if_absent(self, batch: Sequence[Invoice]) -> dict[tuple[str, int], Invoice]:
+        """add_if_absent of many invoices (distinct keys) in one statement: for each key the
+        one stored (the given one if none existed). A key missing from the answer belongs
+        to another merchant's subscription."""
+        if not batch:
+            return {}
+        # executemany (SQLAlchemy's insertmanyvalues): one cached statement whatever the size
+        inserted = {
+            (row.subscription_id, int(row.sequence_number))
+            for row in await self._conn.execute(
+                pg.insert(invoices)
+                .on_conflict_do_nothing(index_elements=[invoices.c.subscription_id, invoices.c.sequence_number])
+                .returning(invoices.c.subscription_id, invoices.c.sequence_number),
+                [_invoice_values(i) for i in batch],
+            )
+        }
+        out: dict[tuple[str, int], Invoice] = {}
+        others: list[tuple[str, int]] = []
+        for invoice in batch:
+            key = (invoice.subscription_id, invoice.sequence_number)
+            if key in inserted:
+                self._wrote(invoice)
+                out[key] = self._seen.track(invoice)
+            else:
+                others.append(key)
+        out.update(await self.by_sequences(batch[0].merchant_id, others))
+        return out
+
+    async def save_many(self, batch: Sequence[Invoice]) -> None:
+        if not batch:
+            return
+        rows = []
+        for invoice in batch:
+            values = _invoice_values(invoice)
+            values["_id"] = values.pop("id")
+            rows.append(values)
+            self._seen.track(invoice)
+            self._wrote(invoice)
+        columns: dict[str, Any] = {c.name: sa.bindparam(c.name) for c in invoices.c if c.name != "id"}
+        await self._conn.execute(invoices.update().where(invoices.c.id == sa.bindparam("_id")).values(**columns), rows)
+
+    async def of_subscriptions(self, merchant_id: str, subscription_ids: Sequence[str]) -> dict[str, list[Invoice]]:
+        """Every invoice of each subscription, by sequence number."""
+        out: dict[str, list[Invoice]] = {s: [] for s in subscription_ids}
+        if not subscription_ids:
+            return out
+        t = invoices
+        query = (
+            sa.select(t)
+            .where(t.c.merchant_id == merchant_id, t.c.subscription_id.in_(list(subscription_ids)))
+            .order_by(t.c.subscription_id, t.c.sequence_number)
+        )
+        for row in (await self._conn.execute(query)).all():
+            out[row.subscription_id].append(self._load(row))
+        return out
+
     async def save(self, invoice: Invoice) -> None:
         values = _invoice_values(invoice)
         del values["id"]
         await self._conn.execute(invoices.update().where(invoices.c.id == invoice.id).values(**values))
         self._seen.track(invoice)
+        self._wrote(invoice)
 
     async def list_page(self, merchant_id: str, filters: InvoiceFilters, page: Page) -> tuple[list[Invoice], int]:
         t = invoices
@@ -367,6 +446,33 @@ class BilledRepository:
             ],
         )
 
+    async def add_many(self, merchant_id: str, billed: Sequence[tuple[str, Sequence[Billed]]]) -> None:
+        """add_all of many subscriptions' rows in one statement."""
+        rows = [
+            _billed_row(merchant_id, subscription_id, position, b)
+            for subscription_id, of_one in billed
+            for position, b in enumerate(of_one)
+        ]
+        if rows:
+            await self._conn.execute(billed_periods.insert(), rows)
+
+    async def of_subscriptions(
+        self, merchant_id: str, subscription_ids: Sequence[str], *, window_end_after: datetime
+    ) -> dict[str, list[Billed]]:
+        """of_subscription of many subscriptions (one horizon: the earliest wanted; filter on)."""
+        out: dict[str, list[Billed]] = {s: [] for s in subscription_ids}
+        if not subscription_ids:
+            return out
+        t = billed_periods
+        rows = await self._conn.execute(
+            sa.select(t)
+            .where(t.c.merchant_id == merchant_id, t.c.subscription_id.in_(list(subscription_ids)), t.c.window_end > window_end_after)
+            .order_by(t.c.window_start, t.c.invoice_id, t.c.position)
+        )
+        for row in rows:
+            out[row.subscription_id].append(_billed(row))
+        return out
+
     async def of_subscription(self, merchant_id: str, subscription_id: str, *, window_end_after: datetime) -> list[Billed]:
         t = billed_periods
         rows = await self._conn.execute(
@@ -374,23 +480,42 @@ class BilledRepository:
             .where(t.c.merchant_id == merchant_id, t.c.subscription_id == subscription_id, t.c.window_end > window_end_after)
             .order_by(t.c.window_start, t.c.invoice_id, t.c.position)
         )
-        return [
-            Billed(
-                price_id=row.price_id,
-                window=Window(
-                    start=row.window_start,
-                    end=row.window_end,
-                    period_start=row.period_start,
-                    period_end=row.period_end,
-                    period_index=int(row.period_index),
-                ),
-                quantity=Decimal(row.quantity),
-                exact_amount=Decimal(row.exact_amount),
-                invoice_id=row.invoice_id,
-                tax_rate=None if row.tax_rate is None else Decimal(row.tax_rate),
-            )
-            for row in rows
-        ]
+        return [_billed(row) for row in rows]
+
+
+def _billed_row(merchant_id: str, subscription_id: str, position: int, b: Billed) -> dict[str, Any]:
+    return {
+        "invoice_id": b.invoice_id,
+        "position": position,
+        "merchant_id": merchant_id,
+        "subscription_id": subscription_id,
+        "price_id": b.price_id,
+        "window_start": b.window.start,
+        "window_end": b.window.end,
+        "period_start": b.window.period_start,
+        "period_end": b.window.period_end,
+        "period_index": b.window.period_index,
+        "quantity": b.quantity,
+        "exact_amount": b.exact_amount,
+        "tax_rate": b.tax_rate,
+    }
+
+
+def _billed(row: Any) -> Billed:
+    return Billed(
+        price_id=row.price_id,
+        window=Window(
+            start=row.window_start,
+            end=row.window_end,
+            period_start=row.period_start,
+            period_end=row.period_end,
+            period_index=int(row.period_index),
+        ),
+        quantity=Decimal(row.quantity),
+        exact_amount=Decimal(row.exact_amount),
+        invoice_id=row.invoice_id,
+        tax_rate=None if row.tax_rate is None else Decimal(row.tax_rate),
+    )
 
 
 class CarryRepository:
@@ -423,6 +548,38 @@ class CarryRepository:
             .on_conflict_do_nothing()
         )
         return await self._read(merchant_id, customer_id, currency, lock=True)
+
+    async def lock_many(self, merchant_id: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Carry]:
+        """lock of many (customer, currency) rows, in key order."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        t = customer_carry
+        await self._conn.execute(
+            pg.insert(t).values(updated_at=sa.func.now()).on_conflict_do_nothing(),
+            [{"merchant_id": merchant_id, "customer_id": c, "currency": cur, "exact_total": 0, "billed_total": 0} for c, cur in wanted],
+        )
+        query = (
+            sa.select(t.c.customer_id, t.c.currency, t.c.exact_total, t.c.billed_total)
+            .where(t.c.merchant_id == merchant_id, sa.tuple_(t.c.customer_id, t.c.currency).in_(wanted))
+            .order_by(t.c.customer_id, t.c.currency)
+            .with_for_update()
+        )
+        return {(r.customer_id, r.currency): Carry(Decimal(r.exact_total), int(r.billed_total)) for r in await self._conn.execute(query)}
+
+    async def save_many(self, merchant_id: str, carries: dict[tuple[str, str], Carry], now: datetime) -> None:
+        if not carries:
+            return
+        t = customer_carry
+        await self._conn.execute(
+            t.update()
+            .where(t.c.merchant_id == merchant_id, t.c.customer_id == sa.bindparam("_customer"), t.c.currency == sa.bindparam("_currency"))
+            .values(exact_total=sa.bindparam("_exact"), billed_total=sa.bindparam("_billed"), updated_at=now),
+            [
+                {"_customer": c, "_currency": cur, "_exact": carry.exact_total, "_billed": carry.billed_total}
+                for (c, cur), carry in carries.items()
+            ],
+        )
 
     async def peek(self, merchant_id: str, customer_id: str, currency: str) -> Carry:
         return await self._read(merchant_id, customer_id, currency, lock=False)
@@ -487,6 +644,21 @@ class Numbering:
             .returning(t.c.last_number)
         )
         return int((await self._conn.execute(stmt)).scalar_one())
+
+    async def next_numbers(self, merchant_id: str, count: int) -> list[int]:
+        """The merchant's next ``count`` invoice numbers, consecutive, from one update of its
+        counter row (locked until the unit of work ends, as ``next_number``)."""
+        if count <= 0:
+            return []
+        t = invoice_counters
+        stmt = (
+            pg.insert(t)
+            .values(merchant_id=merchant_id, last_number=count)
+            .on_conflict_do_update(index_elements=[t.c.merchant_id], set_={"last_number": t.c.last_number + count})
+            .returning(t.c.last_number)
+        )
+        last = int((await self._conn.execute(stmt)).scalar_one())
+        return list(range(last - count + 1, last + 1))
 
 
 class SqlInvoicingUnitOfWork:

@@ -1,5 +1,7 @@
 """What the unit of work sends for a recorded event: the invoice as it is at commit,
-rendered as the API renders it (without lines), built into InvoiceChanged by events.py."""
+rendered as the API renders it (without lines), built into InvoiceChanged by events.py.
+The invoice is the copy the unit of work last wrote (store.py), read again only when it
+wrote none."""
 
 from __future__ import annotations
 
@@ -12,5 +14,8 @@ from services.invoicing.store import SqlInvoicingUnitOfWork
 
 async def outbox_message(uow: SqlInvoicingUnitOfWork, event: DomainEvent) -> OutboxMessage:
     assert isinstance(event, InvoiceChanged), f"invoicing records InvoiceChanged, not {type(event).__name__}"
-    found = await uow.invoices.get(event.merchant_id, event.invoice_id)
+    written = uow.invoices.written.get(event.invoice_id)
+    found = written if written is not None and written.merchant_id == event.merchant_id else None
+    if found is None:
+        found = await uow.invoices.get(event.merchant_id, event.invoice_id)
     return events.invoice_changed(event, mapping.invoice(found))

@@ -37,12 +37,13 @@ from services.metering.domain.usage import window_unit
 from services.metering.events import partition_subject
 from services.metering.metrics import MetricIndex, TypeCheck
 from services.metering.test_clocks import ClockChange, ClockIndex, MerchantClocks
-from services.metering.usage_query import UsageQuery, query_usage
+from services.metering.usage_query import Reading, UsageQuery, complete_until, query_totals, query_usage
 from services.metering.usage_query import conditions as usage_conditions
 
 _tracer = tracer("accrue.metering")
 METER_EVENTS_PAGE_SIZE = 20
 MAX_BATCH = 1000
+MAX_USAGE_READINGS = 10000
 # one array parameter, so the statement is the same whatever the batch size
 _KNOWN_KEYS = sa.text(
     "SELECT idempotency_key FROM meter_events WHERE merchant_id = :merchant_id AND idempotency_key = ANY(CAST(:keys AS text[]))"
@@ -420,6 +421,30 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             response.group_count = usage.group_count
         if usage.complete_until is not None:
             response.complete_until.CopyFrom(to_timestamp(usage.complete_until))
+        return response
+
+    async def GetUsages(self, request: svc.GetUsagesRequest, context: grpc.aio.ServicerContext) -> svc.GetUsagesResponse:
+        """Internal: the totals of many readings (each as GetMeter with a subject and no
+        windows or groups would answer it), and one watermark. The watermark is read
+        first: every event it covers is in the totals read after it."""
+        merchant_id = current_merchant_id()
+        if len(request.readings) > MAX_USAGE_READINGS:
+            raise InvalidArgument("readings", f"at most {MAX_USAGE_READINGS} readings per call", reason="TOO_MANY_READINGS")
+        metrics = {}
+        for metric_id in dict.fromkeys(r.billable_metric_id for r in request.readings):
+            metrics[metric_id] = await self._metrics.get(merchant_id, metric_id)
+        readings = []
+        for index, r in enumerate(request.readings):
+            if not r.subject:
+                raise InvalidArgument(f"readings[{index}].subject", "subject is required", reason="REQUIRED")
+            start, end = self._window(r)
+            readings.append(Reading(metrics[r.billable_metric_id], r.subject, start, end))
+        async with self._db.engine.connect() as conn:
+            until = await complete_until(conn)
+            totals = await query_totals(conn, readings)
+        response = svc.GetUsagesResponse(total_value_decimals=[_decimal_text(t) for t in totals])
+        if until is not None:
+            response.complete_until.CopyFrom(to_timestamp(until))
         return response
 
     async def ListMeterEvents(self, request: svc.ListMeterEventsRequest, context: grpc.aio.ServicerContext) -> svc.MeterEventList:

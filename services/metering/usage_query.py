@@ -242,3 +242,67 @@ async def _query_time_weighted(conn: AsyncConnection, q: UsageQuery) -> Usage:
     found = list((await conn.execute(query.order_by(sa.text("value DESC")))).all())
     rows, group_count = _usage_rows(q, found, lambda value: value_hours(_exact(value)))
     return Usage(total=total, rows=rows, group_count=group_count, complete_until=await complete_until(conn))
+
+
+# --- many readings at once (invoicing's batches) --------------------------------------
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One (metric, subject, [start, end)) total of ``query_totals``."""
+
+    metric: Metric
+    subject: str
+    start: datetime
+    end: datetime
+
+
+async def query_totals(conn: AsyncConnection, readings: list[Reading]) -> list[Decimal]:
+    """The total of each reading, in order: what ``query_usage`` answers for it alone
+    (no windows, no groups), in one query per metric over all of its readings (unnest of
+    array parameters joined on the subject and window). TIME_WEIGHTED_SUM readings are asked one by one."""
+    totals: list[Decimal] = [Decimal(0)] * len(readings)
+    by_metric: dict[str, list[int]] = {}
+    for index, reading in enumerate(readings):
+        by_metric.setdefault(reading.metric.id, []).append(index)
+    e = store.meter_events
+    for indices in by_metric.values():
+        metric = readings[indices[0]].metric
+        if is_time_weighted(metric):
+            for index in indices:
+                r = readings[index]
+                totals[index] = (await query_usage(conn, UsageQuery(metric=metric, start=r.start, end=r.end, subject=r.subject))).total
+            continue
+        # the readings as four array parameters: one cached statement whatever their number
+        items = (
+            sa.func.unnest(
+                sa.bindparam("idx", [index for index in indices], type_=pg.ARRAY(sa.Integer)),
+                sa.bindparam("subjects", [readings[index].subject for index in indices], type_=pg.ARRAY(sa.Text)),
+                sa.bindparam("starts", [readings[index].start for index in indices], type_=pg.ARRAY(store.TS)),
+                sa.bindparam("ends", [readings[index].end for index in indices], type_=pg.ARRAY(store.TS)),
+            )
+            .table_valued(
+                sa.column("idx", sa.Integer),
+                sa.column("subject", sa.Text),
+                sa.column("w_start", store.TS),
+                sa.column("w_end", store.TS),
+            )
+            .render_derived(name="items")
+        )
+        join = [
+            e.c.merchant_id == metric.merchant_id,
+            e.c.type == metric.event_type,
+            e.c.subject == items.c.subject,
+            e.c.time >= items.c.w_start,
+            e.c.time < items.c.w_end,
+        ]
+        if metric.event_from is not None:
+            join.append(e.c.time >= metric.event_from)
+        query = (
+            sa.select(items.c.idx, aggregate_expression(metric).label("value"))
+            .select_from(items.join(e, sa.and_(*join)))
+            .group_by(items.c.idx)
+        )
+        for row in (await conn.execute(query)).all():
+            totals[row.idx] = _exact(row.value)
+    return totals

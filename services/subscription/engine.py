@@ -9,8 +9,12 @@ subscription (store.mark_terminated) and re-lay its final invoice.
 
 Execution, in batches: one transaction claims up to ``batch_size`` rows (FOR UPDATE
 SKIP LOCKED; the head of each customer's pending work, so one customer's rows run one
-at a time, in time order), runs their RPCs concurrently (``concurrency`` in flight),
-then, in the same transaction, lays every follow-up and marks the rows done. Killed
+at a time, in time order), runs their steps, then, in the same transaction, lays every
+follow-up and marks the rows done. The steps go to invoicing's batch RPCs (OpenInvoices,
+CloseInvoices, IssueInvoices: the batch grouped by merchant and kind into chunks of
+``rpc_batch``, ``concurrency`` chunks in flight; each item answered on its own, an
+invoice or its error); a batch refused whole with a non-retryable error runs its rows
+one RPC each, and so does an invoicing port without batch methods (tests' fakes). Killed
 anywhere, nothing is lost or repeated: an uncommitted batch leaves its rows pending and
 the next claim re-runs their (idempotent) RPCs; a committed one has laid its follow-ups.
 
@@ -45,7 +49,7 @@ from accrue.invoicing.v1 import invoicing_service_pb2 as inv
 from accrue.invoicing.v1 import invoicing_service_pb2_grpc
 
 from libs.core.clock import Clock, SystemClock
-from libs.core.errors import Unavailable
+from libs.core.errors import DomainError, ErrorCode, Unavailable
 from libs.infra.context import acting_for
 from libs.infra.db import Database
 from libs.infra.grpc_client import channel
@@ -105,6 +109,45 @@ class GrpcInvoicing:
         with acting_for(merchant_id):
             answer: inv.Invoice = await self._client().IssueInvoice(request)
         return answer
+
+    async def open_invoices(self, merchant_id: str, requests: Sequence[inv.OpenInvoiceRequest]) -> list[inv.Invoice | Exception]:
+        with acting_for(merchant_id):
+            answer = await self._client().OpenInvoices(inv.OpenInvoicesRequest(items=requests))
+        return _answers(answer, len(requests))
+
+    async def close_invoices(self, merchant_id: str, requests: Sequence[inv.CloseInvoiceRequest]) -> list[inv.Invoice | Exception]:
+        with acting_for(merchant_id):
+            answer = await self._client().CloseInvoices(inv.CloseInvoicesRequest(items=requests))
+        return _answers(answer, len(requests))
+
+    async def issue_invoices(self, merchant_id: str, requests: Sequence[inv.IssueInvoiceRequest]) -> list[inv.Invoice | Exception]:
+        with acting_for(merchant_id):
+            answer = await self._client().IssueInvoices(inv.IssueInvoicesRequest(items=requests))
+        return _answers(answer, len(requests))
+
+
+class BatchInvoicing(Protocol):
+    """Invoicing's batch RPCs (OpenInvoices, CloseInvoices, IssueInvoices): each item
+    answered on its own, an invoice or the error its single RPC would have raised."""
+
+    async def open_invoices(self, merchant_id: str, requests: Sequence[inv.OpenInvoiceRequest]) -> list[inv.Invoice | Exception]: ...
+    async def close_invoices(self, merchant_id: str, requests: Sequence[inv.CloseInvoiceRequest]) -> list[inv.Invoice | Exception]: ...
+    async def issue_invoices(self, merchant_id: str, requests: Sequence[inv.IssueInvoiceRequest]) -> list[inv.Invoice | Exception]: ...
+
+
+def step_error(error: inv.InvoiceStepError) -> DomainError:
+    """A batch item's error as the DomainError its single RPC would have raised."""
+    code = ErrorCode(error.code) if error.code in ErrorCode._value2member_map_ else ErrorCode.UNKNOWN
+    err = DomainError(error.reason, error.message, field=error.field if error.HasField("field") else None, metadata=dict(error.metadata))
+    err.code = code
+    err.retryable = error.retryable
+    return err
+
+
+def _answers(response: inv.InvoiceStepsResponse, expected: int) -> list[inv.Invoice | Exception]:
+    if len(response.results) != expected:
+        raise Unavailable("INVOICING_BATCH_SHORT", f"invoicing answered {len(response.results)} of {expected} steps")
+    return [r.invoice if r.WhichOneof("result") == "invoice" else step_error(r.error) for r in response.results]
 
 
 class Subscriptions(Protocol):
@@ -244,8 +287,9 @@ class Timeline:
         unit_of_work: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         clock: Clock | None = None,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         concurrency: int = 64,
+        rpc_batch: int = 100,
         max_attempts: int = 8,
         retry_base_seconds: float = 0.1,
         retry_cap_seconds: float = 2.0,
@@ -260,6 +304,7 @@ class Timeline:
         self._clock = clock or SystemClock()
         self.batch_size = batch_size
         self.concurrency = concurrency
+        self.rpc_batch = rpc_batch
         self.max_attempts = max_attempts
         self._retry_base = retry_base_seconds
         self._retry_cap = retry_cap_seconds
@@ -453,39 +498,90 @@ class Timeline:
         return found
 
     async def _execute_all(self, rows: Sequence[DueRow], subscriptions: Mapping[str, BilledSubscription]) -> list[_Outcome]:
-        """Every row's RPC, ``concurrency`` in flight (a few runner tasks pulling rows, not
-        a task per row). Outcomes in the rows' order."""
+        """Every row's step. With a batch-capable invoicing (``BatchInvoicing``), the rows
+        are grouped by merchant and kind into chunks of ``rpc_batch`` steps, one call each
+        (``concurrency`` calls in flight); otherwise one RPC per row, ``concurrency`` in
+        flight (a few runner tasks pulling rows, not a task per row). Outcomes in the
+        rows' order."""
         outcomes = [_Outcome(row, subscriptions.get(row.subscription_id)) for row in rows]
-        pending = iter(outcomes)
+        steps: list[tuple[_Outcome, Any]] = []
+        for outcome in outcomes:
+            try:
+                request = self._request(outcome)
+            except Exception as exc:
+                outcome.error = exc
+                continue
+            if request is not None:
+                steps.append((outcome, request))
+        if isinstance(self._invoicing, _BATCH_TYPES) or all(hasattr(self._invoicing, name) for name in _BATCH_METHODS.values()):
+            await self._execute_batched(steps)
+        else:
+            pending = iter(steps)
 
-        async def runner() -> None:
-            for outcome in pending:
-                try:
-                    await self._execute(outcome)
-                except Exception as exc:  # the row stays pending; see _drain and run_real_time
-                    outcome.error = exc
+            async def runner() -> None:
+                for outcome, request in pending:
+                    await self._execute_one(outcome, request)
 
-        await asyncio.gather(*(runner() for _ in range(min(self.concurrency, len(outcomes)))))
+            await asyncio.gather(*(runner() for _ in range(min(self.concurrency, len(steps)))))
         return outcomes
 
-    async def _execute(self, outcome: _Outcome) -> None:
+    async def _execute_one(self, outcome: _Outcome, request: Any) -> None:
+        method = getattr(self._invoicing, _SINGLE_METHODS[type(request)])
+        try:
+            outcome.invoice = await method(outcome.row.merchant_id, request)
+        except Exception as exc:  # the row stays pending; see _drain and run_real_time
+            outcome.error = exc
+
+    async def _execute_batched(self, steps: Sequence[tuple[_Outcome, Any]]) -> None:
+        groups: dict[tuple[str, type], list[tuple[_Outcome, Any]]] = {}
+        for outcome, request in steps:
+            groups.setdefault((outcome.row.merchant_id, type(request)), []).append((outcome, request))
+        chunks = [
+            (merchant_id, kind, group[i : i + self.rpc_batch])
+            for (merchant_id, kind), group in groups.items()
+            for i in range(0, len(group), self.rpc_batch)
+        ]
+        semaphore = asyncio.Semaphore(self.concurrency)
+
+        async def run(merchant_id: str, kind: type, chunk: list[tuple[_Outcome, Any]]) -> None:
+            async with semaphore:
+                method = getattr(self._invoicing, _BATCH_METHODS[kind])
+                try:
+                    answers = await method(merchant_id, [request for _, request in chunk])
+                except Exception as exc:
+                    if getattr(exc, "retryable", False) or not isinstance(exc, DomainError):
+                        for outcome, _ in chunk:
+                            outcome.error = exc
+                        return
+                    # refused whole (a bad item, an older invoicing): each step on its own
+                    for outcome, request in chunk:
+                        await self._execute_one(outcome, request)
+                    return
+                for (outcome, _), answer in zip(chunk, answers, strict=True):
+                    if isinstance(answer, Exception):
+                        outcome.error = answer
+                    else:
+                        outcome.invoice = answer
+
+        await asyncio.gather(*(run(m, k, c) for m, k, c in chunks))
+
+    def _request(self, outcome: _Outcome) -> Any:
+        """The invoicing request of a row (None: nothing to call); lays the follow-ups a
+        regular close will have."""
         row, sub = outcome.row, outcome.subscription
         if sub is None or row.kind is Kind.END:
-            return  # a vanished subscription's row is just done; an end runs in the batch's transaction
+            return None  # a vanished subscription's row is just done; an end runs in the batch's transaction
         if self._superseded(row, sub):
-            return
+            return None
         schedule = Schedule.of(sub)
         terms = billing_terms(sub)
         at = to_timestamp(row.due_at)
         if row.kind is Kind.OPEN:
             composition = schedule.composition(row.due, created=row.due_at)
-            outcome.invoice = await self._invoicing.open_invoice(
-                sub.merchant_id,
-                inv.OpenInvoiceRequest(
-                    terms=terms, sequence_number=row.sequence_number, composition=composition_proto(composition), effective_time=at
-                ),
+            return inv.OpenInvoiceRequest(
+                terms=terms, sequence_number=row.sequence_number, composition=composition_proto(composition), effective_time=at
             )
-        elif row.kind is Kind.CLOSE:
+        if row.kind is Kind.CLOSE:
             request = inv.CloseInvoiceRequest(
                 terms=terms, sequence_number=row.sequence_number, grace_period_end=to_timestamp(row.due_at + self.grace), effective_time=at
             )
@@ -493,11 +589,8 @@ class Timeline:
                 request.composition.CopyFrom(composition_proto(schedule.composition(row.due)))
             else:
                 outcome.follow_ups = schedule.after_close(row.sequence_number, row.due_at, self.grace)
-            outcome.invoice = await self._invoicing.close_invoice(sub.merchant_id, request)
-        else:
-            outcome.invoice = await self._invoicing.issue_invoice(
-                sub.merchant_id, inv.IssueInvoiceRequest(terms=terms, sequence_number=row.sequence_number, effective_time=at)
-            )
+            return request
+        return inv.IssueInvoiceRequest(terms=terms, sequence_number=row.sequence_number, effective_time=at)
 
     @staticmethod
     def _superseded(row: DueRow, sub: BilledSubscription) -> bool:
@@ -506,6 +599,19 @@ class Timeline:
         if sub.status != "terminated" or row.final or row.kind is Kind.ISSUE or row.sequence_number == 0:
             return False
         return sub.terminated_at is not None and row.due_at > sub.terminated_at
+
+
+_SINGLE_METHODS: dict[type, str] = {
+    inv.OpenInvoiceRequest: "open_invoice",
+    inv.CloseInvoiceRequest: "close_invoice",
+    inv.IssueInvoiceRequest: "issue_invoice",
+}
+_BATCH_METHODS: dict[type, str] = {
+    inv.OpenInvoiceRequest: "open_invoices",
+    inv.CloseInvoiceRequest: "close_invoices",
+    inv.IssueInvoiceRequest: "issue_invoices",
+}
+_BATCH_TYPES: tuple[type, ...] = (GrpcInvoicing,)
 
 
 # --- the real-time scheduler -------------------------------------------------------------

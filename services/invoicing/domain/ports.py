@@ -42,6 +42,21 @@ class InvoiceRepository(Protocol):
         """Every invoice of the subscription, by sequence number."""
         ...
 
+    # --- batches (domain/batches.py) ---
+
+    async def by_sequences(
+        self, merchant_id: str, keys: Sequence[tuple[str, int]], *, lock: bool = False
+    ) -> dict[tuple[str, int], Invoice]: ...
+
+    async def add_many_if_absent(self, batch: Sequence[Invoice]) -> dict[tuple[str, int], Invoice]:
+        """add_if_absent of invoices with distinct keys; a key missing from the answer is
+        another merchant's subscription."""
+        ...
+
+    async def save_many(self, batch: Sequence[Invoice]) -> None: ...
+
+    async def of_subscriptions(self, merchant_id: str, subscription_ids: Sequence[str]) -> dict[str, list[Invoice]]: ...
+
 
 class LineRepository(Protocol):
     async def add_all(self, merchant_id: str, lines: Sequence[InvoiceLine]) -> None: ...
@@ -58,6 +73,12 @@ class BilledRepository(Protocol):
         """What the subscription's issued invoices billed for windows ending after the instant."""
         ...
 
+    async def add_many(self, merchant_id: str, billed: Sequence[tuple[str, Sequence[Billed]]]) -> None: ...
+
+    async def of_subscriptions(
+        self, merchant_id: str, subscription_ids: Sequence[str], *, window_end_after: datetime
+    ) -> dict[str, list[Billed]]: ...
+
 
 class CarryRepository(Protocol):
     async def lock(self, merchant_id: str, customer_id: str, currency: str) -> Carry:
@@ -65,6 +86,12 @@ class CarryRepository(Protocol):
         ...
 
     async def peek(self, merchant_id: str, customer_id: str, currency: str) -> Carry: ...
+
+    async def lock_many(self, merchant_id: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Carry]:
+        """lock of many (customer, currency) rows, in key order."""
+        ...
+
+    async def save_many(self, merchant_id: str, carries: dict[tuple[str, str], Carry], now: datetime) -> None: ...
 
     async def save(self, merchant_id: str, customer_id: str, currency: str, carry: Carry, now: datetime) -> None: ...
 
@@ -80,6 +107,10 @@ class Numbering(Protocol):
         """The merchant's next invoice number (1, 2, ...), from its counter row, locked
         until the unit of work ends: a rolled-back issue gives its number back, so the
         numbers of issued invoices have no gaps."""
+        ...
+
+    async def next_numbers(self, merchant_id: str, count: int) -> list[int]:
+        """The next ``count`` numbers, consecutive, locked as ``next_number``."""
         ...
 
 
@@ -124,6 +155,11 @@ class Reading:
 
 class Meter(Protocol):
     async def usage(self, metric_id: str, subject: str, start: datetime, end: datetime) -> Reading: ...
+
+    async def usages(self, wanted: Sequence[tuple[str, str, datetime, datetime]]) -> tuple[list[Reading], datetime | None]:
+        """Many (metric, subject, start, end) readings at once, in order, and metering's
+        watermark, read before them: every event accepted before it is in the readings."""
+        ...
 
 
 class Subscriptions(Protocol):

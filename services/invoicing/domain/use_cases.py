@@ -79,6 +79,27 @@ class Policy:
 UnitOfWorkFactory = Callable[[], AbstractAsyncContextManager[InvoicingUnitOfWork]]
 
 
+def not_open(terms: Terms, sequence_number: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        "INVOICE_NOT_OPEN",
+        f"invoice {sequence_number} of subscription {terms.subscription_id} was never opened",
+        metadata={"subscription_id": terms.subscription_id, "sequence_number": str(sequence_number)},
+    )
+
+
+def usage_not_complete(until: datetime | None, complete_at: datetime) -> Unavailable:
+    return Unavailable(
+        "USAGE_NOT_COMPLETE",
+        f"metering's usage is complete until {until.isoformat() if until else 'never (no aggregator yet)'}, "
+        f"not yet until {complete_at.isoformat()}; retry the step",
+        metadata={"complete_at": complete_at.isoformat()},
+    )
+
+
+def same_subscription(invoice: Invoice, terms: Terms) -> None:
+    _same_subscription(invoice, terms)
+
+
 def _same_subscription(invoice: Invoice, terms: Terms) -> None:
     if invoice.customer_id != terms.customer_id or invoice.currency != terms.currency:
         raise FailedPrecondition(
@@ -91,11 +112,7 @@ def _same_subscription(invoice: Invoice, terms: Terms) -> None:
 async def _the_invoice(uow: InvoicingUnitOfWork, merchant_id: str, terms: Terms, sequence_number: int, *, lock: bool) -> Invoice:
     invoice = await uow.invoices.by_sequence(merchant_id, terms.subscription_id, sequence_number, lock=lock)
     if invoice is None:
-        raise FailedPrecondition(
-            "INVOICE_NOT_OPEN",
-            f"invoice {sequence_number} of subscription {terms.subscription_id} was never opened",
-            metadata={"subscription_id": terms.subscription_id, "sequence_number": str(sequence_number)},
-        )
+        raise not_open(terms, sequence_number)
     _same_subscription(invoice, terms)
     return invoice
 
@@ -149,12 +166,7 @@ async def _wait_until_complete(meter: Meter, probe: tuple[str, Window], subject:
         if until is not None and until >= complete_at:
             return
         if waited >= policy.usage_wait_seconds:
-            raise Unavailable(
-                "USAGE_NOT_COMPLETE",
-                f"metering's usage is complete until {until.isoformat() if until else 'never (no aggregator yet)'}, "
-                f"not yet until {complete_at.isoformat()}; retry the step",
-                metadata={"complete_at": complete_at.isoformat()},
-            )
+            raise usage_not_complete(until, complete_at)
         await policy.sleep(delay)
         waited += delay
         delay = min(delay * 2, 0.5)
@@ -174,6 +186,38 @@ async def _read_usage(
     return dict(zip(keys, answers, strict=True))
 
 
+def windows_to_read(
+    policy: Policy, invoice: Invoice, earlier: Sequence[Invoice], *, at: datetime
+) -> tuple[list[Window], list[Window], datetime]:
+    """The invoice's arrears windows, the earlier issued invoices' arrears windows that
+    late events can still reach, and that horizon. ``at``: the step's instant."""
+    issued = [e for e in earlier if e.issued_at is not None and e.sequence_number < invoice.sequence_number]
+    horizon = late_usage_horizon([e.issued_at for e in issued if e.issued_at is not None], at, policy.max_event_age)
+    current = list(invoice.layout.composition.arrears)
+    late = list(dict.fromkeys(w for e in issued for w in e.layout.composition.arrears if w.end > horizon and w.start < w.end))
+    return current, late, horizon
+
+
+def inputs_of(
+    charges: list[Charge],
+    current: Sequence[Window],
+    late: Sequence[Window],
+    horizon: datetime,
+    reading: Callable[[str, Window], Reading],
+) -> Inputs:
+    metered = [c for c in charges if c.kind == "metered"]
+
+    def usage_of(windows: Sequence[Window]) -> list[Usage]:
+        out = []
+        for c in metered:
+            for w in windows:
+                r = reading(c.source_id, w)
+                out.append(Usage(price_id=c.price_id, window=w, quantity=r.quantity, query=r.query))
+        return out
+
+    return Inputs(charges=charges, usage=usage_of(current), late_usage=usage_of(late), horizon=horizon)
+
+
 async def gather_inputs(
     sources: Sources,
     policy: Policy,
@@ -189,21 +233,10 @@ async def gather_inputs(
     still reach (late usage). ``at``: the step's instant in the subscription's time."""
     charges = await sources.catalog.charges(terms)
     metered = [c for c in charges if c.kind == "metered"]
-    issued = [e for e in earlier if e.issued_at is not None and e.sequence_number < invoice.sequence_number]
-    horizon = late_usage_horizon([e.issued_at for e in issued if e.issued_at is not None], at, policy.max_event_age)
-    current = list(invoice.layout.composition.arrears)
-    late = list(dict.fromkeys(w for e in issued for w in e.layout.composition.arrears if w.end > horizon and w.start < w.end))
+    current, late, horizon = windows_to_read(policy, invoice, earlier, at=at)
     wanted = [(c.source_id, w) for c in metered for w in (*current, *late)]
     readings = await _read_usage(sources.meter, wanted, terms.customer_id, complete_at=complete_at, policy=policy) if wanted else {}
-
-    def usage_of(windows: Sequence[Window]) -> list[Usage]:
-        return [
-            Usage(price_id=c.price_id, window=w, quantity=readings[(c.source_id, w)].quantity, query=readings[(c.source_id, w)].query)
-            for c in metered
-            for w in windows
-        ]
-
-    return Inputs(charges=charges, usage=usage_of(current), late_usage=usage_of(late), horizon=horizon)
+    return inputs_of(charges, current, late, horizon, lambda metric_id, w: readings[(metric_id, w)])
 
 
 def calculate(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
 
@@ -79,6 +79,26 @@ class FakeInvoices:
         found = [i for i in self._data.invoices.values() if i.merchant_id == merchant_id and i.subscription_id == subscription_id]
         return [self._seen.track(i) for i in sorted(found, key=lambda i: i.sequence_number)]
 
+    async def by_sequences(
+        self, merchant_id: str, keys: Sequence[tuple[str, int]], *, lock: bool = False
+    ) -> dict[tuple[str, int], Invoice]:
+        out = {}
+        for sub, k in keys:
+            found = await self.by_sequence(merchant_id, sub, k, lock=lock)
+            if found is not None:
+                out[(sub, k)] = found
+        return out
+
+    async def add_many_if_absent(self, batch: Sequence[Invoice]) -> dict[tuple[str, int], Invoice]:
+        return {(i.subscription_id, i.sequence_number): (await self.add_if_absent(i))[0] for i in batch}
+
+    async def save_many(self, batch: Sequence[Invoice]) -> None:
+        for invoice in batch:
+            await self.save(invoice)
+
+    async def of_subscriptions(self, merchant_id: str, subscription_ids: Sequence[str]) -> dict[str, list[Invoice]]:
+        return {s: await self.of_subscription(merchant_id, s) for s in subscription_ids}
+
 
 class FakeLines:
     def __init__(self, data: FakeStore) -> None:
@@ -102,6 +122,15 @@ class FakeBilled:
     async def of_subscription(self, merchant_id: str, subscription_id: str, *, window_end_after: datetime) -> list[Billed]:
         return [b for m, s, b in self._data.billed if (m, s) == (merchant_id, subscription_id) and b.window.end > window_end_after]
 
+    async def add_many(self, merchant_id: str, billed: Sequence[tuple[str, Sequence[Billed]]]) -> None:
+        for subscription_id, rows in billed:
+            await self.add_all(merchant_id, subscription_id, rows)
+
+    async def of_subscriptions(
+        self, merchant_id: str, subscription_ids: Sequence[str], *, window_end_after: datetime
+    ) -> dict[str, list[Billed]]:
+        return {s: await self.of_subscription(merchant_id, s, window_end_after=window_end_after) for s in subscription_ids}
+
 
 class FakeCarry:
     def __init__(self, data: FakeStore) -> None:
@@ -115,6 +144,13 @@ class FakeCarry:
 
     async def save(self, merchant_id: str, customer_id: str, currency: str, carry: Carry, now: datetime) -> None:
         self._data.carry[(merchant_id, customer_id, currency)] = carry
+
+    async def lock_many(self, merchant_id: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Carry]:
+        return {(c, cur): await self.lock(merchant_id, c, cur) for c, cur in sorted(set(keys))}
+
+    async def save_many(self, merchant_id: str, carries: dict[tuple[str, str], Carry], now: datetime) -> None:
+        for (c, cur), carry in carries.items():
+            await self.save(merchant_id, c, cur, carry, now)
 
 
 class FakeCreditNotes:
@@ -135,6 +171,9 @@ class FakeNumbering:
     async def next_number(self, merchant_id: str) -> int:
         self._data.counters[merchant_id] = self._data.counters.get(merchant_id, 0) + 1
         return self._data.counters[merchant_id]
+
+    async def next_numbers(self, merchant_id: str, count: int) -> list[int]:
+        return [await self.next_number(merchant_id) for _ in range(count)]
 
 
 class FakeUnitOfWork:
@@ -189,6 +228,7 @@ class FakeMeter:
         self.lagging = 0
         self.lag_until: datetime | None = None
         self.asked: list[tuple[str, str, datetime, datetime]] = []
+        self.batches = 0
         self.down = False
         # runs once, after the next answer: events stored just after that answer's usage
         # was aggregated, though its watermark (read a moment later) already covers them
@@ -211,6 +251,23 @@ class FakeMeter:
             hook, self.after_next_answer = self.after_next_answer, None
             hook()
         return Reading(quantity, until, {"billableMetricId": metric_id, "subject": subject, "value": str(quantity)})
+
+    async def usages(self, wanted: Sequence[tuple[str, str, datetime, datetime]]) -> tuple[list[Reading], datetime | None]:
+        """The batch reading: the watermark is taken before the quantities (one lagging
+        answer counts once for the whole batch)."""
+        if self.down:
+            raise Unavailable("METERING_DOWN", "metering is down")
+        self.batches += 1
+        until: datetime | None = self.complete_until or datetime.max.replace(tzinfo=UTC)
+        if self.lagging > 0:
+            self.lagging -= 1
+            until = self.lag_until or datetime.min.replace(tzinfo=UTC)
+        out = []
+        for key in wanted:
+            self.asked.append(key)
+            quantity = self.quantities.get(key, Decimal(0))
+            out.append(Reading(quantity, until, {"billableMetricId": key[0], "subject": key[1], "value": str(quantity)}))
+        return out, until
 
 
 class FakeSubscriptions:
