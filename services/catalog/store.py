@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -25,6 +25,7 @@ from libs.core.domain import DomainEvent, EventCollector
 from libs.core.errors import NotFound
 from libs.core.paging import Page
 from libs.infra.db import Database, OutboxMessage, UnitOfWork, add_infra_tables
+from libs.infra.repository import TableRepository, load_aggregate
 from services.catalog.domain.model import BillableMetric, CatalogAggregate, Feature, Fee, Plan, PlanVersion, Price, Product
 from services.catalog.domain.rules import PlanLine
 
@@ -187,60 +188,20 @@ plan_version_prices = sa.Table(
 A = TypeVar("A", bound=CatalogAggregate)
 
 
-def _aggregate(kind: type[A], table: sa.Table, row: sa.Row[Any], **extra: Any) -> A:
-    values = row._mapping
-    return kind(**{column.name: values[column] for column in table.c}, **extra)
+_aggregate = load_aggregate
 
 
-class Repository(Generic[A]):
-    """get / add / save / list_page of one aggregate over its table."""
+class Repository(TableRepository[A]):
+    """get / add / save / list_page of one catalog aggregate over its table."""
 
-    def __init__(self, conn: AsyncConnection, seen: EventCollector, table: sa.Table, kind: type[A]) -> None:
-        self._conn = conn
-        self._seen = seen
-        self._table = table
-        self._kind = kind
+    created_column = "created_at"
 
-    def _load(self, row: sa.Row[Any]) -> A:
-        return self._seen.track(_aggregate(self._kind, self._table, row))
-
-    def _values(self, aggregate: A) -> dict[str, Any]:
-        return {column.name: getattr(aggregate, column.name) for column in self._table.c}
-
-    def _live(self, merchant_id: str) -> list[sa.ColumnElement[bool]]:
-        t = self._table
-        conditions = [t.c.merchant_id == merchant_id]
-        if "delete_time" in t.c:
-            conditions.append(t.c.delete_time.is_(None))
-        return conditions
-
-    async def get(self, merchant_id: str, resource_id: str, *, field: str | None = None, lock: bool = False) -> A:
-        t = self._table
-        query = sa.select(t).where(t.c.id == resource_id, *self._live(merchant_id))
-        if lock:
-            query = query.with_for_update()
-        row = (await self._conn.execute(query)).first()
-        if row is None:
-            raise NotFound(self._kind.resource.value, resource_id, field=field)
-        return self._load(row)
-
-    async def add(self, aggregate: A) -> None:
-        await self._conn.execute(self._table.insert().values(**self._values(aggregate)))
-        self._seen.track(aggregate)
-
-    async def save(self, aggregate: A) -> None:
-        values = self._values(aggregate)
-        del values["id"]
-        await self._conn.execute(self._table.update().where(self._table.c.id == aggregate.id).values(**values))
-        self._seen.track(aggregate)
+    def _resource(self) -> str:
+        return str(self._kind.resource.value)
 
     async def list_page(self, merchant_id: str, filters: Mapping[str, str], page: Page) -> tuple[list[A], int]:
         t = self._table
-        where = sa.and_(*self._live(merchant_id), *(t.c[name] == value for name, value in filters.items()))
-        total = (await self._conn.execute(sa.select(sa.func.count()).select_from(t).where(where))).scalar_one()
-        query = sa.select(t).where(where).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(page.limit).offset(page.offset)
-        rows = (await self._conn.execute(query)).all()
-        return [self._load(row) for row in rows], int(total)
+        return await self._page(sa.and_(*self._live(merchant_id), *(t.c[name] == value for name, value in filters.items())), page)
 
 
 class FeatureRepository(Repository[Feature]):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -28,6 +28,7 @@ from libs.core.domain import Aggregate, DomainEvent, EventCollector
 from libs.core.errors import NotFound
 from libs.core.paging import Page
 from libs.infra.db import Database, OutboxMessage, UnitOfWork, add_infra_tables
+from libs.infra.repository import TableRepository, load_aggregate
 from services.subscription.domain.model import Consumer, Customer, Subscription, TestClock
 from services.subscription.domain.ports import CustomerFilters, SubscriptionFilters
 from services.subscription.domain.rules import LIVE_STATUSES
@@ -150,13 +151,7 @@ subscriptions = sa.Table(
 A = TypeVar("A", bound=Aggregate)
 
 
-def _columns(table: sa.Table) -> list[str]:
-    return [column.name for column in table.c]
-
-
-def _aggregate(kind: type[A], table: sa.Table, row: sa.Row[Any]) -> A:
-    values = row._mapping
-    return kind(**{column.name: values[column] for column in table.c})
+_aggregate = load_aggregate
 
 
 def _like(text: str) -> str:
@@ -171,65 +166,7 @@ async def _advisory_lock(conn: AsyncConnection, key: str) -> None:
     await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(key, 0))))
 
 
-class _Repository(Generic[A]):
-    resource: str
-
-    def __init__(self, conn: AsyncConnection, seen: EventCollector, table: sa.Table, kind: type[A]) -> None:
-        self._conn = conn
-        self._seen = seen
-        self._table = table
-        self._kind = kind
-
-    def _load(self, row: sa.Row[Any]) -> A:
-        return self._seen.track(_aggregate(self._kind, self._table, row))
-
-    def _values(self, aggregate: A) -> dict[str, Any]:
-        return {name: getattr(aggregate, name) for name in _columns(self._table)}
-
-    def _live(self, merchant_id: str) -> list[sa.ColumnElement[bool]]:
-        t = self._table
-        conditions = [t.c.merchant_id == merchant_id]
-        if "delete_time" in t.c:
-            conditions.append(t.c.delete_time.is_(None))
-        return conditions
-
-    async def get(self, merchant_id: str, resource_id: str, *, field: str | None = None, lock: bool = False) -> A:
-        t = self._table
-        query = sa.select(t).where(t.c.id == resource_id, *self._live(merchant_id))
-        if lock:
-            query = query.with_for_update()
-        row = (await self._conn.execute(query)).first()
-        if row is None:
-            raise NotFound(self.resource, resource_id, field=field)
-        return self._load(row)
-
-    async def add(self, aggregate: A) -> None:
-        await self._conn.execute(self._table.insert().values(**self._values(aggregate)))
-        self._seen.track(aggregate)
-
-    async def save(self, aggregate: A) -> None:
-        values = self._values(aggregate)
-        del values["id"]
-        await self._conn.execute(self._table.update().where(self._table.c.id == aggregate.id).values(**values))
-        self._seen.track(aggregate)
-
-    async def _page(self, where: sa.ColumnElement[bool], page: Page, select_from: Any = None) -> tuple[list[A], int]:
-        t = self._table
-        source = select_from if select_from is not None else t
-        total = (await self._conn.execute(sa.select(sa.func.count()).select_from(source).where(where))).scalar_one()
-        query = (
-            sa.select(t)
-            .select_from(source)
-            .where(where)
-            .order_by(t.c.create_time.desc(), t.c.id.desc())
-            .limit(page.limit)
-            .offset(page.offset)
-        )
-        rows = (await self._conn.execute(query)).all()
-        return [self._load(row) for row in rows], int(total)
-
-
-class ConsumerRepository(_Repository[Consumer]):
+class ConsumerRepository(TableRepository[Consumer]):
     resource = "consumer"
 
     async def claim_email(self, merchant_id: str, email: str) -> Consumer | None:
@@ -247,7 +184,7 @@ class ConsumerRepository(_Repository[Consumer]):
         return {row.id: _aggregate(Consumer, consumers, row) for row in rows}
 
 
-class CustomerRepository(_Repository[Customer]):
+class CustomerRepository(TableRepository[Customer]):
     resource = "customer"
 
     async def live_of_consumer(self, merchant_id: str, consumer_id: str) -> Customer | None:
@@ -275,7 +212,7 @@ class CustomerRepository(_Repository[Customer]):
         return await self._page(sa.and_(*conditions), page, t.join(c, c.c.id == t.c.consumer_id))
 
 
-class TestClockRepository(_Repository[TestClock]):
+class TestClockRepository(TableRepository[TestClock]):
     __test__ = False
     resource = "test_clock"
 
@@ -283,11 +220,11 @@ class TestClockRepository(_Repository[TestClock]):
         return await self._page(sa.and_(*self._live(merchant_id)), page)
 
 
-class SubscriptionRepository(_Repository[Subscription]):
+class SubscriptionRepository(TableRepository[Subscription]):
     resource = "subscription"
 
     def _values(self, aggregate: Subscription) -> dict[str, Any]:
-        return {name: getattr(aggregate, name) for name in _columns(subscriptions)}
+        return {name: getattr(aggregate, name) for name in [column.name for column in subscriptions.c]}
 
     async def _with_rates(self, found: list[Subscription]) -> list[Subscription]:
         await fill_customer_tax_rates(self._conn, found)
