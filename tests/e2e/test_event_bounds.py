@@ -41,8 +41,9 @@ from services.subscription import events as subscription_events
 
 pytestmark = pytest.mark.e2e
 FAR = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
-# generous: the behaviour under test is "well under a second, not 3 s"
-FAST = 1.0
+# generous: the behaviour under test is "well under the 3 s a catalog lookup per refused
+# event cost", on 2 cores shared with every service and 220 requests at once
+FAST = 2.0
 
 
 def _metric(client: MerchantClient, aggregation: str = "SUM") -> dict[str, Any]:

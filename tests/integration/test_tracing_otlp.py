@@ -136,6 +136,18 @@ def _one_trace(spans: list[Received], root_name: str) -> tuple[Received, dict[tu
     return roots[0], in_trace
 
 
+def _has_hops(spans: list[Received], root_name: str, named: list[tuple[str, str, str]], kinds: list[tuple[str, str]]) -> bool:
+    """Whether the trace under the gateway's root span `root_name` holds every (service, name,
+    kind) in `named` and a span of every (service, kind) in `kinds`."""
+    roots = [s for s in spans if s.service == "gateway" and s.name == root_name and s.kind == "SERVER"]
+    if not roots:
+        return False
+    in_trace = [s for s in spans if s.trace_id == roots[0].trace_id]
+    have = {(s.service, s.name, s.kind) for s in in_trace}
+    have_kinds = {(s.service, s.kind) for s in in_trace}
+    return all(n in have for n in named) and all(k in have_kinds for k in kinds)
+
+
 def _parent(child: Received, parent: Received) -> None:
     assert child.trace_id == parent.trace_id
     assert child.parent_span_id == parent.span_id, (child, parent)
@@ -159,11 +171,17 @@ def test_traces_arrive_one_per_call_across_every_hop_and_probes_are_not_traced(t
     assert metric.status_code == 201, metric.text
 
     # the catalog change: gateway -> catalog -> outbox publish -> metering's consumer
+    method = "/accrue.catalog.v1.CatalogService/CreateBillableMetric"
+    # each process exports on its own schedule: wait until every hop of the trace is in
     spans = receiver.wait_for(
-        lambda spans: any(s.service == "metering" and s.kind == "CONSUMER" and s.name.startswith("accrue.catalog.") for s in spans)
+        lambda spans: _has_hops(
+            spans,
+            "POST /v0/billableMetrics",
+            [("gateway", method, "CLIENT"), ("catalog", method, "SERVER")],
+            [("catalog", "PRODUCER"), ("metering", "CONSUMER")],
+        )
     )
     root, in_trace = _one_trace(spans, "POST /v0/billableMetrics")
-    method = "/accrue.catalog.v1.CatalogService/CreateBillableMetric"
     client = in_trace[("gateway", method, "CLIENT")]
     server = in_trace[("catalog", method, "SERVER")]
     (publish,) = [s for k, s in in_trace.items() if k[0] == "catalog" and k[2] == "PRODUCER"]
@@ -181,7 +199,14 @@ def test_traces_arrive_one_per_call_across_every_hop_and_probes_are_not_traced(t
     event = {"type": event_type, "source": "t", "subject": f"cus_{uuid.uuid4().hex[:10]}", "data": {}}
     accepted = httpx.post(f"{base}/v0/events", json=event, headers=headers, timeout=10)
     assert accepted.status_code in (200, 201, 202), accepted.text
-    spans = receiver.wait_for(lambda spans: any(s.service == "metering-aggregator" and s.name == "INSERT meter_events" for s in spans))
+    spans = receiver.wait_for(
+        lambda spans: _has_hops(
+            spans,
+            "POST /v0/events",
+            [("metering-aggregator", "INSERT meter_events", "INTERNAL")],
+            [("gateway", "CLIENT"), ("metering", "SERVER"), ("metering", "PRODUCER"), ("metering-aggregator", "CONSUMER")],
+        )
+    )
     root, in_trace = _one_trace(spans, "POST /v0/events")
     server = next(s for k, s in in_trace.items() if k[0] == "metering" and k[2] == "SERVER")
     client = in_trace[("gateway", server.name, "CLIENT")]
