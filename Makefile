@@ -53,7 +53,7 @@ run: $(GEN_STAMP)
 	$(PY) -m services.run
 
 test: $(GEN_STAMP) $(PROTODEPS)
-	$(PY) -m pytest
+	GRPC_ENABLE_FORK_SUPPORT=false $(PY) -m pytest
 
 lint: $(GEN_STAMP) $(PROTODEPS)
 	$(VENV)/bin/buf lint protos

@@ -10,13 +10,21 @@ Events come from aggregates (libs/core/domain.py), after cosmicpython's
 on commit the unit of work takes every event those aggregates recorded, has the
 service's translator (its events.py) turn each into a subject and a proto, and writes
 them to the outbox in the same transaction. No handler writes an event by hand.
+
+Post-commit listeners (``Database.add_commit_listener``) are the one synchronous path
+out of a transaction, for read-your-writes across services (DESIGN section 7:
+synchronous gRPC for the causal chain, NATS for fan-out). After a unit of work that wrote
+outbox events has committed, each listener is awaited, inside ``__aexit__``, with the
+events that transaction wrote, so an RPC that used the unit of work answers only after
+its listeners ran. A listener's failure is logged and swallowed: the commit happened and
+the stream delivers the same events later (consumers are idempotent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import NamedTuple
@@ -30,10 +38,21 @@ from libs.core.clock import Clock, SystemClock
 from libs.core.domain import DomainEvent, EventCollector
 from libs.core.errors import AlreadyExists
 from libs.core.ids import new_event_id
+from libs.infra.logging import get_logger
 from libs.infra.tables import add_infra_tables
 from libs.infra.telemetry import inject_headers
 
-__all__ = ["Database", "EventTranslator", "OutboxMessage", "UnitOfWork", "add_infra_tables", "create_engine"]
+__all__ = [
+    "CommitListener",
+    "Database",
+    "EventTranslator",
+    "OutboxMessage",
+    "UnitOfWork",
+    "add_infra_tables",
+    "create_engine",
+]
+
+log = get_logger(__name__)
 
 
 class OutboxMessage(NamedTuple):
@@ -47,6 +66,11 @@ class OutboxMessage(NamedTuple):
 # A service's domain event -> outbox message; may read through the unit of work's
 # connection (the event shows the resource as it is at commit).
 EventTranslator = Callable[[DomainEvent], Awaitable[OutboxMessage]]
+
+# Called after a commit that wrote outbox events, with those events in the order written
+# (Database.add_commit_listener). It runs in the committing task (same merchant, token
+# and trace context); what it raises is logged, never raised.
+CommitListener = Callable[[Sequence[OutboxMessage]], Awaitable[None]]
 
 
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -66,7 +90,8 @@ class UnitOfWork:
     Commits on a clean exit, rolls back on an exception. Before committing it writes the
     events of every aggregate in ``seen`` to the outbox through ``translate``. After a
     commit that wrote outbox rows it pokes the relay so events leave at once rather than
-    at the next poll.
+    at the next poll, releases its connection, then awaits the database's commit
+    listeners with the events written (see the module docstring).
     """
 
     def __init__(
@@ -77,6 +102,7 @@ class UnitOfWork:
         *,
         translate: EventTranslator | None = None,
         clock: Clock | None = None,
+        listeners: Sequence[CommitListener] = (),
     ) -> None:
         self._engine = engine
         self._translate = translate
@@ -88,7 +114,8 @@ class UnitOfWork:
         self._on_events_committed = on_events_committed
         self._conn: AsyncConnection | None = None
         self._tx: AsyncTransaction | None = None
-        self._wrote_events = False
+        self._written: list[OutboxMessage] = []
+        self._listeners = listeners
 
     @property
     def conn(self) -> AsyncConnection:
@@ -103,6 +130,7 @@ class UnitOfWork:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self._conn is not None and self._tx is not None
+        committed = False
         try:
             if exc_type is None:
                 try:
@@ -111,12 +139,27 @@ class UnitOfWork:
                     await self._tx.rollback()
                     raise
                 await self._tx.commit()
-                if self._wrote_events:
+                committed = True
+                if self._written:
                     self._on_events_committed()
             else:
                 await self._tx.rollback()
         finally:
             await self._conn.close()
+        if committed and self._written:
+            await self._notify(list(self._written))
+
+    async def _notify(self, written: list[OutboxMessage]) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(written)
+            except Exception as exc:  # committed already: the stream delivers the events later
+                log.warning(
+                    "commit_listener_failed",
+                    listener=getattr(listener, "__qualname__", repr(listener)),
+                    subjects=sorted({m.subject for m in written}),
+                    error=repr(exc),
+                )
 
     async def _write_recorded_events(self) -> None:
         for event in self.seen.collect_new_events():
@@ -142,7 +185,7 @@ class UnitOfWork:
                 created_at=now,
             )
         )
-        self._wrote_events = True
+        self._written.append(OutboxMessage(subject, event, merchant_id))
         return event_id
 
     async def claim_inbox(self, consumer: str, event_id: str) -> bool:
@@ -218,10 +261,19 @@ class Database:
         self.engine = engine
         self.metadata = metadata
         self.events_committed = asyncio.Event()
+        self._commit_listeners: list[CommitListener] = []
 
     def uow(self, *, translate: EventTranslator | None = None, clock: Clock | None = None) -> UnitOfWork:
         """A unit of work; ``translate`` turns the events its aggregates record into outbox messages."""
-        return UnitOfWork(self.engine, self.metadata, self.events_committed.set, translate=translate, clock=clock)
+        return UnitOfWork(
+            self.engine, self.metadata, self.events_committed.set, translate=translate, clock=clock, listeners=self._commit_listeners
+        )
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Await ``listener`` after every commit of this database's units of work that
+        wrote outbox events, with those events (a listener added twice runs once)."""
+        if listener not in self._commit_listeners:
+            self._commit_listeners.append(listener)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -1,6 +1,7 @@
 """Composition root of the invoicing service: invoices made by the billing engine's steps
-(OpenInvoice, CloseInvoice, IssueInvoice), their lines with calculation provenance,
-numbering, credit notes, out-of-band payments; the REST reads of /v2/invoices."""
+(OpenInvoice, CloseInvoice, IssueInvoice) and ad hoc (IssueAdHocInvoice: grant purchases),
+their lines with calculation provenance (included quantities from the entitlement
+service), numbering, credit notes, out-of-band payments; the REST reads of /v2/invoices."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from accrue.invoicing.v1 import invoicing_service_pb2, invoicing_service_pb2_grp
 
 from libs.infra.service import Runtime, ServiceDefinition, main
 from services.invoicing import events, store
-from services.invoicing.clients import CatalogClient, MeterClient, SubscriptionClient
+from services.invoicing.clients import CatalogClient, EntitlementClient, MeterClient, SubscriptionClient
 from services.invoicing.domain.use_cases import Policy, Sources
 from services.invoicing.server import InvoicingServicer
 from services.invoicing.settings import InvoicingSettings
@@ -26,6 +27,7 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> None:
         catalog=CatalogClient(settings.catalog_addr),
         meter=MeterClient(settings.metering_addr),
         subscriptions=SubscriptionClient(settings.subscription_addr),
+        entitlements=EntitlementClient(settings.entitlement_addr) if settings.entitlement_addr else None,
     )
     policy = Policy(
         max_event_age=timedelta(days=settings.metering_max_event_age_days),
@@ -43,8 +45,9 @@ DEFINITION = ServiceDefinition(
     register=register,
     streams={events.STREAM: list(events.STREAM_SUBJECTS)},
     # prices from the catalog, usage from metering, activation by Invoice 0 to the
-    # subscription service (which starts before it, so its address is known)
-    talks_to=("catalog", "metering", "subscription"),
+    # subscription service, included quantities and paid grant purchases to the
+    # entitlement service (every port is decided before the first process starts)
+    talks_to=("catalog", "metering", "subscription", "entitlement"),
     mints_tokens=True,
 )
 

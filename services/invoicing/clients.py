@@ -1,4 +1,5 @@
-"""The services invoicing calls, over gRPC (domain/ports.py: Catalog, Meter, Subscriptions).
+"""The services invoicing calls, over gRPC (domain/ports.py: Catalog, Meter, Subscriptions,
+Entitlements).
 
 Each call carries the merchant token of the request being served (libs/infra/grpc_client.py
 forwards it): the engine's step or the REST call acts for one merchant, and so do these.
@@ -17,6 +18,8 @@ import grpc
 from accrue.catalog.v1 import catalog_resources_pb2 as catalog_res
 from accrue.catalog.v1 import catalog_service_pb2 as catalog_svc
 from accrue.catalog.v1 import catalog_service_pb2_grpc
+from accrue.entitlement.v1 import entitlement_service_pb2 as entitlement_svc
+from accrue.entitlement.v1 import entitlement_service_pb2_grpc
 from accrue.metering.v1 import metering_service_pb2 as metering_svc
 from accrue.metering.v1 import metering_service_pb2_grpc
 from accrue.subscription.v1 import subscription_service_pb2 as subscription_svc
@@ -28,9 +31,9 @@ from libs.infra import grpc_client
 from libs.infra.context import acting_for, current_merchant_id
 from libs.infra.proto_time import from_timestamp, to_timestamp
 from services.invoicing import mapping
-from services.invoicing.domain.calculation import Charge
+from services.invoicing.domain.calculation import Charge, Coverage, GrantCovered
 from services.invoicing.domain.model import Invoice, Terms
-from services.invoicing.domain.ports import Reading
+from services.invoicing.domain.ports import CoverageQuery, Reading
 
 # metric names and units change rarely; an invoice shows them as they were at most this old
 METRIC_CACHE_SECONDS = 60.0
@@ -208,3 +211,67 @@ class SubscriptionClient:
         # caller's, for invoicing's own replay, and means nothing to the subscription service
         with acting_for(invoice.merchant_id):
             await stub.RecordInvoicePaid(request)
+
+
+def _exact(text: str, what: str) -> Decimal:
+    try:
+        value = Decimal(text or "0")
+    except InvalidOperation:
+        raise Unavailable("COVERAGE_UNREADABLE", f"the entitlement service answered {text!r} for {what}") from None
+    if not value.is_finite():
+        raise Unavailable("COVERAGE_UNREADABLE", f"the entitlement service answered {text!r} for {what}")
+    return value
+
+
+def coverage_of(answer: entitlement_svc.Coverage) -> Coverage | None:
+    """A GetCoverages answer as the calculation's Coverage (None when not found)."""
+    if not answer.found:
+        return None
+    return Coverage(
+        entitlement_id=answer.entitlement_id,
+        is_soft_limit=answer.is_soft_limit,
+        usage=_exact(answer.usage_decimal, "usageDecimal"),
+        covered=_exact(answer.covered_decimal, "coveredDecimal"),
+        billable=_exact(answer.billable_decimal, "billableDecimal"),
+        grants=tuple(GrantCovered(g.grant_id, _exact(g.covered_decimal, f"grant {g.grant_id}")) for g in answer.grants),
+    )
+
+
+class EntitlementClient:
+    """GetCoverages (included quantities: the grants' part of a window's usage) and
+    RecordPurchasePaid (a grant-purchase invoice paid) of the entitlement service."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+
+    def _stub(self) -> entitlement_service_pb2_grpc.EntitlementServiceStub:
+        return entitlement_service_pb2_grpc.EntitlementServiceStub(_CHANNELS.get(self._address))
+
+    async def coverages(self, queries: Sequence[CoverageQuery]) -> tuple[list[Coverage | None], datetime | None]:
+        answer: entitlement_svc.GetCoveragesResponse = await self._stub().GetCoverages(
+            entitlement_svc.GetCoveragesRequest(
+                queries=[
+                    entitlement_svc.CoverageQuery(
+                        subscription_id=q.subscription_id,
+                        billable_metric_id=q.metric_id,
+                        from_time=to_timestamp(q.start),
+                        to_time=to_timestamp(q.end),
+                    )
+                    for q in queries
+                ]
+            )
+        )
+        if len(answer.coverages) != len(queries):
+            raise Unavailable(
+                "COVERAGE_UNREADABLE", f"the entitlement service answered {len(answer.coverages)} of {len(queries)} coverages"
+            )
+        until = from_timestamp(answer.usage_counted_until) if answer.HasField("usage_counted_until") else None
+        return [coverage_of(c) for c in answer.coverages], until
+
+    async def purchase_paid(self, invoice: Invoice, paid_at: datetime | None) -> None:
+        request = entitlement_svc.RecordPurchasePaidRequest(invoice_id=invoice.id)
+        if paid_at is not None:
+            request.paid_at.CopyFrom(to_timestamp(paid_at))
+        # the merchant's token without the caller's Idempotency-Key (as invoice_paid)
+        with acting_for(invoice.merchant_id):
+            await self._stub().RecordPurchasePaid(request)

@@ -8,6 +8,7 @@ numbers where Paygentic's contract has numbers, with the exact value beside them
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -21,8 +22,12 @@ from libs.infra.proto_struct import dict_to_struct, struct_to_dict
 from libs.infra.proto_time import from_timestamp, to_timestamp
 from services.catalog.domain.rules import price_properties
 from services.invoicing.domain.calculation import Charge, Composition, InvoiceCalculation, Line, Window
+from services.invoicing.domain.commands import AdHocItem, IssueAdHocInvoice
 from services.invoicing.domain.model import Invoice, InvoiceLine, Layout, Status, Terms
 from services.invoicing.provenance import wire
+from services.invoicing.settings import public_url
+
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 # --- requests in -----------------------------------------------------------------------
 
@@ -69,8 +74,25 @@ def layout_of(message: svc.InvoiceComposition) -> Layout:
     )
 
 
+def ad_hoc_of(message: svc.IssueAdHocInvoiceRequest) -> IssueAdHocInvoice:
+    return IssueAdHocInvoice(
+        customer_id=message.customer_id,
+        currency=message.currency,
+        lines=[AdHocItem(line.description, line.quantity_decimal, line.amount_decimal) for line in message.lines],
+        purpose=message.purpose,
+        reference=message.reference,
+        subscription_id=message.subscription_id if message.HasField("subscription_id") and message.subscription_id else None,
+        effective_time=from_timestamp(message.effective_time),
+        success_url=message.success_url if message.HasField("success_url") else None,
+        cancel_url=message.cancel_url if message.HasField("cancel_url") else None,
+        payment_expires_at=from_timestamp(message.payment_expires_at) if message.HasField("payment_expires_at") else None,
+        metadata=struct_to_dict(message.metadata) if message.HasField("metadata") else {},
+    )
+
+
 def charge(slot: catalog_res.PlanVersionPriceSlot, metric: catalog_res.BillableMetric | None) -> Charge:
-    """A price slot of the pinned plan version, its properties parsed by the catalog's own rules."""
+    """A price slot of the pinned plan version, its properties parsed by the catalog's own
+    rules; a metered one carrying a metered feature is entitled (its grants cover usage)."""
     metered = slot.HasField("billable_metric_id")
     price = price_properties(slot.model or "standard", struct_to_dict(slot.properties), metered=metered).model
     return Charge(
@@ -87,6 +109,7 @@ def charge(slot: catalog_res.PlanVersionPriceSlot, metric: catalog_res.BillableM
         metric_unit=metric.unit if metric else "",
         metric_description=metric.description if metric else "",
         taxable=slot.tax.supply_scope != "OUTSIDE_SCOPE",
+        entitled=metered and any(f.feature.type == "metered" for f in slot.features),
     )
 
 
@@ -114,6 +137,23 @@ def decimal_text(value: Decimal) -> str:
 
 
 # --- invoices out ----------------------------------------------------------------------
+
+
+def payment_session_id(invoice_id: str) -> str:
+    """``ps_`` + 16 base62 characters derived from the invoice id: the same invoice always
+    names the same checkout session (the subscription service derives Invoice 0's
+    checkoutUrl the same way, services/subscription/mapping.py)."""
+    number = int.from_bytes(hashlib.sha256(invoice_id.encode()).digest(), "big")
+    body = []
+    for _ in range(16):
+        number, digit = divmod(number, 62)
+        body.append(_ALPHABET[digit])
+    return "ps_" + "".join(body)
+
+
+def payment_url(invoice_id: str) -> str:
+    """The checkout of an issued, unpaid invoice."""
+    return f"{public_url()}/checkout/{payment_session_id(invoice_id)}"
 
 
 def _ts(value: datetime | None) -> Any:
@@ -222,6 +262,7 @@ def invoice(
         metadata=dict_to_struct(found.metadata),
         create_time=to_timestamp(found.created_at),
         update_time=to_timestamp(found.updated_at),
+        purpose=found.purpose,
     )
     out.tax.actual_tax = str(total_tax)
     if found.is_open:
@@ -237,6 +278,7 @@ def invoice(
         out.failure_reason = found.failure_reason
     if found.status in (Status.ISSUED, Status.PAYMENT_FAILED):
         out.payment_in_flight = False
+        out.payment_url = payment_url(found.id)
     if lines is not None:
         out.line_items.CopyFrom(
             svc.InvoiceLineItems(

@@ -5,7 +5,7 @@ maths in calculation.py), queries in store.py, rendering in mapping.py, the othe
 services in clients.py.
 
 The engine's internal steps (OpenInvoice, CloseInvoice, IssueInvoice) are idempotent by
-(subscription, sequence number) on their own, so they do not go through the
+(subscription, sequence number) on their own (IssueAdHocInvoice by (purpose, reference)), so they do not go through the
 Idempotency-Key replay of ``ServiceLayer.mutate`` (the engine's calls may carry the key of
 the request that caused them, which belongs to another method). RecordInvoicePayment does.
 
@@ -168,6 +168,16 @@ class InvoicingServicer(invoicing_service_pb2_grpc.InvoicingServiceServicer):
             self._unit_of_work, self._sources, self._policy, self._clock, current_merchant_id(), commands
         )
         return _steps(results)
+
+    # --- ad hoc -----------------------------------------------------------------------
+
+    async def IssueAdHocInvoice(self, request: svc.IssueAdHocInvoiceRequest, context: Context) -> svc.Invoice:
+        # idempotent by (merchant, purpose, reference) on its own, as the engine's steps
+        # (the caller's Idempotency-Key belongs to its own request, a grant purchase)
+        command = mapping.ad_hoc_of(request)
+        merchant_id, now = current_merchant_id(), self._clock.now()
+        async with self._unit_of_work() as uow:
+            return mapping.invoice(await use_cases.issue_ad_hoc(uow, self._sources, merchant_id, now, command))
 
     # --- reads ------------------------------------------------------------------------
 

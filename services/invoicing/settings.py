@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 from pydantic import Field
 
 from libs.infra.settings import ServiceSettings
+
+DEFAULT_PUBLIC_URL = "http://localhost:8000"
 
 
 class InvoicingSettings(ServiceSettings):
@@ -17,6 +21,13 @@ class InvoicingSettings(ServiceSettings):
     catalog_addr: str | None = None
     metering_addr: str | None = None
     subscription_addr: str | None = None
+    # the entitlement service: included quantities of metered prices with a metered
+    # feature (GetCoverages) and paid grant purchases (RecordPurchasePaid); unset, usage
+    # is billed as it is
+    entitlement_addr: str | None = None
+    # the public base URL of the gateway (ACCRUE_PUBLIC_URL, as the subscription
+    # service's): an issued invoice's paymentUrl, its checkout
+    public_url: str = DEFAULT_PUBLIC_URL
     # metering's backdating window, the same variable metering reads
     # (ACCRUE_METERING_MAX_EVENT_AGE_DAYS): how far back late usage can land, so which
     # issued periods an invoice reads again for correction lines
@@ -24,3 +35,9 @@ class InvoicingSettings(ServiceSettings):
     # how long IssueInvoice waits for metering's usage to be complete up to the moment of
     # calculation before it fails the step with UNAVAILABLE (the engine retries it)
     invoicing_usage_wait_seconds: float = Field(default=3.0, ge=0, le=60)
+
+
+@functools.cache
+def public_url() -> str:
+    """ACCRUE_PUBLIC_URL, without a trailing slash (events render invoices too, outside any request)."""
+    return InvoicingSettings().public_url.rstrip("/") or DEFAULT_PUBLIC_URL

@@ -5,8 +5,10 @@ migrations/versions (tests/integration/test_migrations.py checks that the two ag
 Money is integer atomic units in ``numeric(38,0)``; exact (unrounded) amounts and
 quantities in plain ``numeric``. Every query is scoped by merchant_id.
 
-* invoices: one per (subscription, sequence number), the database's unique key: the
-  engine's steps may race or repeat, the row exists once.
+* invoices: one per (subscription, sequence number) of a timeline (purpose subscription),
+  the database's unique key: the engine's steps may race or repeat, the row exists once.
+  An ad-hoc invoice (purpose grant_purchase) is one per (merchant, purpose, reference);
+  the timeline's queries never see it.
 * invoice_lines: the lines of an issued invoice, with their provenance (JSON).
 * billed_periods: what each issued invoice billed per price and window: the in-advance
   rows are what a termination credits, every row what a late-usage correction subtracts.
@@ -80,11 +82,23 @@ invoices = sa.Table(
     sa.Column("metadata", pg.JSONB, nullable=False),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
-    sa.UniqueConstraint("subscription_id", "sequence_number", name="uq_invoices_subscription_sequence"),
+    sa.Column("purpose", sa.Text, nullable=False),
+    sa.Column("reference", sa.Text),
     sa.UniqueConstraint("merchant_id", "invoice_number", name="uq_invoices_merchant_number"),
+    sa.UniqueConstraint("merchant_id", "purpose", "reference", name="uq_invoices_merchant_purpose_reference"),
     sa.Index("ix_invoices_merchant_created", "merchant_id", "created_at"),
     sa.Index("ix_invoices_merchant_customer", "merchant_id", "customer_id"),
+    sa.Index(
+        "uq_invoices_subscription_sequence",
+        "subscription_id",
+        "sequence_number",
+        unique=True,
+        postgresql_where=sa.text("purpose = 'subscription'"),
+    ),
 )
+# the timeline's invoices (the engine's steps): the partial unique index's predicate, as
+# literal SQL so that ON CONFLICT can infer that index
+TIMELINE = sa.text("purpose = 'subscription'")
 
 invoice_lines = sa.Table(
     "invoice_lines",
@@ -208,7 +222,10 @@ class InvoiceRepository:
     async def by_sequence(self, merchant_id: str, subscription_id: str, sequence_number: int, *, lock: bool = False) -> Invoice | None:
         t = invoices
         query = sa.select(t).where(
-            t.c.merchant_id == merchant_id, t.c.subscription_id == subscription_id, t.c.sequence_number == sequence_number
+            t.c.merchant_id == merchant_id,
+            t.c.subscription_id == subscription_id,
+            t.c.sequence_number == sequence_number,
+            t.c.purpose == "subscription",
         )
         if lock:
             query = query.with_for_update()
@@ -221,7 +238,7 @@ class InvoiceRepository:
             await self._conn.execute(
                 pg.insert(invoices)
                 .values(**_invoice_values(invoice))
-                .on_conflict_do_nothing(index_elements=[invoices.c.subscription_id, invoices.c.sequence_number])
+                .on_conflict_do_nothing(index_elements=[invoices.c.subscription_id, invoices.c.sequence_number], index_where=TIMELINE)
                 .returning(invoices.c.id)
             )
         ).first()
@@ -233,6 +250,31 @@ class InvoiceRepository:
             raise NotFound("subscription", invoice.subscription_id, field="terms.subscriptionId")
         return found, False
 
+    async def by_reference(self, merchant_id: str, purpose: str, reference: str) -> Invoice | None:
+        t = invoices
+        query = sa.select(t).where(t.c.merchant_id == merchant_id, t.c.purpose == purpose, t.c.reference == reference)
+        row = (await self._conn.execute(query)).first()
+        return None if row is None else self._load(row)
+
+    async def add_ad_hoc_if_absent(self, invoice: Invoice) -> tuple[Invoice, bool]:
+        assert invoice.reference is not None, "an ad-hoc invoice has a reference"
+        # a racing twin blocks on the unique key until the first commits, then inserts nothing
+        t = invoices
+        inserted = (
+            await self._conn.execute(
+                pg.insert(t)
+                .values(**_invoice_values(invoice))
+                .on_conflict_do_nothing(index_elements=[t.c.merchant_id, t.c.purpose, t.c.reference])
+                .returning(t.c.id)
+            )
+        ).first()
+        if inserted is not None:
+            self._wrote(invoice)
+            return self._seen.track(invoice), True
+        found = await self.by_reference(invoice.merchant_id, invoice.purpose, invoice.reference)
+        assert found is not None, "the conflicting row is committed"
+        return found, False
+
     async def by_sequences(
         self, merchant_id: str, keys: Sequence[tuple[str, int]], *, lock: bool = False
     ) -> dict[tuple[str, int], Invoice]:
@@ -241,7 +283,7 @@ class InvoiceRepository:
             return {}
         t = invoices
         pairs = sa.tuple_(t.c.subscription_id, t.c.sequence_number).in_([(sub, int(k)) for sub, k in keys])
-        query = sa.select(t).where(t.c.merchant_id == merchant_id, pairs).order_by(t.c.id)
+        query = sa.select(t).where(t.c.merchant_id == merchant_id, pairs, t.c.purpose == "subscription").order_by(t.c.id)
         if lock:
             query = query.with_for_update()
         found = [self._load(row) for row in (await self._conn.execute(query)).all()]
@@ -258,7 +300,7 @@ class InvoiceRepository:
             (row.subscription_id, int(row.sequence_number))
             for row in await self._conn.execute(
                 pg.insert(invoices)
-                .on_conflict_do_nothing(index_elements=[invoices.c.subscription_id, invoices.c.sequence_number])
+                .on_conflict_do_nothing(index_elements=[invoices.c.subscription_id, invoices.c.sequence_number], index_where=TIMELINE)
                 .returning(invoices.c.subscription_id, invoices.c.sequence_number),
                 [_invoice_values(i) for i in batch],
             )
@@ -296,7 +338,7 @@ class InvoiceRepository:
         t = invoices
         query = (
             sa.select(t)
-            .where(t.c.merchant_id == merchant_id, t.c.subscription_id.in_(list(subscription_ids)))
+            .where(t.c.merchant_id == merchant_id, t.c.subscription_id.in_(list(subscription_ids)), t.c.purpose == "subscription")
             .order_by(t.c.subscription_id, t.c.sequence_number)
         )
         for row in (await self._conn.execute(query)).all():
@@ -333,7 +375,11 @@ class InvoiceRepository:
 
     async def of_subscription(self, merchant_id: str, subscription_id: str) -> list[Invoice]:
         t = invoices
-        query = sa.select(t).where(t.c.merchant_id == merchant_id, t.c.subscription_id == subscription_id).order_by(t.c.sequence_number)
+        query = (
+            sa.select(t)
+            .where(t.c.merchant_id == merchant_id, t.c.subscription_id == subscription_id, t.c.purpose == "subscription")
+            .order_by(t.c.sequence_number)
+        )
         return [self._load(row) for row in (await self._conn.execute(query)).all()]
 
 

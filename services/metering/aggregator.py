@@ -11,12 +11,21 @@ Tracing: each stored message gets a CONSUMER span continuing the trace of its pu
 (metering's ``<subject> publish`` span, carried in the message headers) and, under it, an
 ``INSERT meter_events`` span that ends when the batch's transaction has committed: one
 trace from the REST call to the stored rows, though rows of many traces share a commit.
+
+Usage hint: after each commit, one core-NATS message (``events.USAGE_STORED_SUBJECT``,
+``UsageStored``; split only past HINT_SUBJECTS_PER_MESSAGE subjects) names the
+(merchant, subject) pairs and event types of the rows that commit inserted (a
+redelivered duplicate inserts nothing and says nothing; rows with no subject yet are left
+out). Fire and forget: a failed publish is logged and the store path goes on; consumers
+of the hint (the entitlement service's usage cache) also age their readings out, so a
+lost hint only delays a change. Events attributed later (subjects.on_customer_event's
+backfill of externalSubject-only events) send no hint: the ageing covers them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +33,7 @@ import orjson
 import sqlalchemy as sa
 from accrue.metering.v1 import metering_resources_pb2 as resources
 from google.protobuf.message import DecodeError
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import trace
@@ -36,6 +46,7 @@ from libs.infra.db import Database
 from libs.infra.logging import get_logger
 from libs.infra.messaging import BatchConsumer, PullSpec, ReceivedEvent
 from libs.infra.proto_struct import to_python
+from libs.infra.proto_time import to_timestamp
 from libs.infra.telemetry import extract_context, tracer
 from services.metering import events, store
 from services.metering.subjects import resolve_subjects
@@ -53,6 +64,9 @@ WATERMARK_EVERY_SECONDS = 0.2
 # Unacked messages of a crashed worker come back after this long.
 ACK_WAIT_SECONDS = 15.0
 ROWS_PER_STATEMENT = 5000
+# a commit's usage hint names this many subjects per message at most (a few hundred
+# kilobytes: far under NATS's max payload, which would refuse the whole hint)
+HINT_SUBJECTS_PER_MESSAGE = 2000
 
 
 def row_of(event: resources.MeterEvent) -> dict[str, Any]:
@@ -73,20 +87,48 @@ def row_of(event: resources.MeterEvent) -> dict[str, Any]:
 
 # One statement per chunk, one JSON parameter: orjson writes it in C and PostgreSQL
 # reads it in C, so no Python runs per value (binding arrays of values cost more than
-# the rest of the aggregator). The primary key drops events already stored.
+# the rest of the aggregator). The primary key drops events already stored. It answers
+# the distinct (merchant, subject, type) of the rows it inserted (the usage hint), which
+# PostgreSQL computes: no row comes back to Python.
 _INSERT = sa.text(
+    "WITH inserted AS ("
     "INSERT INTO meter_events (merchant_id, idempotency_key, id, type, source, subject, external_subject, external_id, "
     "time, data, ingested_at) "
     "SELECT merchant_id, idempotency_key, id, type, source, subject, external_subject, external_id, time, data, ingested_at "
     "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(merchant_id text, idempotency_key text, id text, type text, "
     "source text, subject text, external_subject text, external_id text, time timestamptz, data jsonb, ingested_at timestamptz) "
-    "ON CONFLICT (merchant_id, idempotency_key) DO NOTHING"
+    "ON CONFLICT (merchant_id, idempotency_key) DO NOTHING "
+    "RETURNING merchant_id, subject, type) "
+    "SELECT DISTINCT merchant_id, subject, type FROM inserted WHERE subject <> ''"
 )
 
+# (merchant_id, subject, event type) of stored rows
+StoredKey = tuple[str, str, str]
 
-async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(_INSERT, {"rows": orjson.dumps(rows).decode()})
+
+async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[StoredKey]:
+    """Insert the rows (a stored one is skipped); answers the distinct (merchant, subject,
+    type) of the rows inserted that have a subject."""
+    if not rows:
+        return set()
+    result = await conn.execute(_INSERT, {"rows": orjson.dumps(rows).decode()})
+    return {(str(r[0]), str(r[1]), str(r[2])) for r in result}
+
+
+def usage_stored(stored: Iterable[StoredKey], at: datetime) -> list[resources.UsageStored]:
+    """The hint of one commit: one StoredSubject per (merchant, subject), its types sorted,
+    in one message (more only past HINT_SUBJECTS_PER_MESSAGE subjects)."""
+    types: dict[tuple[str, str], set[str]] = {}
+    for merchant_id, subject, event_type in stored:
+        types.setdefault((merchant_id, subject), set()).add(event_type)
+    ordered = sorted(types.items())
+    messages = []
+    for start in range(0, len(ordered), HINT_SUBJECTS_PER_MESSAGE):
+        message = resources.UsageStored(stored_at=to_timestamp(at))
+        for (merchant_id, subject), names in ordered[start : start + HINT_SUBJECTS_PER_MESSAGE]:
+            message.subjects.add(merchant_id=merchant_id, subject=subject, event_types=sorted(names))
+        messages.append(message)
+    return messages
 
 
 # Errors a retry cannot fix: the data itself is refused, so the batch is taken apart at
@@ -117,7 +159,7 @@ class Aggregator(BatchConsumer):
     """The meter stream's consumer: every fetched batch of messages in one transaction
     (libs/infra/messaging.BatchConsumer: delivery limit, dead letters, replay)."""
 
-    def __init__(self, db: Database, js: JetStreamContext, *, batch_size: int = MESSAGES_PER_FETCH) -> None:
+    def __init__(self, db: Database, js: JetStreamContext, *, batch_size: int = MESSAGES_PER_FETCH, nats: NatsClient | None = None) -> None:
         super().__init__(
             db,
             js,
@@ -135,6 +177,9 @@ class Aggregator(BatchConsumer):
         )
         self.stored = 0
         self._last_mark = datetime.min.replace(tzinfo=UTC)
+        # core NATS for the usage hint: by default the connection the JetStream context
+        # runs on (nats-py keeps it as ``_nc``); None: no hint is published
+        self._nats: NatsClient | None = nats if nats is not None else getattr(js, "_nc", None)
 
     async def _store_messages(self, messages: Sequence[ReceivedEvent]) -> None:
         spans: list[trace.Span] = []
@@ -180,13 +225,26 @@ class Aggregator(BatchConsumer):
 
     async def _store(self, batch: list[resources.MeterEvent]) -> None:
         rows = [row_of(e) for e in batch]
+        stored: set[StoredKey] = set()
         async with self._db.engine.begin() as conn:
             # externalSubject-only events: attributed at once if their customer is known
             # (same transaction, before the insert: see subjects.resolve_subjects)
             await resolve_subjects(conn, rows)
             for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                await insert_events(conn, rows[start : start + ROWS_PER_STATEMENT])
+                stored |= await insert_events(conn, rows[start : start + ROWS_PER_STATEMENT])
         self.stored += len(rows)
+        if stored:
+            await self._hint(stored)
+
+    async def _hint(self, stored: set[StoredKey]) -> None:
+        """Publish the commit's UsageStored on core NATS; never fails the store path."""
+        if self._nats is None:
+            return
+        try:
+            for message in usage_stored(stored, datetime.now(UTC)):
+                await self._nats.publish(events.USAGE_STORED_SUBJECT, message.SerializeToString())
+        except Exception as exc:  # a hint: its consumers' caches age out anyway
+            log.warning("usage_stored_hint_failed", subjects=len(stored), error=repr(exc))
 
     async def _mark_drained(self, at: datetime) -> None:
         t = store.aggregator_state

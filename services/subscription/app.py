@@ -2,8 +2,9 @@
 billing timeline that drives their invoices (DESIGN section 7).
 
 It calls the catalog (plans, pinned at creation), invoicing (through the billing engine,
-engine.py) and metering (a test clock's time, SyncTestClock); its scheduler runs the
-real-time due work outside any request, so it mints merchant tokens for that work.
+engine.py), metering (a test clock's time, SyncTestClock) and the entitlement service
+(each activation and termination, after its commit: entitlements.py); its scheduler runs
+the real-time due work outside any request, so it mints merchant tokens for that work.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from accrue.subscription.v1 import subscription_service_pb2, subscription_servic
 from libs.infra.service import Runtime, ServiceDefinition, Worker, main
 from services.subscription import events, store
 from services.subscription.clients import CatalogPlans, MeteringClocks
+from services.subscription.entitlements import EntitlementDelivery
 from services.subscription.server import SubscriptionServicer
 from services.subscription.settings import SubscriptionSettings
 
@@ -44,8 +46,18 @@ def timeline_of(runtime: Runtime) -> Any:
     return runtime.extras["timeline"]
 
 
+def deliver_entitlements(runtime: Runtime) -> None:
+    """Activations and terminations go to the entitlement service after each commit that
+    wrote them (every unit of work of runtime.db: the servicer's and the engine's)."""
+    if "entitlements" not in runtime.extras:
+        delivery = EntitlementDelivery(runtime.settings_as(SubscriptionSettings).entitlement_addr)
+        runtime.db.add_commit_listener(delivery)
+        runtime.extras["entitlements"] = delivery
+
+
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     settings = runtime.settings_as(SubscriptionSettings)
+    deliver_entitlements(runtime)
     servicer = SubscriptionServicer(
         runtime.db,
         runtime.clock,
@@ -57,6 +69,7 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> None:
 
 
 def workers(runtime: Runtime) -> Sequence[Worker]:
+    deliver_entitlements(runtime)
     if ENGINE is None:
         return []
     timeline_of(runtime)
@@ -72,7 +85,7 @@ DEFINITION = ServiceDefinition(
     settings=SubscriptionSettings,
     streams={events.STREAM: list(events.STREAM_SUBJECTS)},
     workers=workers,
-    talks_to=("catalog", "invoicing", "metering"),
+    talks_to=("catalog", "invoicing", "metering", "entitlement"),
     mints_tokens=True,
 )
 

@@ -15,10 +15,12 @@ class SubscriptionSettings(ServiceSettings):
     """What every service reads, plus the subscription service's own."""
 
     # gRPC addresses (host:port) of the services it calls: plans from the catalog,
-    # invoices through the billing engine, test-clock time to metering
+    # invoices through the billing engine, test-clock time to metering, activations and
+    # terminations to the entitlement service (none: not delivered, see entitlements.py)
     catalog_addr: str | None = None
     invoicing_addr: str | None = None
     metering_addr: str | None = None
+    entitlement_addr: str | None = None
     # the public base URL of the gateway: checkout links of Invoice 0 (ACCRUE_PUBLIC_URL)
     public_url: str = DEFAULT_PUBLIC_URL
     # how long a closing invoice waits for late usage before it is issued

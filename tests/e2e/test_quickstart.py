@@ -1,9 +1,9 @@
 """The Paygentic quickstart (examples/paygentic_quickstart.py, a verbatim copy of the
 reference flow) through the official SDK against the real mesh, unchanged, to its end.
 
-Two of its steps belong to later issues and are answered here by stand-ins, which the
-test checks were reached: the entitlement check and grant (issue 10, entitlements) and
-``payments.create`` (issue 11, payments). Every other call goes to the gateway.
+One of its steps belongs to a later issue and is answered here by a stand-in, which the
+test checks was reached: ``payments.create`` (issue 11, payments). Every other call goes
+to the gateway, the entitlement check and grant included.
 """
 
 from __future__ import annotations
@@ -34,21 +34,15 @@ def _quickstart() -> ModuleType:
 
 @dataclass
 class LaterIssues:
-    """The SDK, but for the two resources later issues build."""
+    """The SDK, but for the resource a later issue builds."""
 
     sdk: Any
     reached: list[str] = field(default_factory=list)
 
     def __getattr__(self, name: str) -> Any:
-        if name == "entitlements":
-            return SimpleNamespace(list=self._entitlements)
         if name == "payments":
             return SimpleNamespace(create=self._payment)
         return getattr(self.sdk, name)
-
-    def _entitlements(self, request: dict[str, Any]) -> Any:
-        self.reached.append("entitlements.list")
-        return SimpleNamespace(data=[])
 
     def _payment(self, **kwargs: Any) -> Any:
         self.reached.append("payments.create")
@@ -59,7 +53,7 @@ def test_the_quickstart_runs_to_its_end_through_the_sdk(merchant_a: MerchantClie
     sdk = LaterIssues(merchant_a.sdk)
     out = _quickstart().run(sdk, merchant_a.merchant_id)
 
-    assert sdk.reached == ["entitlements.list", "payments.create"]
+    assert sdk.reached == ["payments.create"]
     assert out["subscription"].startswith("sub_") and out["customer"].startswith("cus_")
     # the plan has a 49.00 in-advance fee: Invoice 0 gates activation
     assert out["status_at_create"] == "pending_payment"
@@ -73,8 +67,16 @@ def test_the_quickstart_runs_to_its_end_through_the_sdk(merchant_a: MerchantClie
     assert sorted(out["invoice_statuses"]) == ["ACTIVE", "CLOSING", "PAID"]
     lines = [(name, Decimal(str(quantity)), total) for name, quantity, total in out["line_items"]]
     assert ("Platform fee", Decimal(1), "49.00") in lines
-    assert ("Token usage", Decimal(1500), "0.03") in lines
+    # the 1500 tokens are covered by the allowance: the usage line bills none of them
+    # (1500 x 0.00002 = 0.03 without the entitlement)
+    assert ("Token usage", Decimal(0), "0.00") in lines
+    assert not [line for line in lines if line[0] == "Token usage" and line[1:] != (Decimal(0), "0.00")], lines
     assert out["final_status"] == "terminated"
+    # the metered feature's entitlement: 100000 units a month (issueAfterReset), soft limit;
+    # 100000 - 1500 tokens = 98500 left, then the 5000-unit promo grant: 103500
+    assert out["has_access"] is True
+    assert out["balance"] == 98500
+    assert out["balance_after_grant"] == 103500
 
 
 def test_the_quickstart_twice_reuses_nothing_it_should_not(merchant_a: MerchantClient) -> None:

@@ -33,7 +33,10 @@ CADENCE_TO_INTERVAL = {"P1M": "monthly", "P3M": "quarterly", "P1Y": "yearly"}
 TAX_BEHAVIORS = ("exclusive", "inclusive")
 EFFECTIVE_DATES = ("end_of_current_period", "immediate")
 ENTITLEMENT_TEMPLATE_KEYS = (
+    "type",
+    "config",
     "usagePeriod",
+    "issueAfterResetPriority",
     "issueAfterReset",
     "isSoftLimit",
     "resetMaxRollover",
@@ -448,6 +451,12 @@ def entitlement_template(template: dict[str, Any]) -> dict[str, Any]:
                 f"{name} is not a template field (allowed: {', '.join(ENTITLEMENT_TEMPLATE_KEYS)})",
                 reason="UNKNOWN_PROPERTY",
             )
+        if key == "type" and value not in ("boolean", "static", "metered"):
+            raise InvalidArgument(name, f"{name} must be boolean, static or metered", reason="INVALID_ENUM_VALUE")
+        if key == "config" and not isinstance(value, dict):
+            raise InvalidArgument(name, f"{name} must be an object (a static feature's configuration values)", reason="INVALID_TYPE")
+        if key == "issueAfterResetPriority" and (isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value):
+            raise InvalidArgument(name, f"{name} must be an integer", reason="INVALID_TYPE")
         if key in ("isSoftLimit", "preserveOverageAtReset") and not isinstance(value, bool):
             raise InvalidArgument(name, f"{name} must be true or false", reason="INVALID_TYPE")
         if key in ("issueAfterReset", "resetMaxRollover", "resetMinRollover") and not _non_negative_number(value):

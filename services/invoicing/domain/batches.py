@@ -5,7 +5,8 @@ single step means (use_cases.py): idempotent by (subscription, sequence number),
 invoice per pair (the store's unique key), usage read only once metering's watermark has
 passed the moment of calculation, numbers gapless. What a batch saves is the round trips:
 one transaction per batch, one query per kind of row, one metering call (and one watermark
-wait) for the usage of every item, the plan versions' charges read once per batch.
+wait) for the usage of every item, one entitlement call for the coverage of every
+entitled price's usage, the plan versions' charges read once per batch.
 
 An error of the database fails the whole call (nothing of it is committed; the engine
 runs every item again); an error of one item's inputs or rules fails that item only.
@@ -16,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from libs.core.clock import Clock
 from libs.core.errors import DomainError, NotFound, Unavailable
 from services.invoicing.domain import use_cases
-from services.invoicing.domain.calculation import Carry, Charge, Window
+from services.invoicing.domain.calculation import Carry, Charge, Coverage, Window
 from services.invoicing.domain.commands import CloseInvoice, IssueInvoice, OpenInvoice
 from services.invoicing.domain.model import Invoice, Terms, invoice_number
 from services.invoicing.domain.ports import Reading
@@ -157,6 +159,15 @@ def _reader(readings: dict[tuple[str, str, Window], Reading], subject: str) -> C
     return read
 
 
+def _coverer(
+    covered: dict[use_cases.CoverageKey, tuple[Coverage, dict[str, Any]]], subscription_id: str
+) -> Callable[[str, Window], tuple[Coverage, dict[str, Any]] | None]:
+    def cover(metric_id: str, window: Window) -> tuple[Coverage, dict[str, Any]] | None:
+        return covered.get((subscription_id, metric_id, window))
+
+    return cover
+
+
 async def issue_invoices(
     unit_of_work: UnitOfWorkFactory, sources: Sources, policy: Policy, clock: Clock, merchant_id: str, commands: Sequence[IssueInvoice]
 ) -> list[StepResult]:
@@ -212,15 +223,28 @@ async def issue_invoices(
         metered = [c for c in item.charges if c.kind == "metered"]
         wanted += [(c.source_id, item.terms.customer_id, w) for c in metered for w in (*item.current, *item.late)]
         planned.append(item)
+    covering: list[use_cases.CoverageKey] = []
+    for item in planned:
+        assert item.charges is not None and item.current is not None and item.late is not None
+        covering += use_cases.coverage_keys(item.terms.subscription_id, item.charges, [*item.current, *item.late])
     try:
         readings = await _read_all(sources, policy, wanted, complete_at)
+        # the grants' coverage of every entitled price's usage: one call for the batch
+        covered = await use_cases.read_coverages(sources, policy, covering, complete_at=complete_at)
     except DomainError as err:
         for item in planned:
             results[item.index] = _failed(err)
         planned = []
     for item in planned:
         assert item.charges is not None and item.current is not None and item.late is not None and item.horizon is not None
-        item.inputs = use_cases.inputs_of(item.charges, item.current, item.late, item.horizon, _reader(readings, item.terms.customer_id))
+        item.inputs = use_cases.inputs_of(
+            item.charges,
+            item.current,
+            item.late,
+            item.horizon,
+            _reader(readings, item.terms.customer_id),
+            _coverer(covered, item.terms.subscription_id),
+        )
     if planned:
         await _issue_planned(unit_of_work, policy, clock, merchant_id, planned, results)
     for index in later:  # a second step of a subscription already in this batch

@@ -13,6 +13,11 @@ rules are DESIGN.md sections 3 and 7:
   seconds; one-time fees (``P0D``) once, unprorated, only when the composition says so.
 * Metered charges price the usage of each arrears window with their model (standard,
   volume, graduated, package: :mod:`libs.core.pricing`); usage is never prorated.
+* Included quantities: a metered price carrying a metered feature prices only what the
+  grants of the subscription's entitlement did not cover (its reading's ``coverage``,
+  the entitlement service's answer): usage - covered with a soft limit, nothing with a
+  hard one. The line's quantity is that billed quantity; its provenance says which
+  grants covered what (``coverage``, an ``allow`` step). Corrections re-rate the same way.
 * Termination credits: for each credit window, a negative line of the in_advance fees'
   billed amounts (as they were billed, not at today's price), prorated by the share of
   the billed window the credit window covers.
@@ -105,6 +110,9 @@ class Charge:
     metric_description: str = ""
     # Accrue: False for a price whose tax supplyScope is OUTSIDE_SCOPE (never taxed).
     taxable: bool = True
+    # Accrue: a metered price carrying a metered feature: its usage may be covered by the
+    # grants of the subscription's entitlement (the reading's ``coverage``)
+    entitled: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,11 +127,49 @@ class Window:
 
 
 @dataclass(frozen=True)
+class GrantCovered:
+    grant_id: str
+    covered: Decimal
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of a window's usage the grants of the subscription's metered entitlement
+    covered (the entitlement service's answer): ``billable`` is what the line bills,
+    usage - covered with a soft limit, 0 with a hard one."""
+
+    entitlement_id: str
+    is_soft_limit: bool
+    usage: Decimal
+    covered: Decimal
+    billable: Decimal
+    grants: Sequence[GrantCovered] = ()
+
+    def record(self) -> dict[str, Any]:
+        """The provenance's ``coverage``."""
+        return {
+            "entitlementId": self.entitlement_id,
+            "usage": _plain(self.usage),
+            "covered": _plain(self.covered),
+            "billable": _plain(self.billable),
+            "isSoftLimit": self.is_soft_limit,
+            "grants": [{"grantId": g.grant_id, "covered": _plain(g.covered)} for g in self.grants],
+        }
+
+
+@dataclass(frozen=True)
 class Usage:
     price_id: str
     window: Window
-    quantity: Decimal
+    quantity: Decimal  # the usage of the window (the coverage's, when there is one)
     query: Mapping[str, Any]  # provenance of the reading (meter, subject, from, to, watermark)
+    # Accrue: the grants' coverage of this usage (an entitled price), None = bill it all
+    coverage: Coverage | None = None
+
+    @property
+    def billable(self) -> Decimal:
+        """The quantity the line prices."""
+        return self.quantity if self.coverage is None else self.coverage.billable
 
 
 @dataclass(frozen=True)
@@ -759,9 +805,69 @@ def _fee(calc: _Calculator, charge: Charge, rate: _Rate, window: Window) -> Line
     )
 
 
+def _check_coverage(reading: Usage) -> None:
+    c = reading.coverage
+    if c is None:
+        return
+    values = (c.usage, c.covered, c.billable, *(g.covered for g in c.grants))
+    if any(not v.is_finite() or v < 0 for v in values) or c.billable > c.usage or c.usage != reading.quantity:
+        raise CalculationInputError(
+            "COVERAGE_INCONSISTENT",
+            f"coverage of price {reading.price_id} over {_date_span(reading.window)}: usage {c.usage}, covered {c.covered}, "
+            f"billable {c.billable} for a reading of {reading.quantity}",
+        )
+
+
+def _allow_step(coverage: Coverage) -> dict[str, Any]:
+    """The grants' part of the quantity (Paygentic's ``allow``: units a grant covered)."""
+    return {
+        "op": "allow",
+        "on": "quantity",
+        "in": {"quantity": _plain(coverage.usage)},
+        "out": {"quantity": _plain(coverage.billable)},
+        "params": {
+            "covered": _plain(coverage.covered),
+            "isSoftLimit": coverage.is_soft_limit,
+            "grants": [{"grantId": g.grant_id, "covered": _plain(g.covered)} for g in coverage.grants],
+            "description": "usage - covered (soft limit)" if coverage.is_soft_limit else "nothing beyond the grants (hard limit)",
+        },
+        "source": "entitlement",
+    }
+
+
+def _entitlement_source(coverage: Coverage) -> dict[str, Any]:
+    return {
+        "type": "entitlement",
+        "ref": {"entitlementId": coverage.entitlement_id},
+        "asUsed": {"usage": _plain(coverage.usage), "covered": _plain(coverage.covered), "billable": _plain(coverage.billable)},
+        "reason": "grants cover the included quantity",
+    }
+
+
+def _with_coverage(line: Line, coverage: Coverage | None) -> Line:
+    if coverage is not None:
+        line.provenance["coverage"] = coverage.record()
+    return line
+
+
 def _metered(calc: _Calculator, charge: Charge, rate: _Rate, reading: Usage) -> Line:
-    priced_calc = calculate(charge.price, reading.quantity, calc.currency)
+    _check_coverage(reading)
+    coverage = reading.coverage
+    priced_calc = calculate(charge.price, reading.billable, calc.currency)
     exact = priced_calc.exact_amount_atomic
+    sources: dict[str, Any] = {
+        "price": {"type": "price", "ref": charge.price_id},
+        "usage": {
+            "type": "meter",
+            "ref": charge.source_id,
+            "asUsed": _plain(priced_calc.quantity if coverage is None else reading.quantity),
+            "reason": "usage of the window, not prorated",
+        },
+    }
+    steps = calc.pricing_steps(priced_calc, charge.price_id)
+    if coverage is not None:
+        sources["entitlement"] = _entitlement_source(coverage)
+        steps.insert(0, _allow_step(coverage))
     priced = _Priced(
         quantity=priced_calc.quantity,
         exact=exact,
@@ -772,20 +878,13 @@ def _metered(calc: _Calculator, charge: Charge, rate: _Rate, reading: Usage) -> 
             "selector": dict(reading.query),
             "price": {"fn": calc.price_fn(charge.price), "source": charge.price_id},
         },
-        sources={
-            "price": {"type": "price", "ref": charge.price_id},
-            "usage": {
-                "type": "meter",
-                "ref": charge.source_id,
-                "asUsed": _plain(priced_calc.quantity),
-                "reason": "usage of the window, not prorated",
-            },
-        },
-        steps=calc.pricing_steps(priced_calc, charge.price_id),
+        sources=sources,
+        steps=steps,
     )
-    return calc.finish(
+    line = calc.finish(
         kind="charge", charge=charge, event_type="usage", display_name=charge.display_name, window=reading.window, priced=priced, rate=rate
     )
+    return _with_coverage(line, coverage)
 
 
 def _credit(calc: _Calculator, charge: Charge, row: Billed, credit_window: Window) -> Line | None:
@@ -850,15 +949,19 @@ def _credit(calc: _Calculator, charge: Charge, row: Billed, credit_window: Windo
 
 
 def _correction(calc: _Calculator, charge: Charge, rate: _Rate, reading: Usage, prior: Sequence[Billed]) -> Line | None:
+    _check_coverage(reading)
+    coverage = reading.coverage
     ctx = exact_context()
     billed_exact = sum((row.exact_amount for row in prior), Decimal(0))
     billed_quantity = sum((row.quantity for row in prior), Decimal(0))
-    rerated = calculate(charge.price, reading.quantity, calc.currency)
+    rerated = calculate(charge.price, reading.billable, calc.currency)
     difference = ctx.subtract(rerated.exact_amount_atomic, billed_exact)
     if difference == 0:
         return None
     quantity = ctx.subtract(rerated.quantity, billed_quantity)
     steps = calc.pricing_steps(rerated, charge.price_id)
+    if coverage is not None:
+        steps.insert(0, _allow_step(coverage))
     steps.append(
         {
             "op": "subtract",
@@ -890,14 +993,15 @@ def _correction(calc: _Calculator, charge: Charge, rate: _Rate, reading: Usage, 
             "usage": {
                 "type": "meter",
                 "ref": charge.source_id,
-                "asUsed": _plain(rerated.quantity),
+                "asUsed": _plain(rerated.quantity if coverage is None else reading.quantity),
                 "reason": "all usage of the corrected period now",
             },
             "billed": {"type": "invoiceLine", "ref": ",".join(r.invoice_id for r in prior), "asUsed": calc.major(billed_exact)},
+            **({"entitlement": _entitlement_source(coverage)} if coverage is not None else {}),
         },
         steps=steps,
     )
-    return calc.finish(
+    line = calc.finish(
         kind="correction",
         charge=charge,
         event_type="usage",
@@ -907,6 +1011,7 @@ def _correction(calc: _Calculator, charge: Charge, rate: _Rate, reading: Usage, 
         rate=rate,
         corrects=window,
     )
+    return _with_coverage(line, coverage)
 
 
 def _rounding_line(calc: _Calculator, carry: Carry, exact_after: Decimal, lines_sum: int, target: int, settle: int) -> Line:

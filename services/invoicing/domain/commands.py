@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from services.invoicing.domain.model import Layout, Terms
 
@@ -31,6 +33,30 @@ class IssueInvoice:
     terms: Terms
     sequence_number: int
     effective_time: datetime
+
+
+@dataclass(frozen=True)
+class AdHocItem:
+    """One line of an ad-hoc invoice as asked: decimal strings, parsed by the aggregate."""
+
+    description: str
+    quantity: str
+    amount: str
+
+
+@dataclass(frozen=True)
+class IssueAdHocInvoice:
+    customer_id: str
+    currency: str
+    lines: Sequence[AdHocItem]
+    purpose: str
+    reference: str
+    subscription_id: str | None
+    effective_time: datetime
+    success_url: str | None = None
+    cancel_url: str | None = None
+    payment_expires_at: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ three steps, each idempotent by (subscription, sequence number)::
 Invoice 0 is opened and issued at once (ACTIVE -> ISSUED: it has nothing in arrears).
 A step repeated on an invoice already past it answers the invoice unchanged.
 
+An ad-hoc invoice (``purpose`` grant_purchase, outside any timeline; ``Invoice.ad_hoc``)
+is issued at once with its given lines, one per (merchant, purpose, reference), and is
+paid like any issued invoice. Timeline invoices have purpose ``subscription``.
+
 Attribute names are the stored column names (store.py builds an Invoice from a row).
 Pure: no SQLAlchemy, gRPC or NATS.
 """
@@ -24,12 +28,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any
 
 from libs.core.domain import Aggregate, DomainEvent
 from libs.core.errors import FailedPrecondition, InvalidArgument, Unprocessable
 from libs.core.ids import new_id
-from services.invoicing.domain.calculation import Composition, InvoiceCalculation, Line, TaxSettings, Window
+from libs.core.money import ATOMIC_PLACES, ROUNDING_MODE, currency_exponent, exact_context, format_major, parse_decimal, round_half_up
+from services.invoicing.domain.calculation import (
+    PROVENANCE_VERSION,
+    Composition,
+    InvoiceCalculation,
+    Line,
+    TaxSettings,
+    Window,
+    exact_decimal,
+)
 
 
 class Status(StrEnum):
@@ -39,6 +53,15 @@ class Status(StrEnum):
     PAID = "PAID"
     PAYMENT_FAILED = "PAYMENT_FAILED"
 
+
+class Purpose(StrEnum):
+    """What an invoice is for (Invoice.purpose)."""
+
+    SUBSCRIPTION = "subscription"  # the subscription's timeline (the engine's steps)
+    GRANT_PURCHASE = "grant_purchase"  # an entitlement grant bought (ad hoc)
+
+
+AD_HOC_PURPOSES = frozenset({Purpose.GRANT_PURCHASE.value})
 
 OPEN_STATUSES = frozenset({Status.ACTIVE, Status.CLOSING})
 PAYABLE_STATUSES = frozenset({Status.ISSUED, Status.PAYMENT_FAILED})
@@ -329,6 +352,9 @@ class Invoice(Aggregate):
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
+    purpose: str = Purpose.SUBSCRIPTION.value
+    # ad hoc: the purpose's own id (the grant purchase), unique per merchant and purpose
+    reference: str | None = None
 
     # --- reading ---
 
@@ -382,6 +408,81 @@ class Invoice(Aggregate):
             created_at=now,
             updated_at=now,
         )
+
+    @classmethod
+    def ad_hoc(
+        cls,
+        *,
+        merchant_id: str,
+        customer_id: str,
+        currency: str,
+        purpose: str,
+        reference: str,
+        subscription_id: str | None,
+        items: Sequence[tuple[str, str, str]],
+        at: datetime,
+        now: datetime,
+        checkout: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[Invoice, list[Line]]:
+        """An invoice outside any timeline, ISSUED at ``at`` (PAID at once when nothing is
+        owed), with its lines: ``items`` are (description, quantity, amount) as decimal
+        strings, each amount rounded once, half up, to the currency's minor unit; no tax
+        (the amount is the price). Due the day of issue (Net 0, as ``due_at``). The number
+        follows (``number``), last in the issuing transaction."""
+        if purpose not in AD_HOC_PURPOSES:
+            raise InvalidArgument(
+                "purpose", f"purpose must be one of {', '.join(sorted(AD_HOC_PURPOSES))}, got {purpose!r}", reason="INVALID_ENUM_VALUE"
+            )
+        for name, value in (("customerId", customer_id), ("reference", reference)):
+            if not value:
+                raise InvalidArgument(name, f"{name} is required", reason="REQUIRED")
+        currency_exponent(currency)  # INVALID_CURRENCY / UNKNOWN_CURRENCY naming currency
+        if not items:
+            raise InvalidArgument("lines", "lines must hold at least one line", reason="REQUIRED")
+        lines = [_ad_hoc_line(currency, index, *item) for index, item in enumerate(items)]
+        terms = Terms(
+            subscription_id=subscription_id or "", customer_id=customer_id, plan_id="", plan_version_id="", currency=currency
+        ).to_json()
+        if checkout:
+            terms["checkout"] = dict(checkout)
+        subtotal = sum(line.amount for line in lines)
+        invoice = cls(
+            id=new_id("inv"),
+            merchant_id=merchant_id,
+            subscription_id=subscription_id or "",
+            customer_id=customer_id,
+            sequence_number=0,
+            status=Status.ISSUED.value,
+            currency=currency,
+            billing_anchor=None,
+            billing_cadence="",
+            terms=terms,
+            composition=Layout(Composition(arrears=[], advance=[], credits=[], one_time_fees=False)).to_json(),
+            grace_period_end=at,
+            period_start=at,
+            period_end=at,
+            test_clock_id=None,
+            auto_approve=True,
+            subtotal=subtotal,
+            total_tax=0,
+            grand_total=subtotal,
+            item_count=len(lines),
+            issued_at=at,
+            due_at=due_at(at, 0),
+            opened_at=at,
+            metadata=dict(metadata or {}),
+            created_at=now,
+            updated_at=now,
+            purpose=purpose,
+            reference=reference,
+        )
+        invoice.record(InvoiceChanged(ChangeKind.ISSUED, invoice.id, merchant_id, at))
+        if subtotal == 0:
+            invoice.status = Status.PAID.value
+            invoice.paid_at = at
+            invoice.record(InvoiceChanged(ChangeKind.PAID, invoice.id, merchant_id, at))
+        return invoice, lines
 
     def close(self, *, grace_period_end: datetime, layout: Layout | None, now: datetime) -> bool:
         """ACTIVE -> CLOSING (a CLOSING one may still get a final composition). A repeat
@@ -475,6 +576,60 @@ class Invoice(Aggregate):
         self.payment_reason = reason
         self.updated_at = now
         self.record(InvoiceChanged(ChangeKind.PAID, self.id, self.merchant_id, now))
+
+
+def _ad_hoc_line(currency: str, index: int, description: str, quantity_text: str, amount_text: str) -> Line:
+    here = f"lines[{index}]"
+    if not description:
+        raise InvalidArgument(f"{here}.description", f"{here}.description is required", reason="REQUIRED")
+    quantity = parse_decimal(quantity_text, f"{here}.quantityDecimal", allow_negative=False)
+    amount = parse_decimal(amount_text, f"{here}.amountDecimal", allow_negative=False)
+    ctx = exact_context()
+    exact = amount.scaleb(ATOMIC_PLACES, context=ctx)  # atomic units, maybe fractional
+    rounded = round_half_up(exact, currency)
+    exponent = currency_exponent(currency)
+    # atomic per unit such that quantity x unit price is the amount (kept as calculation keeps it)
+    unit_price = Decimal(rounded) if quantity == 0 else exact_decimal(Fraction(rounded) / Fraction(quantity))[0]
+    shown = format_major(rounded, exponent)
+    provenance: dict[str, Any] = {
+        "status": "recorded",
+        "version": PROVENANCE_VERSION,
+        "currency": currency,
+        "precision": {"significantDigits": exponent, "scale": exponent, "rounding": ROUNDING_MODE},
+        "inputs": {"kind": "given", "quantity": format(quantity, "f"), "amount": amount_text},
+        "sources": {"amount": {"type": "merchant", "reason": "the ad-hoc invoice's line as asked"}},
+        "steps": [
+            {
+                "op": "round",
+                "on": "amount",
+                "in": {"amount": amount_text},
+                "out": {"amount": shown},
+                "params": {"mode": ROUNDING_MODE, "scale": exponent, "unit": f"{currency} minor unit"},
+                "source": "amount",
+            }
+        ],
+        "result": {"amount": shown, "quantity": format(quantity, "f"), "taxRate": "0", "tax": format_major(0, exponent), "total": shown},
+    }
+    return Line(
+        kind="charge",
+        price_id=None,
+        source_id=None,
+        event_type="fee",
+        display_name=description,
+        payment_term=None,
+        window=None,
+        quantity=quantity,
+        unit_price=unit_price,
+        exact_amount=Decimal(rounded),
+        amount=rounded,
+        tax_rate=Decimal(0),
+        tax=0,
+        total=rounded,
+        corrects=None,
+        provenance=provenance,
+        priced_exact_amount=exact,
+        priced_amount=rounded,
+    )
 
 
 def credit_note_line(note: CreditNote) -> Line:

@@ -1,6 +1,6 @@
 """What the invoicing use cases need from the world: repositories over its own database
-(store.py implements them over PostgreSQL, tests/fakes.py in memory) and the three
-services it reads or tells (clients.py over gRPC, tests/fakes.py in memory).
+(store.py implements them over PostgreSQL, tests/fakes.py in memory) and the services
+it reads or tells (clients.py over gRPC, tests/fakes.py in memory).
 
 Every query is scoped to the merchant: another merchant's invoice is NotFound.
 """
@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from libs.core.paging import Page
-from services.invoicing.domain.calculation import Billed, Carry, Charge
+from services.invoicing.domain.calculation import Billed, Carry, Charge, Coverage
 from services.invoicing.domain.commands import InvoiceFilters
 from services.invoicing.domain.model import CreditNote, Invoice, InvoiceLine, Terms
 
@@ -32,6 +32,15 @@ class InvoiceRepository(Protocol):
         however many callers race."""
         ...
 
+    async def by_reference(self, merchant_id: str, purpose: str, reference: str) -> Invoice | None:
+        """The merchant's ad-hoc invoice of that (purpose, reference)."""
+        ...
+
+    async def add_ad_hoc_if_absent(self, invoice: Invoice) -> tuple[Invoice, bool]:
+        """The ad-hoc invoice of (merchant, purpose, reference): ``invoice`` if none existed
+        (True), else the one that did (False); one per key however many callers race."""
+        ...
+
     async def save(self, invoice: Invoice) -> None: ...
 
     async def list_page(self, merchant_id: str, filters: InvoiceFilters, page: Page) -> tuple[list[Invoice], int]:
@@ -39,7 +48,7 @@ class InvoiceRepository(Protocol):
         ...
 
     async def of_subscription(self, merchant_id: str, subscription_id: str) -> list[Invoice]:
-        """Every invoice of the subscription, by sequence number."""
+        """Every invoice of the subscription's timeline (purpose subscription), by sequence number."""
         ...
 
     # --- batches (domain/batches.py) ---
@@ -165,4 +174,27 @@ class Meter(Protocol):
 class Subscriptions(Protocol):
     async def invoice_paid(self, invoice: Invoice) -> None:
         """Tell the subscription service (synchronously) that an invoice was paid."""
+        ...
+
+
+@dataclass(frozen=True)
+class CoverageQuery:
+    """One question to the entitlement service: how much of the subscription's usage of
+    the metric over [start, end) its grants covered."""
+
+    subscription_id: str
+    metric_id: str
+    start: datetime
+    end: datetime
+
+
+class Entitlements(Protocol):
+    async def coverages(self, queries: Sequence[CoverageQuery]) -> tuple[list[Coverage | None], datetime | None]:
+        """One answer per query, in order (None: no metered entitlement on that metric,
+        bill the usage as it is), and the watermark the usage was counted until."""
+        ...
+
+    async def purchase_paid(self, invoice: Invoice, paid_at: datetime | None) -> None:
+        """Tell the entitlement service (synchronously) that a grant-purchase invoice was
+        paid; ``paid_at`` in the customer's time (None: now in the customer's time)."""
         ...

@@ -1,4 +1,5 @@
-"""The invoicing use cases: the engine's three steps, the payment, and the live estimate.
+"""The invoicing use cases: the engine's three steps, ad-hoc invoices, the payment, and
+the live estimate.
 
 Each step is idempotent by (subscription, sequence number): the store keeps one invoice
 per pair (OpenInvoice inserts or finds it), CloseInvoice and IssueInvoice lock its row
@@ -8,6 +9,12 @@ transaction with the invoice row, the customer's carry row and the merchant's nu
 counter locked (always in that order), calculates, stores the lines, what was billed and
 the carry, numbers the invoice and issues it. A crash anywhere before that commit leaves
 the invoice open, and the engine's retry runs the step again from the start.
+
+Included quantities: the usage of a metered price carrying a metered feature is asked of
+the entitlement service too (GetCoverages, one call for every such (subscription, metric,
+window) of the step, after metering's watermark wait); where the subscription has a
+metered entitlement on the metric, the line bills the coverage's billable quantity and
+reads the coverage's usage (one source). Without an entitlement address, as before.
 
 Pure in the cosmicpython sense: storage and the other services only through
 domain/ports.py, so they run on the fakes of tests/fakes.py.
@@ -26,12 +33,22 @@ from libs.core.clock import Clock
 from libs.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from libs.core.ids import new_id
 from services.invoicing.domain import calculation
-from services.invoicing.domain.calculation import Billed, Carry, Charge, InvoiceCalculation, Usage, Window
-from services.invoicing.domain.commands import CloseInvoice, IssueInvoice, OpenInvoice, RecordPayment
-from services.invoicing.domain.model import Invoice, InvoiceLine, Terms, invoice_number, late_usage_horizon
-from services.invoicing.domain.ports import Catalog, InvoicingUnitOfWork, Meter, Reading, Subscriptions
+from services.invoicing.domain.calculation import Billed, Carry, Charge, Coverage, InvoiceCalculation, Usage, Window
+from services.invoicing.domain.commands import CloseInvoice, IssueAdHocInvoice, IssueInvoice, OpenInvoice, RecordPayment
+from services.invoicing.domain.model import Invoice, InvoiceLine, Purpose, Status, Terms, invoice_number, late_usage_horizon
+from services.invoicing.domain.ports import (
+    Catalog,
+    CoverageQuery,
+    Entitlements,
+    InvoicingUnitOfWork,
+    Meter,
+    Reading,
+    Subscriptions,
+)
 
 DEFAULT_MAX_EVENT_AGE = timedelta(days=35)
+# the entitlement service's GetCoverages takes at most this many queries per call
+MAX_COVERAGE_QUERIES = 1000
 
 
 class Calculate(Protocol):
@@ -62,6 +79,9 @@ class Sources:
     catalog: Catalog
     meter: Meter
     subscriptions: Subscriptions
+    # included quantities and grant purchases; None: no entitlement service configured
+    # (usage is billed as it is)
+    entitlements: Entitlements | None = None
 
 
 @dataclass(frozen=True)
@@ -198,24 +218,94 @@ def windows_to_read(
     return current, late, horizon
 
 
+# (subscription, metric, window) -> the grants' coverage of that usage (None: not found)
+CoverageKey = tuple[str, str, Window]
+
+
 def inputs_of(
     charges: list[Charge],
     current: Sequence[Window],
     late: Sequence[Window],
     horizon: datetime,
     reading: Callable[[str, Window], Reading],
+    coverage: Callable[[str, Window], tuple[Coverage, dict[str, Any]] | None] | None = None,
 ) -> Inputs:
+    """The calculation's usage: metering's reading of each (metered price, window), or,
+    for an entitled price whose coverage was found, the coverage (its usage is the line's
+    reading, its billable the quantity billed) with the query it answered."""
     metered = [c for c in charges if c.kind == "metered"]
 
     def usage_of(windows: Sequence[Window]) -> list[Usage]:
         out = []
         for c in metered:
             for w in windows:
+                covered = coverage(c.source_id, w) if coverage is not None and c.entitled else None
+                if covered is not None:
+                    found, query = covered
+                    out.append(Usage(price_id=c.price_id, window=w, quantity=found.usage, query=query, coverage=found))
+                    continue
                 r = reading(c.source_id, w)
                 out.append(Usage(price_id=c.price_id, window=w, quantity=r.quantity, query=r.query))
         return out
 
     return Inputs(charges=charges, usage=usage_of(current), late_usage=usage_of(late), horizon=horizon)
+
+
+def coverage_keys(subscription_id: str, charges: Sequence[Charge], windows: Sequence[Window]) -> list[CoverageKey]:
+    """What to ask the entitlement service: each entitled price's metric over each window."""
+    return [(subscription_id, c.source_id, w) for c in charges if c.kind == "metered" and c.entitled for w in windows if w.start < w.end]
+
+
+def _coverage_query(key: CoverageKey, found: Coverage, until: datetime | None) -> dict[str, Any]:
+    subscription_id, metric_id, w = key
+    return {
+        "meter": "entitlement.GetCoverages",
+        "billableMetricId": metric_id,
+        "subscriptionId": subscription_id,
+        "entitlementId": found.entitlement_id,
+        "from": w.start.isoformat(),
+        "to": w.end.isoformat(),
+        "value": format(found.usage, "f"),
+        "completeUntil": None if until is None else until.isoformat(),
+    }
+
+
+async def read_coverages(
+    sources: Sources, policy: Policy, wanted: Sequence[CoverageKey], *, complete_at: datetime | None
+) -> dict[CoverageKey, tuple[Coverage, dict[str, Any]]]:
+    """The coverages found for ``wanted`` (GetCoverages, one call per 1000 queries) with
+    each one's query; none without an entitlement service. With ``complete_at``, an answer
+    whose usage is counted until an earlier instant is not taken (asked again with a short
+    backoff, then UNAVAILABLE, as metering's watermark)."""
+    keys = list(dict.fromkeys(wanted))
+    if sources.entitlements is None or not keys:
+        return {}
+    entitlements = sources.entitlements
+    queries = [CoverageQuery(sub, metric, w.start, w.end) for sub, metric, w in keys]
+    waited, delay = 0.0, 0.05
+    while True:
+        answers: list[Coverage | None] = []
+        untils: list[datetime] = []
+        calls = range(0, len(queries), MAX_COVERAGE_QUERIES)
+        for start in calls:
+            chunk, chunk_until = await entitlements.coverages(queries[start : start + MAX_COVERAGE_QUERIES])
+            if len(chunk) != len(queries[start : start + MAX_COVERAGE_QUERIES]):
+                raise Unavailable("COVERAGE_UNREADABLE", f"the entitlement service answered {len(chunk)} coverages of {len(queries)}")
+            answers += chunk
+            if chunk_until is not None:
+                untils.append(chunk_until)
+        until = min(untils) if len(untils) == len(calls) else None
+        # the watermark matters only for an answer that is used (a coverage found); an
+        # answer without one read no usage (the entitlement service states it whenever it
+        # reads metering, and reads it fresh, after this step's own wait)
+        if complete_at is None or all(a is None for a in answers) or until is None or until >= complete_at:
+            break
+        if waited >= policy.usage_wait_seconds:
+            raise usage_not_complete(until, complete_at)
+        await policy.sleep(delay)
+        waited += delay
+        delay = min(delay * 2, 0.5)
+    return {key: (found, _coverage_query(key, found, until)) for key, found in zip(keys, answers, strict=True) if found is not None}
 
 
 async def gather_inputs(
@@ -230,13 +320,24 @@ async def gather_inputs(
 ) -> Inputs:
     """The charges of the pinned plan version, the usage of the invoice's arrears windows,
     and fresh readings of the earlier issued invoices' arrears windows that late events can
-    still reach (late usage). ``at``: the step's instant in the subscription's time."""
+    still reach (late usage); for entitled prices, the grants' coverage of that usage.
+    ``at``: the step's instant in the subscription's time."""
     charges = await sources.catalog.charges(terms)
     metered = [c for c in charges if c.kind == "metered"]
     current, late, horizon = windows_to_read(policy, invoice, earlier, at=at)
     wanted = [(c.source_id, w) for c in metered for w in (*current, *late)]
     readings = await _read_usage(sources.meter, wanted, terms.customer_id, complete_at=complete_at, policy=policy) if wanted else {}
-    return inputs_of(charges, current, late, horizon, lambda metric_id, w: readings[(metric_id, w)])
+    covered = await read_coverages(
+        sources, policy, coverage_keys(terms.subscription_id, charges, [*current, *late]), complete_at=complete_at
+    )
+    return inputs_of(
+        charges,
+        current,
+        late,
+        horizon,
+        lambda metric_id, w: readings[(metric_id, w)],
+        lambda metric_id, w: covered.get((terms.subscription_id, metric_id, w)),
+    )
 
 
 def calculate(
@@ -342,6 +443,47 @@ async def estimate(sources: Sources, policy: Policy, invoice: Invoice, basis: Es
 # --- payments --------------------------------------------------------------------------
 
 
+async def issue_ad_hoc(uow: InvoicingUnitOfWork, sources: Sources, merchant_id: str, now: datetime, command: IssueAdHocInvoice) -> Invoice:
+    """An invoice outside any timeline (a grant purchase), issued and numbered at once;
+    idempotent by (merchant, purpose, reference): a repeat, or a racing twin, answers the
+    invoice that exists (whatever else it asks)."""
+    existing = await uow.invoices.by_reference(merchant_id, command.purpose, command.reference)
+    if existing is not None:
+        return existing
+    checkout = {
+        key: value
+        for key, value in (
+            ("successUrl", command.success_url),
+            ("cancelUrl", command.cancel_url),
+            ("expiresAt", None if command.payment_expires_at is None else command.payment_expires_at.isoformat()),
+        )
+        if value
+    }
+    invoice, lines = Invoice.ad_hoc(
+        merchant_id=merchant_id,
+        customer_id=command.customer_id,
+        currency=command.currency,
+        purpose=command.purpose,
+        reference=command.reference,
+        subscription_id=command.subscription_id,
+        items=[(line.description, line.quantity, line.amount) for line in command.lines],
+        at=command.effective_time,
+        now=now,
+        checkout=checkout,
+        metadata=command.metadata,
+    )
+    stored, inserted = await uow.invoices.add_ad_hoc_if_absent(invoice)
+    if not inserted:
+        return stored
+    await uow.lines.add_all(merchant_id, stored_lines(invoice, lines, []))
+    # last: the merchant's counter row stays locked until the commit (gapless numbers)
+    invoice.number(invoice_number(command.effective_time.year, await uow.numbering.next_number(merchant_id)))
+    await uow.invoices.save(invoice)
+    if invoice.status == Status.PAID:  # nothing owed: paid at issue, in the customer's time
+        await tell_paid(sources, invoice, customer_time=command.effective_time)
+    return invoice
+
+
 def check_payment_method(method: str) -> None:
     if method == "hosted_link":
         # hosted links come with the payment service; UNIMPLEMENTED (501) until then
@@ -354,11 +496,26 @@ async def record_payment(uow: InvoicingUnitOfWork, sources: Sources, merchant_id
     """out_of_band: PAID now (row locked: concurrent recordings record once, the others
     hear INVOICE_ALREADY_PAID). Paying Invoice 0 tells the subscription service before
     the transaction commits, so the subscription reads active once this returns (and a
-    failed call records no payment: the caller retries)."""
+    failed call records no payment: the caller retries); paying a grant purchase tells
+    the entitlement service the same way (``tell_paid``)."""
     check_payment_method(command.method)
     invoice = await uow.invoices.get(merchant_id, command.invoice_id, lock=True)
     invoice.record_out_of_band_payment(reason=command.reason, now=now)
     await uow.invoices.save(invoice)
-    if invoice.sequence_number == 0:
-        await sources.subscriptions.invoice_paid(invoice)
+    # paid now in real time; the customer's time (a test clock's) is the entitlement
+    # service's to tell, so it is not sent
+    await tell_paid(sources, invoice, customer_time=None)
     return invoice
+
+
+async def tell_paid(sources: Sources, invoice: Invoice, *, customer_time: datetime | None) -> None:
+    """The synchronous part of "paid", inside the paying transaction (a failure records no
+    payment; the caller retries): Invoice 0 activates its subscription, a grant purchase
+    mints its grant (entitlement's RecordPurchasePaid, with the instant of payment in the
+    customer's time when invoicing knows it). InvoiceChanged paid goes out too."""
+    if invoice.purpose == Purpose.GRANT_PURCHASE:
+        if sources.entitlements is None:
+            raise Unavailable("ENTITLEMENT_NOT_CONFIGURED", "invoicing has no address of the entitlement service (ACCRUE_ENTITLEMENT_ADDR)")
+        await sources.entitlements.purchase_paid(invoice, customer_time)
+    elif invoice.purpose == Purpose.SUBSCRIPTION and invoice.sequence_number == 0:
+        await sources.subscriptions.invoice_paid(invoice)

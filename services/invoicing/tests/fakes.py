@@ -18,10 +18,10 @@ from types import TracebackType
 from libs.core.domain import DomainEvent, EventCollector
 from libs.core.errors import NotFound, Unavailable
 from libs.core.paging import Page
-from services.invoicing.domain.calculation import Billed, Carry, Charge
+from services.invoicing.domain.calculation import Billed, Carry, Charge, Coverage
 from services.invoicing.domain.commands import InvoiceFilters
 from services.invoicing.domain.model import CreditNote, Invoice, InvoiceLine, Terms
-from services.invoicing.domain.ports import Reading
+from services.invoicing.domain.ports import CoverageQuery, Reading
 
 
 @dataclass
@@ -48,9 +48,24 @@ class FakeInvoices:
 
     async def by_sequence(self, merchant_id: str, subscription_id: str, sequence_number: int, *, lock: bool = False) -> Invoice | None:
         for found in self._data.invoices.values():
-            if (found.merchant_id, found.subscription_id, found.sequence_number) == (merchant_id, subscription_id, sequence_number):
+            key = (found.merchant_id, found.subscription_id, found.sequence_number, found.purpose)
+            if key == (merchant_id, subscription_id, sequence_number, "subscription"):
                 return self._seen.track(found)
         return None
+
+    async def by_reference(self, merchant_id: str, purpose: str, reference: str) -> Invoice | None:
+        for found in self._data.invoices.values():
+            if (found.merchant_id, found.purpose, found.reference) == (merchant_id, purpose, reference):
+                return self._seen.track(found)
+        return None
+
+    async def add_ad_hoc_if_absent(self, invoice: Invoice) -> tuple[Invoice, bool]:
+        assert invoice.reference is not None
+        existing = await self.by_reference(invoice.merchant_id, invoice.purpose, invoice.reference)
+        if existing is not None:
+            return existing, False
+        self._data.invoices[invoice.id] = self._seen.track(invoice)
+        return invoice, True
 
     async def add_if_absent(self, invoice: Invoice) -> tuple[Invoice, bool]:
         existing = await self.by_sequence(invoice.merchant_id, invoice.subscription_id, invoice.sequence_number)
@@ -76,7 +91,11 @@ class FakeInvoices:
         return matching[page.offset : page.offset + page.limit], len(matching)
 
     async def of_subscription(self, merchant_id: str, subscription_id: str) -> list[Invoice]:
-        found = [i for i in self._data.invoices.values() if i.merchant_id == merchant_id and i.subscription_id == subscription_id]
+        found = [
+            i
+            for i in self._data.invoices.values()
+            if i.merchant_id == merchant_id and i.subscription_id == subscription_id and i.purpose == "subscription"
+        ]
         return [self._seen.track(i) for i in sorted(found, key=lambda i: i.sequence_number)]
 
     async def by_sequences(
@@ -279,3 +298,31 @@ class FakeSubscriptions:
         if self.fail:
             raise Unavailable("SUBSCRIPTION_DOWN", "the subscription service is down")
         self.paid.append((invoice.subscription_id, invoice.id, invoice.sequence_number))
+
+
+class FakeEntitlements:
+    """Coverages set by the test per (subscription, metric, window start, window end) (not
+    found unless set), one watermark for all (``usage_counted_until``; None = far ahead),
+    every call recorded; ``purchase_paid`` records (invoice id, paid at as sent)."""
+
+    def __init__(self) -> None:
+        self.coverage: dict[tuple[str, str, datetime, datetime], Coverage] = {}
+        self.usage_counted_until: datetime | None = None
+        self.calls: list[list[CoverageQuery]] = []
+        self.paid: list[tuple[str, datetime | None]] = []
+        self.fail = False
+
+    def set(self, subscription_id: str, metric_id: str, start: datetime, end: datetime, coverage: Coverage) -> None:
+        self.coverage[(subscription_id, metric_id, start, end)] = coverage
+
+    async def coverages(self, queries: Sequence[CoverageQuery]) -> tuple[list[Coverage | None], datetime | None]:
+        if self.fail:
+            raise Unavailable("ENTITLEMENT_DOWN", "the entitlement service is down")
+        self.calls.append(list(queries))
+        until = self.usage_counted_until or datetime.max.replace(tzinfo=UTC)
+        return [self.coverage.get((q.subscription_id, q.metric_id, q.start, q.end)) for q in queries], until
+
+    async def purchase_paid(self, invoice: Invoice, paid_at: datetime | None) -> None:
+        if self.fail:
+            raise Unavailable("ENTITLEMENT_DOWN", "the entitlement service is down")
+        self.paid.append((invoice.id, paid_at))
