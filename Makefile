@@ -13,10 +13,10 @@ GEN_STAMP := gen/.stamp
 PROTODEPS := .build/protodeps/.stamp
 DESCRIPTORS := .build/accrue.binpb
 
-.PHONY: run test gen protos-deps descriptors lint fmt bench bench-ingest bench-advance clean help
+.PHONY: run test gen protos-deps descriptors lint fmt bench bench-ingest bench-advance bench-entitlements clean help
 
 help:
-	@echo "make run | make test | make gen | make protos-deps | make descriptors | make lint | make bench | make bench-ingest | make bench-advance | make clean"
+	@echo "make run | make test | make gen | make protos-deps | make descriptors | make lint | make bench | make bench-ingest | make bench-advance | make bench-entitlements | make clean"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -74,6 +74,11 @@ bench-ingest: $(GEN_STAMP)
 
 bench-advance: $(GEN_STAMP)
 	$(PY) -m bench.advance --subscriptions 1000 10000
+
+# entitlement checks: REST and gRPC CheckEntitlement with 32 callers (p50/p99, req/s),
+# and the delay from an event's 202 to the balance; about 1 minute
+bench-entitlements: $(GEN_STAMP)
+	$(PY) -m bench.entitlements --seconds $${BENCH_SECONDS:-10}
 
 clean:
 	rm -rf gen .build .accrue .pytest_cache .mypy_cache

@@ -122,17 +122,31 @@ def build_routes(services: dict[str, ServiceDescriptor] | None = None) -> list[R
     return routes
 
 
+def _specificity(route: Route) -> tuple[int, ...]:
+    """Literal segments before variables, segment by segment: `/grants/purchase` sorts
+    before `/grants/{grant_id}`."""
+    return tuple(1 if "{" in segment else 0 for segment in route.template.split("/"))
+
+
 class Router:
+    """Routes by path, the most specific template first: a path that a literal template
+    matches belongs to that template alone (`GET .../grants/purchase` is 405, never
+    GetGrant with grantId "purchase"), and 405's Allow lists that template's methods."""
+
     def __init__(self, routes: Iterable[Route]) -> None:
-        self.routes = list(routes)
+        self.routes = sorted(routes, key=_specificity)  # stable: equal keys keep the protos' order
 
     def match(self, http_method: str, path: str) -> tuple[Route | None, dict[str, str], tuple[str, ...]]:
         """(route, path variables, the methods the path answers: for 405's Allow header)."""
         allowed: list[str] = []
+        template: str | None = None
         for route in self.routes:
+            if template is not None and route.template != template:
+                continue
             found = route.pattern.match(path)
             if found is None:
                 continue
+            template = route.template
             if route.http_method != http_method:
                 allowed.append(route.http_method)
                 continue

@@ -52,10 +52,7 @@ def test_openapi_document_is_served_and_lists_the_catalog(merchant_a: MerchantCl
 
 
 def test_unbuilt_services_answer_not_implemented(merchant_a: MerchantClient) -> None:
-    for path in (
-        "/v0/payments/pay_x",
-        "/v1/entitlements/ent_x",
-    ):
+    for path in ("/v0/payments/pay_x",):
         response = httpx.get(f"{merchant_a.base_url}{path}", headers=merchant_a.headers)
         assert response.status_code == 501, path
         assert response.json()["code"] == "UNIMPLEMENTED"

@@ -38,6 +38,20 @@ def test_router_matches_variables_and_tells_a_wrong_method_from_an_unknown_path(
     assert route is None and allowed == ()
 
 
+def test_a_literal_segment_owns_its_path_before_a_variable_one() -> None:
+    router = Router(build_routes())
+    route, fields, _ = router.match("POST", "/v1/entitlements/ent_1/grants/purchase")
+    assert route is not None and route.method.name == "PurchaseGrant" and fields == {"entitlement_id": "ent_1"}
+    route, fields, _ = router.match("GET", "/v1/entitlements/ent_1/grants/grant_1")
+    assert route is not None and route.method.name == "GetGrant" and fields["grant_id"] == "grant_1"
+    # GET/DELETE on .../purchase are not GetGrant/VoidGrant of a grant called "purchase"
+    for method in ("GET", "DELETE", "PUT"):
+        route, _, allowed = router.match(method, "/v1/entitlements/ent_1/grants/purchase")
+        assert (route, allowed) == (None, ("POST",))
+    route, _, allowed = router.match("PATCH", "/v0/plans/available")
+    assert (route, allowed) == (None, ("GET",))
+
+
 def test_openapi_document_has_every_route_in_rest_spelling() -> None:
     routes = build_routes()
     doc = build_openapi(routes)
