@@ -7,14 +7,18 @@ a merchant sees only its rows, and a table with ``delete_time`` hides deleted on
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.core.domain import Aggregate, EventCollector
+from libs.core.clock import Clock
+from libs.core.domain import Aggregate, DomainEvent, EventCollector
 from libs.core.errors import NotFound
 from libs.core.paging import Page
+from libs.infra.db import Database, OutboxMessage, UnitOfWork
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -82,3 +86,40 @@ class TableRepository(Generic[A]):
         query = sa.select(t).select_from(source).where(where).order_by(created.desc(), t.c.id.desc()).limit(page.limit).offset(page.offset)
         rows = (await self._conn.execute(query)).all()
         return [self._load(row) for row in rows], int(total)
+
+
+class RepositoryUnitOfWork:
+    """A service's unit of work over PostgreSQL: one libs/infra/db.UnitOfWork (one
+    transaction, its outbox written at commit) and the service's repositories on its
+    connection, bound by ``_bind`` when the transaction opens. ``translate`` renders a
+    recorded domain event as the outbox message; it gets this unit of work, to read what
+    the event is about as it stands at commit. ``async with uow: ...`` commits on a clean
+    exit and rolls back on an exception."""
+
+    def __init__(self, db: Database, *, clock: Clock, translate: Callable[[Self, DomainEvent], Awaitable[OutboxMessage]]) -> None:
+        self._translate = translate
+        self._uow: UnitOfWork = db.uow(translate=self._translate_event, clock=clock)
+
+    async def _translate_event(self: Self, event: DomainEvent) -> OutboxMessage:
+        return await self._translate(self, event)
+
+    def _bind(self, conn: AsyncConnection, seen: EventCollector) -> None:
+        """Make the service's repositories on ``conn`` (each records its aggregates in ``seen``)."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self._uow.__aenter__()
+        self._bind(self._uow.conn, self._uow.seen)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._uow.__aexit__(exc_type, exc, tb)
+
+    @property
+    def transaction(self) -> UnitOfWork:
+        """The libs/infra/db.UnitOfWork underneath (the service layer runs idempotent calls in it)."""
+        return self._uow
+
+    @property
+    def conn(self) -> AsyncConnection:
+        return self._uow.conn

@@ -12,20 +12,18 @@ Deletion is one convention: ``delete_time`` is set, nothing is removed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.core.clock import Clock
-from libs.core.domain import DomainEvent, EventCollector
+from libs.core.domain import EventCollector
 from libs.core.errors import NotFound
 from libs.core.paging import Page
-from libs.infra.db import Database, OutboxMessage, UnitOfWork, add_infra_tables
-from libs.infra.repository import TableRepository, load_aggregate
+from libs.infra.db import add_infra_tables
+from libs.infra.repository import RepositoryUnitOfWork, TableRepository, load_aggregate
 from services.catalog.domain.model import BillableMetric, CatalogAggregate, Feature, Fee, Plan, PlanVersion, Price, Product
 from services.catalog.domain.rules import PlanLine
 
@@ -346,7 +344,7 @@ class CatalogReads:
         return {row.id: _aggregate(Feature, features, row) for row in rows}
 
 
-class SqlCatalogUnitOfWork:
+class SqlCatalogUnitOfWork(RepositoryUnitOfWork):
     """The catalog's unit of work over PostgreSQL (domain/ports.CatalogUnitOfWork): one
     libs/infra/db.UnitOfWork and the repositories on its connection.
 
@@ -363,18 +361,7 @@ class SqlCatalogUnitOfWork:
     plan_versions: PlanVersionRepository
     reads: CatalogReads
 
-    def __init__(
-        self, db: Database, *, clock: Clock, translate: Callable[[SqlCatalogUnitOfWork, DomainEvent], Awaitable[OutboxMessage]]
-    ) -> None:
-        self._translate = translate
-        self._uow: UnitOfWork = db.uow(translate=self._translate_event, clock=clock)
-
-    async def _translate_event(self, event: DomainEvent) -> OutboxMessage:
-        return await self._translate(self, event)
-
-    async def __aenter__(self) -> SqlCatalogUnitOfWork:
-        await self._uow.__aenter__()
-        conn, seen = self._uow.conn, self._uow.seen
+    def _bind(self, conn: AsyncConnection, seen: EventCollector) -> None:
         self.products = Repository(conn, seen, products, Product)
         self.billable_metrics = Repository(conn, seen, billable_metrics, BillableMetric)
         self.features = FeatureRepository(conn, seen, features, Feature)
@@ -383,12 +370,3 @@ class SqlCatalogUnitOfWork:
         self.plans = Repository(conn, seen, plans, Plan)
         self.plan_versions = PlanVersionRepository(conn, seen)
         self.reads = CatalogReads(conn)
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self._uow.__aexit__(exc_type, exc, tb)
-
-    @property
-    def transaction(self) -> UnitOfWork:
-        """The libs/infra/db.UnitOfWork underneath (ServiceLayer runs idempotent calls in it)."""
-        return self._uow

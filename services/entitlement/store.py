@@ -16,20 +16,18 @@ Units are exact ``numeric``; SQLAlchemy Core, a row becomes an aggregate by colu
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.core.clock import Clock
-from libs.core.domain import DomainEvent, EventCollector
+from libs.core.domain import EventCollector
 from libs.core.errors import NotFound
 from libs.core.paging import Page
-from libs.infra.db import Database, OutboxMessage, UnitOfWork, add_infra_tables
-from libs.infra.repository import TableRepository, load_aggregate
+from libs.infra.db import Database, add_infra_tables
+from libs.infra.repository import RepositoryUnitOfWork, TableRepository, load_aggregate
 from services.entitlement.domain.commands import EntitlementFilters, GrantFilters
 from services.entitlement.domain.model import Entitlement, Grant, GrantPurchase
 
@@ -263,7 +261,7 @@ class PurchaseRepository(TableRepository[GrantPurchase]):
         return None if row is None else self._load(row)
 
 
-class SqlEntitlementUnitOfWork:
+class SqlEntitlementUnitOfWork(RepositoryUnitOfWork):
     """The entitlement service's unit of work over PostgreSQL (domain/ports): one
     libs/infra/db.UnitOfWork and the repositories on its connection. ``translate``
     renders a recorded event at commit (views.outbox_message)."""
@@ -272,36 +270,10 @@ class SqlEntitlementUnitOfWork:
     grants: GrantRepository
     purchases: PurchaseRepository
 
-    def __init__(
-        self, db: Database, *, clock: Clock, translate: Callable[[SqlEntitlementUnitOfWork, DomainEvent], Awaitable[OutboxMessage]]
-    ) -> None:
-        self._translate = translate
-        self._uow: UnitOfWork = db.uow(translate=self._translate_event, clock=clock)
-
-    async def _translate_event(self, event: DomainEvent) -> OutboxMessage:
-        return await self._translate(self, event)
-
-    async def __aenter__(self) -> SqlEntitlementUnitOfWork:
-        await self._uow.__aenter__()
-        self._bind(self._uow.conn, self._uow.seen)
-        return self
-
     def _bind(self, conn: AsyncConnection, seen: EventCollector) -> None:
         self.entitlements = EntitlementRepository(conn, seen, entitlements, Entitlement)
         self.grants = GrantRepository(conn, seen, grants, Grant)
         self.purchases = PurchaseRepository(conn, seen, grant_purchases, GrantPurchase)
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self._uow.__aexit__(exc_type, exc, tb)
-
-    @property
-    def transaction(self) -> UnitOfWork:
-        """The libs/infra/db.UnitOfWork underneath (ServiceLayer runs idempotent calls in it)."""
-        return self._uow
-
-    @property
-    def conn(self) -> AsyncConnection:
-        return self._uow.conn
 
 
 _FILTERS = ("feature_key", "product_id", "subscription_id")

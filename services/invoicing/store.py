@@ -22,21 +22,20 @@ quantities in plain ``numeric``. Every query is scoped by merchant_id.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from types import TracebackType
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.core.clock import Clock
-from libs.core.domain import DomainEvent, EventCollector
+from libs.core.domain import EventCollector
 from libs.core.errors import NotFound
 from libs.core.paging import Page
-from libs.infra.db import Database, OutboxMessage, UnitOfWork, add_infra_tables
+from libs.infra.db import add_infra_tables
+from libs.infra.repository import RepositoryUnitOfWork
 from services.invoicing.domain.calculation import Billed, Carry, Line, Window
 from services.invoicing.domain.commands import InvoiceFilters
 from services.invoicing.domain.model import CreditNote, Invoice, InvoiceLine, window_json, window_of
@@ -707,7 +706,7 @@ class Numbering:
         return list(range(last - count + 1, last + 1))
 
 
-class SqlInvoicingUnitOfWork:
+class SqlInvoicingUnitOfWork(RepositoryUnitOfWork):
     """domain/ports.InvoicingUnitOfWork over PostgreSQL: one libs/infra/db.UnitOfWork and
     the repositories on its connection. ``translate`` renders a recorded event (views.py)."""
 
@@ -718,30 +717,10 @@ class SqlInvoicingUnitOfWork:
     credit_notes: CreditNoteRepository
     numbering: Numbering
 
-    def __init__(
-        self, db: Database, *, clock: Clock, translate: Callable[[SqlInvoicingUnitOfWork, DomainEvent], Awaitable[OutboxMessage]]
-    ) -> None:
-        self._translate = translate
-        self._uow: UnitOfWork = db.uow(translate=self._translate_event, clock=clock)
-
-    async def _translate_event(self, event: DomainEvent) -> OutboxMessage:
-        return await self._translate(self, event)
-
-    async def __aenter__(self) -> SqlInvoicingUnitOfWork:
-        await self._uow.__aenter__()
-        conn, seen = self._uow.conn, self._uow.seen
+    def _bind(self, conn: AsyncConnection, seen: EventCollector) -> None:
         self.invoices = InvoiceRepository(conn, seen)
         self.lines = LineRepository(conn)
         self.billed = BilledRepository(conn)
         self.carry = CarryRepository(conn)
         self.credit_notes = CreditNoteRepository(conn)
         self.numbering = Numbering(conn)
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self._uow.__aexit__(exc_type, exc, tb)
-
-    @property
-    def transaction(self) -> UnitOfWork:
-        """The libs/infra/db.UnitOfWork underneath (ServiceLayer runs idempotent calls in it)."""
-        return self._uow

@@ -14,21 +14,20 @@ transactions (a libs/infra/db.UnitOfWork) and reads and ends subscriptions throu
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from types import TracebackType
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.core.clock import Clock, SystemClock
-from libs.core.domain import Aggregate, DomainEvent, EventCollector
+from libs.core.clock import SystemClock
+from libs.core.domain import Aggregate, EventCollector
 from libs.core.errors import NotFound
 from libs.core.paging import Page
-from libs.infra.db import Database, OutboxMessage, UnitOfWork, add_infra_tables
-from libs.infra.repository import TableRepository, load_aggregate
+from libs.infra.db import UnitOfWork, add_infra_tables
+from libs.infra.repository import RepositoryUnitOfWork, TableRepository, load_aggregate
 from services.subscription.domain.model import Consumer, Customer, Subscription, TestClock
 from services.subscription.domain.ports import CustomerFilters, SubscriptionFilters
 from services.subscription.domain.rules import LIVE_STATUSES
@@ -327,7 +326,7 @@ class SubscriptionReads:
         return int((await self._conn.execute(sa.select(customer_change_sequence.next_value()))).scalar_one())
 
 
-class SqlSubscriptionUnitOfWork:
+class SqlSubscriptionUnitOfWork(RepositoryUnitOfWork):
     """The subscription service's unit of work over PostgreSQL (domain/ports): one
     libs/infra/db.UnitOfWork and the repositories on its connection. ``translate``
     renders a recorded event at commit (views.outbox_message)."""
@@ -338,20 +337,6 @@ class SqlSubscriptionUnitOfWork:
     subscriptions: SubscriptionRepository
     reads: SubscriptionReads
 
-    def __init__(
-        self, db: Database, *, clock: Clock, translate: Callable[[SqlSubscriptionUnitOfWork, DomainEvent], Awaitable[OutboxMessage]]
-    ) -> None:
-        self._translate = translate
-        self._uow: UnitOfWork = db.uow(translate=self._translate_event, clock=clock)
-
-    async def _translate_event(self, event: DomainEvent) -> OutboxMessage:
-        return await self._translate(self, event)
-
-    async def __aenter__(self) -> SqlSubscriptionUnitOfWork:
-        await self._uow.__aenter__()
-        self._bind(self._uow.conn, self._uow.seen)
-        return self
-
     def _bind(self, conn: AsyncConnection, seen: EventCollector) -> None:
         self.consumers = ConsumerRepository(conn, seen, consumers, Consumer)
         self.customers = CustomerRepository(conn, seen, customers, Customer)
@@ -359,22 +344,10 @@ class SqlSubscriptionUnitOfWork:
         self.subscriptions = SubscriptionRepository(conn, seen, subscriptions, Subscription)
         self.reads = SubscriptionReads(conn)
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self._uow.__aexit__(exc_type, exc, tb)
-
-    @property
-    def transaction(self) -> UnitOfWork:
-        """The libs/infra/db.UnitOfWork underneath (ServiceLayer runs idempotent calls in it)."""
-        return self._uow
-
     @property
     def session(self) -> UnitOfWork:
         """What the billing engine writes its due work in."""
         return self._uow
-
-    @property
-    def conn(self) -> AsyncConnection:
-        return self._uow.conn
 
 
 class _SessionView:
