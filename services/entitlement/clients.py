@@ -170,6 +170,17 @@ class CatalogClient:
         self._products[(current_merchant_id(), feature_id)] = found.product_id
         return FeatureFacts(id=found.id, key=found.key, name=found.name, type=found.type, product_id=found.product_id)
 
+    async def ensure_billable_metric(self, metric_id: str) -> None:
+        merchant_id = current_merchant_id()
+        try:
+            with acting_for(merchant_id):
+                request = catalog_svc.GetBillableMetricRequest(id=metric_id)
+                metric: catalog_res.BillableMetric = await self._stub().GetBillableMetric(request)
+        except NotFound:
+            raise NotFound("billable_metric", metric_id, field="template.billableMetricId") from None
+        if metric.merchant_id and metric.merchant_id != merchant_id:
+            raise NotFound("billable_metric", metric_id, field="template.billableMetricId")
+
     async def feature_metrics(self, feature_id: str) -> list[str]:
         merchant_id = current_merchant_id()
         stub = self._stub()

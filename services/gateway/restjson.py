@@ -66,10 +66,14 @@ def _field_for_key(descriptor: Any, key: str) -> Any:
     return None
 
 
-def normalize_timestamps(descriptor: Any, value: Any) -> Any:
+_FLOATS = (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)
+
+
+def normalize_timestamps(descriptor: Any, value: Any, prefix: str = "") -> Any:
     """Prepare a JSON object for json_format, at every level of the message:
-    offset-less date-time strings get a Z (UTC), and null for a repeated or map field
-    means absent (json_format has no null for a list)."""
+    offset-less date-time strings get a Z (UTC), null for a repeated or map field means
+    absent (json_format has no null for a list), and true/false is no number (json_format
+    would take true as 1.0 for a double: a grant of `"amount": true` is a mistake)."""
     if not isinstance(value, dict):
         return value
     for key in list(value):
@@ -80,6 +84,9 @@ def normalize_timestamps(descriptor: Any, value: Any) -> Any:
         if item is None and field.is_repeated:
             del value[key]
             continue
+        if isinstance(item, bool) and field.type in _FLOATS and not field.is_repeated:
+            name = f"{prefix}{field.json_name}"
+            raise InvalidArgument(name, f"{name} must be a number; got {str(item).lower()}", reason="INVALID_FIELD")
         if field.message_type is None or is_map(field):
             continue
         name = field.message_type.full_name
@@ -88,13 +95,14 @@ def normalize_timestamps(descriptor: Any, value: Any) -> Any:
                 value[key] = item + "Z"
             elif isinstance(item, str) and (offset := _OFFSET.search(item)) and (int(offset[1]) > 23 or int(offset[2]) > 59):
                 # RFC 3339 offsets end at ±23:59; protobuf's parser would take +25:00
-                raise InvalidArgument(field.json_name, f"{field.json_name} must be {_WELL_KNOWN_TEXT[_TS]}", reason="INVALID_FIELD")
+                path = f"{prefix}{field.json_name}"
+                raise InvalidArgument(path, f"{path} must be {_WELL_KNOWN_TEXT[_TS]}", reason="INVALID_FIELD")
         elif name not in _OPAQUE:
             if field.is_repeated and isinstance(item, list):
                 for element in item:
-                    normalize_timestamps(field.message_type, element)
+                    normalize_timestamps(field.message_type, element, f"{prefix}{field.json_name}[].")
             else:
-                normalize_timestamps(field.message_type, item)
+                normalize_timestamps(field.message_type, item, f"{prefix}{field.json_name}.")
     return value
 
 

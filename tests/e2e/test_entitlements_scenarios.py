@@ -22,6 +22,7 @@ import uuid
 from datetime import timedelta
 from decimal import Decimal
 
+import httpx
 import pytest
 from paygentic_sdk import models
 
@@ -160,6 +161,14 @@ def test_a_paid_invoice_0_provisions_one_entitlement_per_feature_and_termination
     # and on Jan 5 they were active
     before = listed(merchant_a, customer_id, at=jan5)
     assert {(item.status, item.has_access) for item in before} == {("active", True)}
+    # an ended subscription takes no new entitlement by hand
+    late = httpx.post(
+        f"{merchant_a.base_url}/v1/entitlements",
+        json={"customerId": customer_id, "featureId": sso.id, "template": {"type": "boolean"}, "subscriptionId": sub.id},
+        headers=merchant_a.headers,
+    )
+    assert (late.status_code, late.json()["code"]) == (409, "SUBSCRIPTION_TERMINATED"), late.text
+    assert len(listed(merchant_a, customer_id)) == 3
 
 
 # --- Burn order ----------------------------------------------------------------------------

@@ -465,6 +465,12 @@ def entitlement_template(template: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, dict) or not isinstance(value.get("interval"), str):
                 raise InvalidArgument(name, f"{name} must be an object with an ISO-8601 interval", reason="INVALID_TYPE")
             duration(value["interval"], f"{name}.interval")
+            if not any(ch in "123456789" for ch in value["interval"]):
+                raise InvalidArgument(
+                    f"{name}.interval",
+                    f"{name}.interval must be a positive duration; omit usagePeriod for a one-time allowance",
+                    reason="OUT_OF_RANGE",
+                )
             # the template is stored as sent: nothing unknown (and so unbounded) rides along
             for extra in value:
                 if extra not in ("interval", "anchor"):

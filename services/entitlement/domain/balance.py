@@ -61,6 +61,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, localcontext
 from typing import Final
 
+from libs.core.errors import InvalidArgument
 from libs.core.grid import Duration, boundary, index_at, parse_duration
 from libs.core.money import exact_context
 
@@ -70,6 +71,10 @@ from libs.core.money import exact_context
 # FAR_FUTURE): the same readings serve every check until then, and can be cached.
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
 UNLIMITED = Decimal("999999999999")
+# The most usage periods one evaluation walks (each costs a reading): 13 years of daily
+# periods whose every reset carries state. Beyond it an answer is refused rather than
+# computed for seconds on the request path.
+MAX_PERIODS = 5000
 
 _ZERO: Final = Decimal(0)
 _EARLIEST: Final = datetime.min.replace(tzinfo=UTC)  # sorts an expiry-less key; never compared as an expiry
@@ -300,6 +305,14 @@ def _plan(
                 if (restart_before is None or r <= restart_before) and _memoryless(terms, grants, r):
                     start_k = k
                     break
+            if last - start_k + 1 > MAX_PERIODS:
+                raise InvalidArgument(
+                    "at",
+                    f"this balance depends on {last - start_k + 1} usage periods (more than {MAX_PERIODS}): "
+                    "its grants roll over or its overage carries, period after period, since "
+                    f"{boundary(terms.anchor, grid, start_k).isoformat()}",
+                    reason="TOO_MANY_PERIODS",
+                )
             lower = boundary(terms.anchor, grid, start_k)
             for k in range(start_k, last + 1):
                 upper = boundary(terms.anchor, grid, k + 1)

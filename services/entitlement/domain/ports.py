@@ -127,6 +127,10 @@ class Catalog(Protocol):
         """The distinct billable metrics of the merchant's prices carrying the feature."""
         ...
 
+    async def ensure_billable_metric(self, metric_id: str) -> None:
+        """NotFound naming ``template.billableMetricId`` unless the merchant has this metric."""
+        ...
+
     async def plan_currency(self, plan_id: str) -> str | None: ...
 
 

@@ -185,6 +185,14 @@ def _usage_period(value: Any, name: str) -> tuple[str | None, datetime | None]:
     if interval is None:
         raise InvalidArgument(f"{name}.interval", f"{name}.interval is required", reason="REQUIRED")
     duration = parse_duration(interval, f"{name}.interval")
+    if duration.hours or duration.minutes or duration.seconds:
+        # as the catalog's price templates: a period of hours would make every balance
+        # walk thousands of periods (and one of seconds, millions)
+        raise InvalidArgument(
+            f"{name}.interval",
+            f"{name}.interval must be whole days, weeks, months or years (P1D, P1W, P1M, P1Y); got {interval!r}",
+            reason="INVALID_DURATION",
+        )
     if duration.is_zero:
         raise InvalidArgument(
             f"{name}.interval",

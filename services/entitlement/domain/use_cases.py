@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from libs.core.errors import AlreadyExists, DomainError, InvalidArgument, NotFound
+from libs.core.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from libs.core.money import currency_exponent, format_major, major_to_atomic, minor_unit_atomic, parse_decimal, round_to_minor
 from libs.core.paging import Page
 from services.entitlement.domain import balance, commands
@@ -209,12 +209,20 @@ async def issue_entitlement(
                 f"subscription {command.subscription_id} is not customer {command.customer_id}'s",
                 reason="SUBSCRIPTION_MISMATCH",
             )
+        if subscription.status == "terminated":
+            raise FailedPrecondition(
+                "SUBSCRIPTION_TERMINATED",
+                f"subscription {command.subscription_id} has ended: its entitlements are canceled",
+                field="subscriptionId",
+            )
         test_clock_id = subscription.test_clock_id
     else:
         test_clock_id = await customers.customer_clock(command.customer_id)
     customer_now = await CustomerTime(customers, now).now_for(test_clock_id)
     active_from = command.active_from or customer_now
     metric_id = template.billable_metric_id
+    if feature.type == "metered" and metric_id is not None:
+        await catalog.ensure_billable_metric(metric_id)  # before anything is written
     if feature.type == "metered" and metric_id is None:
         metrics = await catalog.feature_metrics(feature.id)
         if len(metrics) != 1:
@@ -343,6 +351,15 @@ async def claim_purchase(
         subscription = await customers.subscription(entitlement.subscription_id)
         currency = await catalog.plan_currency(subscription.plan_id) or DEFAULT_CURRENCY
     purchase_price(command.price, currency)  # refused before anything is written
+    if command.payment_expires_at is not None:
+        customer_now = await CustomerTime(customers, now).now_for(entitlement.test_clock_id)
+        if command.payment_expires_at <= customer_now:
+            # a checkout that has already expired could never mint the grant
+            raise InvalidArgument(
+                "paymentExpiresAt",
+                f"paymentExpiresAt must be in the future (now is {customer_now.isoformat()})",
+                reason="OUT_OF_RANGE",
+            )
     purchase = GrantPurchase.create(
         entitlement=entitlement,
         idempotency_key=command.idempotency_key,

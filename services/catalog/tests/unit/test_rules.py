@@ -33,6 +33,10 @@ def test_standard_metered_price_is_stored_in_atomic_units() -> None:
         ({"pricing_unit_id": "pu_1"}, "pricingUnitId", "NOT_SUPPORTED"),
         ({"supply_scope": "OUTSIDE_SCOPE"}, "tax.outsideScopeLabel", "REQUIRED"),
         ({"feature_id": "feat_1", "entitlement_template": {"usagePeriod": {"interval": "monthly"}}}, "feature.entitlementTemplate.usagePeriod.interval", "INVALID_DURATION"),
+        ({"feature_id": "feat_1", "entitlement_template": {"usagePeriod": {"interval": "P0D"}}}, "feature.entitlementTemplate.usagePeriod.interval", "OUT_OF_RANGE"),
+        ({"feature_id": "feat_1", "entitlement_template": {"type": "seats"}}, "feature.entitlementTemplate.type", "INVALID_ENUM_VALUE"),
+        ({"feature_id": "feat_1", "entitlement_template": {"config": "x"}}, "feature.entitlementTemplate.config", "INVALID_TYPE"),
+        ({"feature_id": "feat_1", "entitlement_template": {"issueAfterResetPriority": 1.5}}, "feature.entitlementTemplate.issueAfterResetPriority", "INVALID_TYPE"),
     ],
 )  # fmt: skip
 def test_bad_metered_prices_name_their_field(changes: dict[str, Any], field: str, reason: str | None) -> None:

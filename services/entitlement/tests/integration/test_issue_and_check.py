@@ -58,6 +58,10 @@ async def test_an_entitlement_issued_by_hand_takes_the_metric_of_the_price_carry
         ({"template": ent.EntitlementTemplate(type="boolean")}, InvalidArgument, "template.type"),
         ({"template": _metered(usage_period=ent.UsagePeriod(interval="monthly"))}, InvalidArgument, "template.usagePeriod.interval"),
         ({"template": _metered(reset_min_rollover=5)}, InvalidArgument, "template.resetMinRollover"),
+        # a period of hours or seconds would make every balance walk thousands of periods
+        ({"template": _metered(usage_period=ent.UsagePeriod(interval="PT1S"))}, InvalidArgument, "template.usagePeriod.interval"),
+        # an unknown metric is refused before anything is written (a stored one broke the list)
+        ({"template": _metered(billable_metric_id="bm_missing")}, NotFound, "template.billableMetricId"),
         ({"active_from": to_timestamp(datetime(9999, 1, 1, tzinfo=UTC))}, InvalidArgument, "activeFrom"),
         ({"active_to": to_timestamp(datetime(2020, 1, 1, tzinfo=UTC))}, InvalidArgument, "activeTo"),
     ],

@@ -106,6 +106,18 @@ async def test_a_purchase_is_an_invoice_and_its_payment_mints_the_grant_once(
             ent.PurchaseGrantRequest(entitlement_id=issued.id, amount=1, price="0.49", idempotency_key="buy-2"), metadata=world.md()
         )
     assert cheap.value.field == "price"
+    with pytest.raises(InvalidArgument) as expired:  # a checkout that expired already could never mint the grant
+        await world.entitlements.PurchaseGrant(
+            ent.PurchaseGrantRequest(
+                entitlement_id=issued.id,
+                amount=1,
+                price="1.00",
+                idempotency_key="buy-3",
+                payment_expires_at=to_timestamp(datetime(2020, 1, 1, tzinfo=UTC)),
+            ),
+            metadata=world.md(),
+        )
+    assert expired.value.field == "paymentExpiresAt"
 
     invoice = await invoicing.GetInvoice(inv.GetInvoiceRequest(id=bought.invoice_id), metadata=world.md())
     assert invoice.purpose == "grant_purchase" and invoice.grand_total == "20.00"

@@ -7,13 +7,15 @@ cumulative readings it needs, a fake meter answers them, ``evaluate`` computes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
+from libs.core.errors import InvalidArgument
 from services.entitlement.domain.balance import (
     FAR_FUTURE,
+    MAX_PERIODS,
     UNLIMITED,
     Covered,
     Evaluation,
@@ -483,3 +485,14 @@ def test_coverage_counts_both_ends_from_the_same_reset() -> None:
 def test_unlimited_is_the_default_rollover_of_a_grant() -> None:
     assert grant("g", 1, effective_at=at(1, 1)).reset_max_rollover == UNLIMITED
     assert GrantTerms("g", D(1), at(1, 1), None, None, 0, at(1, 1)).reset_max_rollover == UNLIMITED
+
+
+def test_a_balance_that_depends_on_more_than_max_periods_is_refused_not_computed() -> None:
+    # daily periods whose grants roll everything over: each reset depends on the one before
+    t = terms("P1D", at(1, 1))
+    grants = [grant("carry", 10, effective_at=at(1, 1))]
+    ok = usage_windows(t, at(1, 1), None, grants, at(1, 1) + timedelta(days=MAX_PERIODS - 1, hours=12))
+    assert len(ok) == MAX_PERIODS
+    with pytest.raises(InvalidArgument) as refused:
+        usage_windows(t, at(1, 1), None, grants, at(1, 1) + timedelta(days=MAX_PERIODS, hours=12))
+    assert (refused.value.field, refused.value.reason) == ("at", "TOO_MANY_PERIODS")

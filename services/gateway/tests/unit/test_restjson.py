@@ -93,3 +93,17 @@ def test_an_offset_past_23_59_is_refused() -> None:
     request = svc.CreateBillableMetricRequest()
     restjson.parse_into(request, {"eventFrom": "2026-12-01T11:00:00+23:59"})
     assert request.HasField("event_from_time")
+
+
+def test_true_is_no_number_at_any_level() -> None:
+    from accrue.entitlement.v1 import entitlement_service_pb2 as ent
+
+    with pytest.raises(InvalidArgument) as top:
+        restjson.parse_into(ent.CreateGrantRequest(), {"amount": True, "idempotencyKey": "k"})
+    assert (top.value.field, top.value.reason) == ("amount", "INVALID_FIELD")
+    with pytest.raises(InvalidArgument) as nested:
+        restjson.parse_into(ent.IssueEntitlementRequest(), {"customerId": "c", "featureId": "f", "template": {"issueAfterReset": False}})
+    assert nested.value.field == "template.issueAfterReset"
+    parsed = ent.CreateGrantRequest()
+    restjson.parse_into(parsed, {"amount": 2.5, "idempotencyKey": "k"})
+    assert parsed.amount == 2.5
