@@ -194,6 +194,8 @@ BAD_PRICES = [
     ("rebate with grantDiscountEnabled", metered(properties={"unitPrice": "-0.01"}, grantDiscountEnabled=True), "NOT_ALLOWED",
      "grantDiscountEnabled"),
     ("feature without featureId", metered(feature={"entitlementTemplate": {"isSoftLimit": True}}), "REQUIRED", "feature.featureId"),
+    ("template of another type than its feature", metered(feature={"featureId": "{feature}", "entitlementTemplate": {"type": "boolean"}}),
+     "FEATURE_TYPE_MISMATCH", "feature.entitlementTemplate.type"),
     ("unknown field in body", metered(unitPrice="1"), "UNKNOWN_FIELD", "unitPrice"),
     ("quantity as text", fee_priced(quantity="two"), "INVALID_FIELD", "quantity"),
 ]  # fmt: skip

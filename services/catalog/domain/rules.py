@@ -481,6 +481,37 @@ def entitlement_template(template: dict[str, Any]) -> dict[str, Any]:
     return template
 
 
+_METERED_TEMPLATE_KEYS = (
+    "usagePeriod",
+    "issueAfterReset",
+    "issueAfterResetPriority",
+    "isSoftLimit",
+    "resetMaxRollover",
+    "resetMinRollover",
+    "preserveOverageAtReset",
+)
+
+
+def template_fits_feature(template: dict[str, Any], feature_type: str) -> None:
+    """What the entitlement service will provision from this template, checked now rather
+    than skipped at subscribe time: its type is the feature's, metered settings only on a
+    metered feature, config only on (and required by) a static one."""
+    name = "feature.entitlementTemplate"
+    kind = template.get("type", feature_type)
+    if kind != feature_type:
+        raise InvalidArgument(f"{name}.type", f"{name}.type is {kind!r} but the feature is {feature_type}", reason="FEATURE_TYPE_MISMATCH")
+    if feature_type != "metered":
+        for key in _METERED_TEMPLATE_KEYS:
+            if key in template:
+                raise InvalidArgument(
+                    f"{name}.{key}", f"{name}.{key} is for metered features; this one is {feature_type}", reason="NOT_ALLOWED"
+                )
+    if feature_type != "static" and "config" in template:
+        raise InvalidArgument(f"{name}.config", f"{name}.config is for static features; this one is {feature_type}", reason="NOT_ALLOWED")
+    if feature_type == "static" and "config" not in template:
+        raise InvalidArgument(f"{name}.config", f"{name}.config is required for a static feature", reason="REQUIRED")
+
+
 # --- plans ----------------------------------------------------------------------------
 
 

@@ -142,6 +142,8 @@ async def _check_price_references(uow: CatalogUnitOfWork, merchant_id: str, draf
                 f"{'metric' if draft.billable_metric_id else 'fee'} to {owner.product_id}",
                 reason="FEATURE_PRODUCT_MISMATCH",
             )
+        if draft.entitlement_template is not None:
+            rules.template_fits_feature(draft.entitlement_template, feature.type)
 
 
 async def create_price(uow: CatalogUnitOfWork, merchant_id: str, now: datetime, command: commands.CreatePrice) -> Price:

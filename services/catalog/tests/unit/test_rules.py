@@ -111,3 +111,25 @@ def test_plan_cadence_and_paging_rules() -> None:
     with pytest.raises(InvalidArgument):
         rules.currency("XYZ")
     assert rules.currency("JPY") == "JPY"
+
+
+@pytest.mark.parametrize(
+    ("template", "feature_type", "field", "reason"),
+    [
+        ({"type": "boolean"}, "metered", "feature.entitlementTemplate.type", "FEATURE_TYPE_MISMATCH"),
+        ({"usagePeriod": {"interval": "P1M"}}, "boolean", "feature.entitlementTemplate.usagePeriod", "NOT_ALLOWED"),
+        ({"config": {"limit": 25}}, "metered", "feature.entitlementTemplate.config", "NOT_ALLOWED"),
+        ({}, "static", "feature.entitlementTemplate.config", "REQUIRED"),
+    ],
+)
+def test_a_template_must_fit_its_feature(template: dict[str, Any], feature_type: str, field: str, reason: str) -> None:
+    # what the entitlement service could not provision is refused when the price is made
+    with pytest.raises(InvalidArgument) as error:
+        rules.template_fits_feature(template, feature_type)
+    assert (error.value.field, error.value.reason) == (field, reason)
+
+
+def test_templates_that_fit_their_feature_pass() -> None:
+    rules.template_fits_feature({}, "boolean")
+    rules.template_fits_feature({"type": "static", "config": {"limit": 25}}, "static")
+    rules.template_fits_feature({"usagePeriod": {"interval": "P1M"}, "issueAfterReset": 10, "isSoftLimit": True}, "metered")
