@@ -215,6 +215,9 @@ def mask_paths(descriptor: Any, body: dict[str, Any]) -> list[str]:
     return paths
 
 
+_QUERY_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
 def query_to_json(descriptor: Any, query: list[tuple[str, str]]) -> dict[str, Any]:
     """Query parameters to the JSON object json_format expects (repeated keys -> lists)."""
     out: dict[str, Any] = {}
@@ -224,7 +227,9 @@ def query_to_json(descriptor: Any, query: list[tuple[str, str]]) -> dict[str, An
             raise InvalidArgument(key, f"unknown query parameter {key!r}", reason="UNKNOWN_FIELD")
         value: Any = raw
         if field.type == FieldDescriptor.TYPE_BOOL:
-            value = raw.lower() in ("true", "1")
+            if raw.lower() not in _QUERY_BOOLS:
+                raise InvalidArgument(field.json_name, f"{field.json_name} must be true or false; got {raw!r}", reason="INVALID_FIELD")
+            value = _QUERY_BOOLS[raw.lower()]
         if field.is_repeated:
             out.setdefault(field.json_name, []).append(value)
         else:

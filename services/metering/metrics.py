@@ -227,12 +227,28 @@ class MetricIndex:
         self._types.pop(merchant_id, None)
 
     async def get(self, merchant_id: str, metric_id: str) -> Metric:
-        m = store.metrics
-        async with self._db.engine.connect() as conn:
-            row = (await conn.execute(sa.select(m).where(m.c.id == metric_id, m.c.merchant_id == merchant_id, ~m.c.deleted))).first()
+        """The merchant's metric. One created a moment ago, whose catalog event has not
+        reached this projection (or went to another consumer of the durable), is asked of
+        the catalog, as ingestion asks for an unknown type: usage queries read their
+        writes too. An id that is still unknown is not asked again for a second."""
+        row = await self._row(merchant_id, metric_id)
+        key = (merchant_id, f"id:{metric_id}")
+        if row is None and self._catalog is not None and self._negative.get(key, 0.0) <= self._monotonic():
+            try:
+                await self._ask_catalog(merchant_id)
+            except CatalogUnavailable as exc:
+                log.warning("catalog_lookup_failed", merchant_id=merchant_id, error=str(exc))
+            row = await self._row(merchant_id, metric_id)
+            if row is None:
+                self._negative[key] = self._monotonic() + NEGATIVE_TTL_SECONDS
         if row is None:
             raise NotFound("billable_metric", metric_id, field="id")
         return _metric(row)
+
+    async def _row(self, merchant_id: str, metric_id: str) -> Any:
+        m = store.metrics
+        async with self._db.engine.connect() as conn:
+            return (await conn.execute(sa.select(m).where(m.c.id == metric_id, m.c.merchant_id == merchant_id, ~m.c.deleted))).first()
 
     async def on_catalog_event(self, event: ReceivedEvent, uow: UnitOfWork) -> None:
         """Keep the projection: billable metric created / updated / deleted."""

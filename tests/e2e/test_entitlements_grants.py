@@ -139,10 +139,12 @@ def test_another_merchants_entitlements_and_grants_are_not_found(
         ({"amount": -5, "idempotencyKey": "k"}, "amount"),
         ({"amount": 5}, "idempotencyKey"),
         ({"amount": 5, "idempotencyKey": ""}, "idempotencyKey"),
+        ({"amount": 5, "idempotencyKey": "   "}, "idempotencyKey"),
+        ({"amount": True, "idempotencyKey": "k"}, "amount"),
         ({"amount": 5, "idempotencyKey": "k", "effectiveAt": "2027-02-05T00:00:00Z", "expiresAt": "2027-02-05T00:00:00Z"}, "expiresAt"),
         ({"amount": 5, "idempotencyKey": "k", "resetMinRollover": 10, "resetMaxRollover": 5}, "resetMinRollover"),
     ],
-    ids=["zero amount", "negative amount", "no key", "empty key", "expiry not after start", "min over max"],
+    ids=["zero amount", "negative amount", "no key", "empty key", "blank key", "true as amount", "expiry not after start", "min over max"],
 )
 def test_bad_grants_are_refused_naming_the_field(merchant_a: MerchantClient, s: Metered, body: dict[str, Any], field: str) -> None:
     status, _, named = error(post(merchant_a, _grants_path(s), body))

@@ -107,3 +107,14 @@ def test_true_is_no_number_at_any_level() -> None:
     parsed = ent.CreateGrantRequest()
     restjson.parse_into(parsed, {"amount": 2.5, "idempotencyKey": "k"})
     assert parsed.amount == 2.5
+
+
+def test_a_query_boolean_is_true_false_1_or_0() -> None:
+    from accrue.entitlement.v1 import entitlement_service_pb2 as ent
+
+    descriptor = ent.ListGrantsRequest.DESCRIPTOR
+    assert restjson.query_to_json(descriptor, [("includeVoided", "true")]) == {"includeVoided": True}
+    assert restjson.query_to_json(descriptor, [("includeVoided", "0")]) == {"includeVoided": False}
+    with pytest.raises(InvalidArgument) as refused:
+        restjson.query_to_json(descriptor, [("includeVoided", "maybe")])
+    assert (refused.value.field, refused.value.reason) == ("includeVoided", "INVALID_FIELD")
