@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
+from libs.core.errors import Unavailable
 from libs.infra.context import IDEMPOTENCY_METADATA_KEY, MERCHANT_TOKEN_METADATA_KEY, idempotency_key_var, merchant_token_var
 from libs.infra.grpc_errors import decode_rpc_error
 from libs.infra.settings import ServiceSettings
@@ -56,6 +57,25 @@ def channel(
     if credentials is not None:
         return grpc.aio.secure_channel(address, credentials, options=list(options or ()), interceptors=interceptors)
     return grpc.aio.insecure_channel(address, options=list(options or ()), interceptors=interceptors)
+
+
+_SHARED: dict[str, grpc.aio.Channel] = {}
+
+
+def shared_channel(address: str) -> grpc.aio.Channel:
+    """The process's one channel to ``address`` (a channel multiplexes every call): what a
+    service's clients call their peers on."""
+    found = _SHARED.get(address)
+    if found is None:
+        found = _SHARED[address] = channel(address)
+    return found
+
+
+def unconfigured(service: str, *, caller: str) -> Unavailable:
+    """The error of a call to a peer whose address ``caller`` was not given."""
+    return Unavailable(
+        f"{service.upper()}_NOT_CONFIGURED", f"{caller} has no address of the {service} service (ACCRUE_{service.upper()}_ADDR)"
+    )
 
 
 @functools.cache

@@ -17,7 +17,6 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import grpc
 from accrue.catalog.v1 import catalog_resources_pb2 as catalog_res
 from accrue.catalog.v1 import catalog_service_pb2 as catalog_svc
 from accrue.catalog.v1 import catalog_service_pb2_grpc
@@ -40,26 +39,6 @@ from services.entitlement.domain.ports import AdHocInvoice, IssuedInvoice, PlanF
 _PAGE = 100
 # an external id names a customer for this long here (it may be moved to another one)
 EXTERNAL_ID_CACHE_SECONDS = 5.0
-
-
-def _unconfigured(service: str) -> Unavailable:
-    return Unavailable(
-        f"{service.upper()}_NOT_CONFIGURED",
-        f"the entitlement service has no address of the {service} service (ACCRUE_{service.upper()}_ADDR)",
-    )
-
-
-class _Channels:
-    def __init__(self) -> None:
-        self._channels: dict[str, grpc.aio.Channel] = {}
-
-    def get(self, address: str) -> grpc.aio.Channel:
-        if address not in self._channels:
-            self._channels[address] = grpc_client.channel(address)
-        return self._channels[address]
-
-
-_CHANNELS = _Channels()
 
 
 def subscription_facts(subscription: subscription_svc.Subscription) -> SubscriptionFacts:
@@ -90,8 +69,8 @@ class CatalogClient:
 
     def _stub(self) -> catalog_service_pb2_grpc.CatalogServiceStub:
         if self._address is None:
-            raise _unconfigured("catalog")
-        return catalog_service_pb2_grpc.CatalogServiceStub(_CHANNELS.get(self._address))
+            raise grpc_client.unconfigured("catalog", caller="the entitlement service")
+        return catalog_service_pb2_grpc.CatalogServiceStub(grpc_client.shared_channel(self._address))
 
     async def _version(self, subscription: SubscriptionFacts) -> catalog_res.PlanVersion:
         merchant_id = current_merchant_id()
@@ -216,8 +195,8 @@ class SubscriptionClient:
 
     def _stub(self) -> subscription_service_pb2_grpc.SubscriptionServiceStub:
         if self._address is None:
-            raise _unconfigured("subscription")
-        return subscription_service_pb2_grpc.SubscriptionServiceStub(_CHANNELS.get(self._address))
+            raise grpc_client.unconfigured("subscription", caller="the entitlement service")
+        return subscription_service_pb2_grpc.SubscriptionServiceStub(grpc_client.shared_channel(self._address))
 
     async def ensure_customer(self, customer_id: str) -> None:
         try:
@@ -274,8 +253,8 @@ class MeteringClient:
 
     async def usages(self, wanted: Sequence[UsageKey]) -> tuple[list[Decimal], datetime | None]:
         if self._address is None:
-            raise _unconfigured("metering")
-        stub = metering_service_pb2_grpc.MeteringServiceStub(_CHANNELS.get(self._address))
+            raise grpc_client.unconfigured("metering", caller="the entitlement service")
+        stub = metering_service_pb2_grpc.MeteringServiceStub(grpc_client.shared_channel(self._address))
         request = metering_svc.GetUsagesRequest(
             readings=[
                 metering_svc.UsageReading(
@@ -308,8 +287,8 @@ class InvoicingClient:
 
     async def issue_ad_hoc_invoice(self, invoice: AdHocInvoice) -> IssuedInvoice:
         if self._address is None:
-            raise _unconfigured("invoicing")
-        stub = invoicing_service_pb2_grpc.InvoicingServiceStub(_CHANNELS.get(self._address))
+            raise grpc_client.unconfigured("invoicing", caller="the entitlement service")
+        stub = invoicing_service_pb2_grpc.InvoicingServiceStub(grpc_client.shared_channel(self._address))
         request = invoicing_svc.IssueAdHocInvoiceRequest(
             customer_id=invoice.customer_id,
             currency=invoice.currency,

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
-import grpc
 from accrue.catalog.v1 import catalog_resources_pb2 as catalog_res
 from accrue.catalog.v1 import catalog_service_pb2 as catalog_svc
 from accrue.catalog.v1 import catalog_service_pb2_grpc
@@ -40,25 +39,6 @@ METRIC_CACHE_SECONDS = 60.0
 _VERSION_PAGE = 100
 
 
-def _unconfigured(service: str) -> Unavailable:
-    return Unavailable(
-        f"{service.upper()}_NOT_CONFIGURED", f"invoicing has no address of the {service} service (ACCRUE_{service.upper()}_ADDR)"
-    )
-
-
-class _Channels:
-    def __init__(self) -> None:
-        self._channels: dict[str, grpc.aio.Channel] = {}
-
-    def get(self, address: str) -> grpc.aio.Channel:
-        if address not in self._channels:
-            self._channels[address] = grpc_client.channel(address)
-        return self._channels[address]
-
-
-_CHANNELS = _Channels()
-
-
 class CatalogClient:
     """The pinned plan version's price slots (GetPlanVersion; immutable, so kept) and the
     names of their metrics (GetBillableMetric, kept a minute)."""
@@ -70,8 +50,8 @@ class CatalogClient:
 
     def _stub(self) -> catalog_service_pb2_grpc.CatalogServiceStub:
         if self._address is None:
-            raise _unconfigured("catalog")
-        return catalog_service_pb2_grpc.CatalogServiceStub(_CHANNELS.get(self._address))
+            raise grpc_client.unconfigured("catalog", caller="invoicing")
+        return catalog_service_pb2_grpc.CatalogServiceStub(grpc_client.shared_channel(self._address))
 
     async def _version(self, merchant_id: str, terms: Terms) -> catalog_res.PlanVersion:
         key = (merchant_id, terms.plan_version_id)
@@ -126,8 +106,8 @@ class MeterClient:
 
     async def usage(self, metric_id: str, subject: str, start: datetime, end: datetime) -> Reading:
         if self._address is None:
-            raise _unconfigured("metering")
-        stub = metering_service_pb2_grpc.MeteringServiceStub(_CHANNELS.get(self._address))
+            raise grpc_client.unconfigured("metering", caller="invoicing")
+        stub = metering_service_pb2_grpc.MeteringServiceStub(grpc_client.shared_channel(self._address))
         answer = await stub.GetMeter(
             metering_svc.GetMeterRequest(id=metric_id, from_time=to_timestamp(start), to_time=to_timestamp(end), subject=subject)
         )
@@ -153,8 +133,8 @@ class MeterClient:
     async def usages(self, wanted: Sequence[tuple[str, str, datetime, datetime]]) -> tuple[list[Reading], datetime | None]:
         """Many readings in one GetUsages call (metering reads its watermark first)."""
         if self._address is None:
-            raise _unconfigured("metering")
-        stub = metering_service_pb2_grpc.MeteringServiceStub(_CHANNELS.get(self._address))
+            raise grpc_client.unconfigured("metering", caller="invoicing")
+        stub = metering_service_pb2_grpc.MeteringServiceStub(grpc_client.shared_channel(self._address))
         answer = await stub.GetUsages(
             metering_svc.GetUsagesRequest(
                 readings=[
@@ -199,8 +179,8 @@ class SubscriptionClient:
 
     async def invoice_paid(self, invoice: Invoice) -> None:
         if self._address is None:
-            raise _unconfigured("subscription")
-        stub = subscription_service_pb2_grpc.SubscriptionServiceStub(_CHANNELS.get(self._address))
+            raise grpc_client.unconfigured("subscription", caller="invoicing")
+        stub = subscription_service_pb2_grpc.SubscriptionServiceStub(grpc_client.shared_channel(self._address))
         request = subscription_svc.RecordInvoicePaidRequest(
             subscription_id=invoice.subscription_id,
             invoice_id=invoice.id,
@@ -245,7 +225,7 @@ class EntitlementClient:
         self._address = address
 
     def _stub(self) -> entitlement_service_pb2_grpc.EntitlementServiceStub:
-        return entitlement_service_pb2_grpc.EntitlementServiceStub(_CHANNELS.get(self._address))
+        return entitlement_service_pb2_grpc.EntitlementServiceStub(grpc_client.shared_channel(self._address))
 
     async def coverages(self, queries: Sequence[CoverageQuery]) -> tuple[list[Coverage | None], datetime | None]:
         answer: entitlement_svc.GetCoveragesResponse = await self._stub().GetCoverages(
