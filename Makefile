@@ -13,10 +13,10 @@ GEN_STAMP := gen/.stamp
 PROTODEPS := .build/protodeps/.stamp
 DESCRIPTORS := .build/accrue.binpb
 
-.PHONY: run test gen protos-deps descriptors lint fmt bench bench-ingest bench-advance bench-entitlements clean help
+.PHONY: run test browser gen protos-deps descriptors lint fmt bench bench-ingest bench-advance bench-entitlements clean help
 
 help:
-	@echo "make run | make test | make gen | make protos-deps | make descriptors | make lint | make bench | make bench-ingest | make bench-advance | make bench-entitlements | make clean"
+	@echo "make run | make test | make browser | make gen | make protos-deps | make descriptors | make lint | make bench | make bench-ingest | make bench-advance | make bench-entitlements | make clean"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -52,7 +52,14 @@ descriptors: $(DESCRIPTORS)
 run: $(GEN_STAMP)
 	$(PY) -m services.run
 
-test: $(GEN_STAMP) $(PROTODEPS)
+# Debian's headless Chromium for the checkout-page tests (Playwright drives /usr/bin/chromium;
+# nothing is downloaded at test time). Idempotent: nothing happens once it is installed.
+browser:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
+
+test: $(GEN_STAMP) $(PROTODEPS) browser
 	GRPC_ENABLE_FORK_SUPPORT=false $(PY) -m pytest
 
 lint: $(GEN_STAMP) $(PROTODEPS)

@@ -25,6 +25,7 @@ TOPOLOGY = runner.Topology(
     gateway=gateway.DEFINITION,
     entry="services.run",
     create_merchant=create_merchant_sync,
+    externals=registry.EXTERNALS,
 )
 
 
@@ -48,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         definition = TOPOLOGY.definition(args[0])
     except KeyError:
-        names = ", ".join(d.name for d in (*TOPOLOGY.services, *TOPOLOGY.workers, TOPOLOGY.gateway))
+        everything = (*(e.definition for e in TOPOLOGY.externals), *TOPOLOGY.services, *TOPOLOGY.workers, TOPOLOGY.gateway)
+        names = ", ".join(d.name for d in everything)
         sys.exit(f"accrue: no process {args[0]!r} (one of: {names})")
     service.main(definition, args[1:])
 

@@ -53,6 +53,13 @@ HTTP_STATUS: Mapping[tuple[ErrorCode, str | None], int] = {
     (ErrorCode.FAILED_PRECONDITION, "UNKNOWN_EVENT_TYPE"): 422,
     # Paygentic's code for paying an invoice that is not ISSUED or PAYMENT_FAILED
     (ErrorCode.FAILED_PRECONDITION, "INVOICE_NOT_LINKABLE_STATUS"): 422,
+    # ... and for a payment link of an invoice with nothing unpaid
+    (ErrorCode.FAILED_PRECONDITION, "INVOICE_NO_BALANCE"): 422,
+    # retryPayment (reference 2.11): the card was declined (402 Payment Required), the
+    # customer has no saved method (422), the processor could not be reached (502)
+    (ErrorCode.FAILED_PRECONDITION, "PAYMENT_DECLINED"): 402,
+    (ErrorCode.FAILED_PRECONDITION, "NO_PAYMENT_METHOD"): 422,
+    (ErrorCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"): 502,
     (ErrorCode.ABORTED, None): 409,
     (ErrorCode.OUT_OF_RANGE, None): 400,
     (ErrorCode.UNIMPLEMENTED, None): 501,
@@ -155,10 +162,10 @@ class Unprocessable(DomainError):
 
     code = ErrorCode.FAILED_PRECONDITION
 
-    def __init__(self, reason: str, message: str, *, field: str | None = None) -> None:
+    def __init__(self, reason: str, message: str, *, field: str | None = None, metadata: Mapping[str, str] | None = None) -> None:
         if not is_unprocessable(self.code, reason):
             raise ValueError(f"{reason} is not a 422 reason of HTTP_STATUS (libs/core/errors.py)")
-        super().__init__(reason, message, field=field)
+        super().__init__(reason, message, field=field, metadata=metadata)
 
 
 class Aborted(DomainError):

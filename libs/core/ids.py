@@ -33,6 +33,9 @@ PREFIXES: Final = {
     "payment_session": "ps",
     "payment": "pay",
     "credit_note": "crn",
+    "payment_method": "pm",
+    "charge_attempt": "att",
+    "refund": "rfd",
     "event": "evt",
 }
 

@@ -2,12 +2,18 @@
 
 What it starts is a ``Topology`` (services/run.py builds it from services/registry.py):
 a real PostgreSQL and NATS (embedded, from pip wheels) unless ACCRUE_POSTGRES_URL /
-ACCRUE_NATS_URL point at existing servers, then every service, every worker and the
+ACCRUE_NATS_URL point at existing servers, then the stand-ins for systems outside Accrue
+(``External``: the sandbox card processor), then every service, every worker and the
 gateway as separate processes on free ports (or pinned ones: ACCRUE_<NAME>_PORT, or
 ACCRUE_GRPC_BASE_PORT for the services in registry order), waiting until each service is
-healthy (gRPC health checking; the gateway's /healthz); then it creates a demo merchant and
-writes .accrue/run.env (the gateway URL, the merchant, every service's ACCRUE_<NAME>_ADDR).
+healthy (gRPC health checking; the gateway's and the externals' /healthz); then it creates
+a demo merchant and writes .accrue/run.env (the gateway URL, the merchant, every service's
+ACCRUE_<NAME>_ADDR, ACCRUE_PUBLIC_URL and what each external shares: its URL and keys).
 Nothing here knows which services exist.
+
+The gateway's port is decided before anything starts, so every process is given the
+gateway's public base URL (ACCRUE_PUBLIC_URL: checkout and webhook links) unless the
+environment sets one.
 
 Every process gets the runner's environment, ACCRUE_* included (ACCRUE_LOG_LEVEL,
 ACCRUE_OTEL_EXPORTER_OTLP_ENDPOINT...), with what the runner decides winning: databases,
@@ -79,6 +85,17 @@ def pinned_ports(services: Sequence[ServiceDefinition], environ: Mapping[str, st
     return ports
 
 
+def external_ports(externals: Sequence[External], environ: Mapping[str, str]) -> dict[str, int]:
+    """The externals' HTTP ports for ``make run``: ACCRUE_<NAME>_PORT when set, else the
+    port its settings default to when free (the sandbox: 8100), else any free one."""
+    ports: dict[str, int] = {}
+    for external in externals:
+        variable = f"ACCRUE_{env_name(external.definition.name)}_PORT"
+        own = environ.get(variable, "").strip()
+        ports[external.definition.name] = _port(variable, own) if own else _preferred_port(external.default_port)
+    return ports
+
+
 def _port(variable: str, value: str) -> int:
     try:
         return int(value)
@@ -86,11 +103,39 @@ def _port(variable: str, value: str) -> int:
         raise ValueError(f"{variable}={value!r} is not a port number") from None
 
 
+def _no_env(environ: Mapping[str, str]) -> dict[str, str]:
+    return {}
+
+
+def _no_url_env(url: str, environ: Mapping[str, str]) -> dict[str, str]:
+    return {}
+
+
+@dataclass(frozen=True)
+class External:
+    """A stand-in for a system outside Accrue that the mesh runs before its services (the
+    sandbox card processor): an HTTP process of its own definition, probed on /healthz.
+
+    ``shared_env`` gives the settings it shares with every process of the mesh, made once
+    per mesh from the runner's environment (a value set there is kept; keys missing are
+    made fresh); ``url_env`` the variables that say where it is, from its URL once it
+    listens. Every process started after it gets both."""
+
+    definition: ServiceDefinition
+    shared_env: Callable[[Mapping[str, str]], dict[str, str]] = _no_env
+    url_env: Callable[[str, Mapping[str, str]], dict[str, str]] = _no_url_env
+
+    @property
+    def default_port(self) -> int:
+        """The HTTP port its settings default to (``make run`` prefers it when free)."""
+        return int(self.definition.settings.model_fields["http_port"].default)
+
+
 @dataclass(frozen=True)
 class Topology:
-    """What a mesh runs: services (gRPC, started and awaited first, in order), workers
-    (started once the services are healthy) and the gateway, each a process running
-    ``python -m <entry> <name>``."""
+    """What a mesh runs: externals (HTTP stand-ins for outside systems, started first),
+    services (gRPC, started and awaited next, in order), workers (started once the
+    services are healthy) and the gateway, each a process running ``python -m <entry> <name>``."""
 
     services: Sequence[ServiceDefinition]
     workers: Sequence[ServiceDefinition]
@@ -98,9 +143,10 @@ class Topology:
     entry: str
     # (the gateway's database URL, a name) -> (merchant id, API key)
     create_merchant: Callable[[str, str], tuple[str, str]]
+    externals: Sequence[External] = ()
 
     def definition(self, name: str) -> ServiceDefinition:
-        for found in (*self.services, *self.workers, self.gateway):
+        for found in (*(e.definition for e in self.externals), *self.services, *self.workers, self.gateway):
             if found.name == name:
                 return found
         raise KeyError(f"no {name!r} in the topology")
@@ -149,6 +195,15 @@ class Mesh:
     token_env: dict[str, str] = field(default_factory=dict)
     # what start() and start_service() run; a mesh without one only runs infra and spawn()
     topology: Topology | None = None
+    # externals' HTTP ports (name -> port; 0 or absent: any free one)
+    http_ports: dict[str, int] = field(default_factory=dict)
+    # what the externals share with every process (External.shared_env and url_env):
+    # ACCRUE_SANDBOX_URL, ACCRUE_SANDBOX_SECRET_KEY, ... once they run
+    external_env: dict[str, str] = field(default_factory=dict)
+    # the gateway's public base URL given to every process (ACCRUE_PUBLIC_URL), decided
+    # with the gateway's port before anything starts (start()); "" until then
+    public_url: str = ""
+    _gateway_port: int | None = field(default=None, init=False, repr=False)
 
     @property
     def plan(self) -> Topology:
@@ -195,6 +250,9 @@ class Mesh:
         runner decides (database, NATS, port, port file, log level) and the mesh's extra_env."""
         env = {k: v for k, v in os.environ.items() if k not in RUNNER_ONLY}
         env.update(self.token_env)
+        env.update(self.external_env)
+        if self.public_url:
+            env["ACCRUE_PUBLIC_URL"] = self.public_url
         env.update(
             ACCRUE_DATABASE_URL=self.database_url(database or name),
             ACCRUE_NATS_URL=self.nats_url,
@@ -310,21 +368,53 @@ class Mesh:
                 time.sleep(0.05)
         raise TimeoutError(f"{name} did not report SERVING")
 
+    def decide_gateway_port(self) -> int:
+        """The gateway's port, decided once: ``gateway_port`` when pinned, a free one for 0,
+        else 8000 when free. The public URL follows from it (unless the environment's
+        ACCRUE_PUBLIC_URL says otherwise)."""
+        if self._gateway_port is None:
+            if self.gateway_port is None:
+                self._gateway_port = _preferred_port(8000)
+            else:
+                self._gateway_port = self.gateway_port or free_port()
+            self.public_url = self.public_url or os.environ.get("ACCRUE_PUBLIC_URL", "") or f"http://127.0.0.1:{self._gateway_port}"
+        return self._gateway_port
+
     def start_gateway(self) -> None:
         gateway = self.plan.gateway
         env = self.definition_env(gateway)
-        port = self.gateway_port if self.gateway_port is not None else _preferred_port(8000)
-        env.update(ACCRUE_HTTP_PORT=str(port))
+        env.update(ACCRUE_HTTP_PORT=str(self.decide_gateway_port()))
         process = self.spawn(gateway.name, self.plan.entry, env, port_env="ACCRUE_HTTP_PORT", args=(gateway.name,))
         self.wait_port(process)
         self.gateway_url = f"http://127.0.0.1:{process.port}"
-        deadline = time.monotonic() + 30
+        self._wait_http_healthy(gateway.name, self.gateway_url)
+
+    def _wait_http_healthy(self, name: str, url: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.processes[name].popen.poll() is not None:
+                tail = self.processes[name].log_file.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with {self.processes[name].popen.returncode}:\n{tail}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.gateway_url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                     return
             time.sleep(0.05)
-        raise TimeoutError("gateway did not become healthy")
+        raise TimeoutError(f"{name} did not become healthy")
+
+    def start_external(self, external: External) -> Process:
+        """An external (before the services): its shared settings made (once per mesh), its
+        process started and healthy, then where it is added to what every process gets."""
+        definition = external.definition
+        for key, value in external.shared_env(os.environ).items():
+            self.external_env.setdefault(key, value)
+        env = self.definition_env(definition)
+        env["ACCRUE_HTTP_PORT"] = str(self.http_ports.get(definition.name, 0))
+        process = self.spawn(definition.name, self.plan.entry, env, port_env="ACCRUE_HTTP_PORT", args=(definition.name,))
+        self.wait_port(process)
+        url = f"http://127.0.0.1:{process.port}"
+        self._wait_http_healthy(definition.name, url)
+        self.external_env.update(external.url_env(url, os.environ))
+        return process
 
     def create_merchant(self, name: str) -> tuple[str, str]:
         return self.plan.create_merchant(self.database_url(self.plan.gateway.database_name), name)
@@ -333,6 +423,10 @@ class Mesh:
         """Infra (unless already started), every service, every worker, the gateway, and a
         merchant: the whole mesh."""
         self.start_infra()
+        self.decide_gateway_port()
+        for external in self.plan.externals:
+            if external.definition.name not in self.processes:
+                self.start_external(external)
         for definition in self.plan.services:
             self.start_service(definition.name)
         for definition in self.plan.services:
@@ -346,7 +440,9 @@ class Mesh:
             f"ACCRUE_MERCHANT_ID={self.merchant_id}\n"
             f"ACCRUE_API_KEY={self.api_key}\n"
             f"ACCRUE_GATEWAY_DATABASE_URL={self.database_url('gateway')}\n"
+            f"ACCRUE_PUBLIC_URL={self.public_url}\n"
             + "".join(f"{key}={value}\n" for key, value in self.service_addresses().items())
+            + "".join(f"{key}={value}\n" for key, value in sorted(self.external_env.items()))
         )
 
     def service_addresses(self) -> dict[str, str]:
@@ -508,7 +604,11 @@ def main(topology: Topology) -> None:
         grpc_ports = pinned_ports(topology.services, os.environ)
     except ValueError as err:
         sys.exit(f"accrue: {err}")
-    mesh = Mesh(state_dir, gateway_port=gateway_port, grpc_ports=grpc_ports, topology=topology)
+    try:
+        http_ports = external_ports(topology.externals, os.environ)
+    except ValueError as err:
+        sys.exit(f"accrue: {err}")
+    mesh = Mesh(state_dir, gateway_port=gateway_port, grpc_ports=grpc_ports, topology=topology, http_ports=http_ports)
     stop = False
     received: list[str] = []
 
@@ -525,6 +625,9 @@ def main(topology: Topology) -> None:
         elapsed = time.monotonic() - started
         print(f"\nAccrue is up in {elapsed:.1f}s", flush=True)
         print(f"  gateway      {mesh.gateway_url}   (OpenAPI: {mesh.gateway_url}/openapi.json)")
+        for external in topology.externals:
+            name = external.definition.name
+            print(f"  {name:<12} http://127.0.0.1:{mesh.processes[name].port}   (outside Accrue: a stand-in, see the README)")
         for definition in topology.services:
             print(f"  {definition.name:<12} grpc 127.0.0.1:{mesh.processes[definition.name].port}")
         for worker in topology.workers:
@@ -536,6 +639,10 @@ def main(topology: Topology) -> None:
         print(f"\nACCRUE_GATEWAY_URL={mesh.gateway_url}")
         print(f"ACCRUE_MERCHANT_ID={mesh.merchant_id}")
         print(f"ACCRUE_API_KEY={mesh.api_key}")
+        print(f"ACCRUE_PUBLIC_URL={mesh.public_url}")
+        for key, value in sorted(mesh.external_env.items()):
+            if key.endswith("_URL"):  # its keys are in run.env only
+                print(f"{key}={value}")
         for key, value in mesh.service_addresses().items():
             print(f"{key}={value}")
         print(f"\n(also in {mesh.state_dir / 'run.env'}; Ctrl-C stops everything)", flush=True)

@@ -108,7 +108,10 @@ async def nc(infra: Infra) -> AsyncIterator[Any]:
 @pytest.fixture(scope="session")
 def mesh(infra_mesh: Mesh) -> Mesh:
     """The whole mesh as separate processes, as ``make run`` starts it (Mesh.start), with
-    "Merchant A"; stopped with the session."""
+    "Merchant A"; stopped with the session. The topology's externals run too, first (the
+    sandbox card processor): where they are and their keys are in ``mesh.external_env``
+    (``ACCRUE_SANDBOX_URL``, ``ACCRUE_SANDBOX_SECRET_KEY``, ...), the gateway's public URL
+    in ``mesh.public_url``."""
     infra_mesh.start(merchant_name="Merchant A")
     return infra_mesh
 

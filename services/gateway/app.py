@@ -2,6 +2,11 @@
 
 Business rules never live here. Routes come from the protos (transcoding.py), JSON from
 protobuf's mapping (restjson.py), errors from google.rpc.Status (libs.infra.grpc_errors).
+
+Besides the REST API it serves two things of its own that take no API key: the hosted
+checkout pages (checkout/pages.py) and the processor webhooks (webhooks.py), both acting
+for the merchant their path names and calling the payment service; they are not part of
+the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -9,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import grpc
-import orjson
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from opentelemetry import trace
@@ -24,7 +27,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from libs.core.errors import DomainError, ErrorCode, InvalidArgument, http_status
+from libs.core.errors import DomainError, ErrorCode, http_status
 from libs.infra import grpc_client
 from libs.infra.context import IDEMPOTENCY_METADATA_KEY
 from libs.infra.grpc_errors import carried_error, decode_rpc_error
@@ -33,13 +36,32 @@ from libs.infra.metrics import NO_ROUTE, ROUTE_SCOPE_KEY
 from libs.infra.telemetry import extract_context
 from libs.infra.tls import channel_credentials
 from libs.infra.tokens import SIGNING_KEY_ENV, TokenSigner
-from services.gateway import restjson
+from services.gateway import restjson, webhooks
 from services.gateway.auth import ApiKeys
+from services.gateway.checkout import pages
+from services.gateway.checkout.pages import CheckoutPages
 from services.gateway.coalescing import Coalescer
+from services.gateway.directory import MerchantDirectory, StoredMerchants
 from services.gateway.inflight import InFlight
 from services.gateway.inflight import Request as InFlightRequest
 from services.gateway.openapi import build_openapi
+from services.gateway.payments import GrpcPayment, PaymentBackend
 from services.gateway.readiness import Readiness
+from services.gateway.replies import (
+    CATEGORY,
+    ClientGone,
+    HttpError,
+    Receive,
+    Reply,
+    Send,
+    check_json_media_type,
+    error_body,
+    error_reply,
+    parse_json_object,
+    read_body,
+    respond,
+    to_json,
+)
 from services.gateway.settings import GatewaySettings
 from services.gateway.transcoding import Route, Router, build_routes
 
@@ -47,35 +69,12 @@ log = get_logger(__name__)
 _tracer = trace.get_tracer("accrue.gateway")
 
 Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-MAX_BODY_BYTES = 1 << 20
 # where an internal caller exchanges an API key for a merchant token (libs/infra/tokens.py)
 TOKENS_PATH = "/v0/internal/tokens"
 # what a request's headers may hold (nginx's default buffers are 4 x 8 KiB)
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 32 * 1024
-# HTTP status -> Paygentic `error` category (the status of a service's error comes from
-# libs.core.errors.HTTP_STATUS)
-_CATEGORY = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "unprocessable_entity",
-    429: "rate_limited",
-    431: "request_header_fields_too_large",
-    499: "cancelled",
-    500: "internal_error",
-    501: "not_implemented",
-    503: "service_unavailable",
-    504: "timeout",
-}
 # gRPC metadata values are printable ASCII; Stripe caps idempotency keys at 255 characters
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 # what a gRPC status without one of our reasons means to a REST caller (its own text names
@@ -89,35 +88,6 @@ _PLAIN_STATUS: dict[ErrorCode, str] = {
 }
 
 
-def _error_body(status: int, message: str, error: str, code: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"message": message, "error": error, "code": code}
-    if details:
-        body["details"] = details
-    return body
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes | None
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
-def error_reply(
-    status: int, code: str, message: str, field_name: str | None = None, headers: list[tuple[bytes, bytes]] | None = None
-) -> Reply:
-    details = {"field": field_name} if field_name else None
-    return Reply(status, _json(_error_body(status, message, _CATEGORY.get(status, "error"), code, details)), headers or [])
-
-
-class HttpError(Exception):
-    """A request refused before it reaches a service (HTTP-level: 405, 413, 415 ...)."""
-
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.status)
-        self.reply = reply
-
-
 class KeyResolver(Protocol):
     """API key -> merchant (services/gateway/auth.py; tests pass a fake)."""
 
@@ -126,17 +96,41 @@ class KeyResolver(Protocol):
     async def merchant_for(self, authorization: str | None) -> str | None: ...
 
 
-class ClientGone(Exception):
-    """The client disconnected before its request was answered."""
+def _own_error_body(metadata: Mapping[str, str]) -> dict[str, Any] | None:
+    """A service may answer an error with the REST contract's own body for it (metadata
+    ``body``: a JSON object), where Paygentic's is not the generic error envelope: a
+    declined retryPayment is a RetryPaymentResponse whose ``error`` is an object."""
+    raw = metadata.get("body")
+    if not raw:
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 class Gateway:
     """The ASGI application."""
 
-    def __init__(self, settings: GatewaySettings, engine: AsyncEngine, *, keys: KeyResolver | None = None) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        engine: AsyncEngine,
+        *,
+        keys: KeyResolver | None = None,
+        merchants: MerchantDirectory | None = None,
+        payment: PaymentBackend | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.keys: KeyResolver = keys if keys is not None else ApiKeys(settings, engine)
+        # the routes without an API key (hosted checkout pages, processor webhooks) act for
+        # the merchant their path names, which must be one this gateway's database knows
+        self.merchants: MerchantDirectory = merchants if merchants is not None else StoredMerchants(engine)
+        self._payment = payment
+        self.checkout: CheckoutPages | None = None
+        self.webhooks: webhooks.ProcessorWebhooks | None = None
         if not settings.token_signing_key:
             raise RuntimeError(f"{SIGNING_KEY_ENV} is not set: the gateway cannot prove its callers' merchant to the services")
         # one token per merchant, renewed at half its lifetime (libs/infra/tokens.py)
@@ -177,6 +171,24 @@ class Gateway:
                     route.coalesce, route.batch_request_class, batch_call, timeout=self.settings.rpc_timeout_seconds
                 )
 
+        self._start_hosted()
+
+    def _start_hosted(self) -> None:
+        """The hosted checkout pages and processor webhooks: payment calls over the same
+        channel (address, credentials, deadline) as the payment service's REST routes."""
+        payment = self._payment
+        if payment is None:
+            if "payment" not in self._channels:
+                self._channels["payment"] = grpc_client.channel(
+                    self.settings.backend_address("payment"),
+                    timeout=self.settings.rpc_timeout_seconds,
+                    decode_errors=False,
+                    credentials=channel_credentials(self.settings),
+                )
+            payment = GrpcPayment(self._channels["payment"], self.tokens, timeout=self.settings.rpc_timeout_seconds)
+        self.checkout = CheckoutPages(payment, self.merchants)
+        self.webhooks = webhooks.ProcessorWebhooks(payment, self.merchants)
+
     async def close(self) -> None:
         await self.inflight.close()
         await self.keys.close()
@@ -192,20 +204,20 @@ class Gateway:
         path: str = scope["path"]
         method: str = scope["method"]
         if method == "GET" and path == "/healthz":  # liveness: the process answers
-            await _respond(send, Reply(200, b'{"status":"ok"}'))
+            await respond(send, Reply(200, b'{"status":"ok"}'))
             return
         if method == "GET" and path == "/readyz":  # readiness: every backend is SERVING
-            await _respond(send, await self._readyz())
+            await respond(send, await self._readyz())
             return
         if method == "GET" and path == "/openapi.json":
-            await _respond(send, Reply(200, self.openapi))
+            await respond(send, Reply(200, self.openapi))
             return
         if path == TOKENS_PATH:
-            await _respond(send, await self._exchange_token(method, scope["headers"]))
+            await respond(send, await self._exchange_token(method, scope["headers"]))
             return
         raw_headers = scope["headers"]
         if len(raw_headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in raw_headers) > MAX_HEADER_BYTES:
-            await _respond(send, error_reply(431, "HEADERS_TOO_LARGE", f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all"))
+            await respond(send, error_reply(431, "HEADERS_TOO_LARGE", f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all"))
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
         with _tracer.start_as_current_span(
@@ -218,7 +230,7 @@ class Gateway:
             span.set_attribute("http.response.status_code", reply.status)
             if reply.status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
-            await _respond(send, reply)
+            await respond(send, reply)
 
     async def _exchange_token(self, method: str, raw_headers: list[tuple[bytes, bytes]]) -> Reply:
         """POST /v0/internal/tokens: an API key (Authorization: Bearer <key>) for a merchant
@@ -233,7 +245,7 @@ class Gateway:
         token = self.tokens.mint(merchant_id)
         expires_at = datetime.fromtimestamp(token.expires_at, UTC).isoformat().replace("+00:00", "Z")
         body = {"token": token.value, "merchantId": merchant_id, "expiresAt": expires_at, "metadataKey": "authorization"}
-        return Reply(201, _json(body), [(b"cache-control", b"no-store")])
+        return Reply(201, to_json(body), [(b"cache-control", b"no-store")])
 
     _readiness: Readiness | None = None
 
@@ -243,10 +255,11 @@ class Gateway:
         if self._readiness is None:
             self._readiness = Readiness(lambda: self._channels)
         verdict = await self._readiness.verdict()
-        return Reply(200 if verdict.ready else 503, _json(verdict.body()))
+        return Reply(200 if verdict.ready else 503, to_json(verdict.body()))
 
     async def _serve(self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str]) -> Reply | None:
-        """Every request gets an answer within its deadline, and a JSON one, whatever fails."""
+        """Every request gets an answer within its deadline, and a JSON one (a hosted page's
+        is a page), whatever fails."""
         request = self.inflight.begin(receive)
         try:
             return await self._handle(scope, receive, method, path, headers, request)
@@ -256,20 +269,30 @@ class Gateway:
             request.task.uncancel()
             if request.client_gone:
                 return None
-            return error_reply(504, "DEADLINE_EXCEEDED", f"the request did not complete within {self._deadline:g} seconds")
+            late = error_reply(504, "DEADLINE_EXCEEDED", f"the request did not complete within {self._deadline:g} seconds")
+            return self._as_page(method, path, late)
         except HttpError as err:
             return err.reply
         except ClientGone:
             return None
         except Exception:
             log.exception("request_failed", method=method, path=path)
-            return error_reply(500, "INTERNAL", "internal error; the request may be retried with the same Idempotency-Key")
+            failed = error_reply(500, "INTERNAL", "internal error; the request may be retried with the same Idempotency-Key")
+            return self._as_page(method, path, failed)
         finally:
             self.inflight.end(request)
+
+    def _as_page(self, method: str, path: str, reply: Reply) -> Reply:
+        """A failure of a hosted checkout page is a page too (a browser shows it), not JSON."""
+        if self.checkout is not None and method == "GET" and pages.route_template(path) == pages.PAGE:
+            return self.checkout.failure_page(reply.status)
+        return reply
 
     async def _handle(
         self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str], inflight: InFlightRequest
     ) -> Reply | None:
+        if path.startswith((pages.PREFIX, webhooks.PREFIX)):
+            return await self._hosted(scope, receive, method, path, headers)
         route, path_vars, allowed = self.router.match(method, path)
         scope[ROUTE_SCOPE_KEY] = route.template if route is not None else NO_ROUTE  # the metrics' route label (libs/infra/metrics.py)
         if route is not None:  # the span is named by the route's template (no raw ids), else by the method only
@@ -295,12 +318,30 @@ class Gateway:
         try:
             request = await self._build_request(route, scope, receive, path_vars, headers)
         except DomainError as err:
-            return Reply(400, _json(_error_body(400, err.message, "bad_request", err.reason, err.metadata)))
+            return Reply(400, to_json(error_body(400, err.message, "bad_request", err.reason, err.metadata)))
         metadata: list[tuple[str, str]] = [self.tokens.token_for(merchant_id).metadata()]
         if idempotency_key:
             metadata.append((IDEMPOTENCY_METADATA_KEY, idempotency_key))
         inflight.body_read = True  # from here a disconnect can be watched for (services/gateway/inflight.py)
         return await self._call(route, request, metadata, merchant_id, coalesce=not idempotency_key)
+
+    async def _hosted(self, scope: Scope, receive: Receive, method: str, path: str, headers: dict[str, str]) -> Reply:
+        """The hosted checkout pages and processor webhooks: no API key (the session id and
+        the processor's signature are the capabilities), the same header limits, deadline,
+        trace and metrics as every route. Their body is read whole and their call is not
+        cancelled when the client leaves (``body_read`` stays False): a charge or a webhook
+        the payment service has started is better finished than abandoned."""
+        assert self.checkout is not None and self.webhooks is not None, "the gateway is not started"
+        if path.startswith(webhooks.PREFIX):
+            template = webhooks.TEMPLATE if webhooks.match(path) is not None else NO_ROUTE
+        else:
+            template = pages.route_template(path) or NO_ROUTE
+        scope[ROUTE_SCOPE_KEY] = template
+        if template != NO_ROUTE:
+            trace.get_current_span().update_name(f"{method} {template}")
+        if path.startswith(webhooks.PREFIX):
+            return await self.webhooks.handle(method, path, scope["headers"], headers, receive)
+        return await self.checkout.handle(method, path, scope.get("query_string", b""), headers, receive)
 
     async def _call(self, route: Route, request: Message, metadata: list[tuple[str, str]], merchant_id: str, *, coalesce: bool) -> Reply:
         coalescer = self._coalescers.get(route.grpc_path) if coalesce else None
@@ -309,9 +350,9 @@ class Gateway:
                 outcome = await coalescer.submit(metadata, merchant_id, request)
                 if outcome.response is None:
                     details = {"field": outcome.field} if outcome.field else None
-                    category = _CATEGORY.get(outcome.http_status, "error")
+                    category = CATEGORY.get(outcome.http_status, "error")
                     return Reply(
-                        outcome.http_status, _json(_error_body(outcome.http_status, outcome.message, category, outcome.code, details))
+                        outcome.http_status, to_json(error_body(outcome.http_status, outcome.message, category, outcome.code, details))
                     )
                 response = outcome.response
             else:
@@ -324,20 +365,23 @@ class Gateway:
         status = route.success_code
         if route.created_field and not getattr(response, route.created_field):
             status = 200  # the resource already existed
-        return Reply(status, _json(restjson.message_to_json(response)))
+        return Reply(status, to_json(restjson.message_to_json(response)))
 
     def _rpc_error_reply(self, route: Route, exc: grpc.aio.AioRpcError) -> Reply:
         err = carried_error(exc)
         if err is not None:
             status = http_status(err.code, err.reason)
-            return Reply(status, _json(_error_body(status, err.message, _CATEGORY.get(status, "error"), err.reason, err.metadata)))
+            own = _own_error_body(err.metadata)
+            if own is not None:  # the contract's own body for this error (retryPayment's RetryPaymentResponse)
+                return Reply(status, to_json(own))
+            return Reply(status, to_json(error_body(status, err.message, CATEGORY.get(status, "error"), err.reason, err.metadata)))
         # not one of our domain errors: gRPC's own text (addresses, library internals) is for the log
         plain = decode_rpc_error(exc)
         log.warning("backend_error", backend=route.backend, method=route.method.name, code=plain.reason, detail=plain.message)
         status = http_status(plain.code)
         template = _PLAIN_STATUS.get(plain.code, "internal error in the {backend} service")
         message = template.format(backend=route.backend, route=f"{route.http_method} {route.openapi_path}")
-        return Reply(status, _json(_error_body(status, message, _CATEGORY.get(status, "error"), plain.reason)))
+        return Reply(status, to_json(error_body(status, message, CATEGORY.get(status, "error"), plain.reason)))
 
     async def _build_request(
         self, route: Route, scope: Scope, receive: Receive, path_vars: dict[str, str], headers: dict[str, str]
@@ -347,19 +391,11 @@ class Gateway:
         payload: dict[str, Any] = {}
         body_fields: list[str] = []
         if route.body:
-            raw = await _read_body(receive, headers)
+            raw = await read_body(receive, headers)
             # no body at all is an empty request; whitespace alone is not JSON (400)
             if raw:
-                _check_json_media_type(headers.get("content-type"))
-                try:
-                    parsed = orjson.loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise InvalidArgument(
-                        "body", f"the body is not valid JSON: {exc.msg} at position {exc.pos}", reason="INVALID_JSON"
-                    ) from exc
-                if not isinstance(parsed, dict):
-                    raise InvalidArgument("body", "the body must be a JSON object", reason="INVALID_JSON")
-                payload = parsed
+                check_json_media_type(headers.get("content-type"))
+                payload = parse_json_object(raw)
             body_fields = restjson.mask_paths(descriptor, payload)
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         if query and not route.body:
@@ -385,63 +421,12 @@ class Gateway:
                 return
 
 
-def _json(value: Any) -> bytes:
-    return orjson.dumps(value)
-
-
-def _check_json_media_type(content_type: str | None) -> None:
-    """A JSON endpoint takes JSON: an absent Content-Type is read as JSON (curl -d, old
-    clients), any other media type is 415."""
-    if content_type is None:
-        return
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
-        return
-    raise HttpError(
-        error_reply(
-            415, "UNSUPPORTED_MEDIA_TYPE", f"the body must be application/json, not {media or 'an empty media type'!r}", "Content-Type"
-        )
-    )
-
-
-def _too_large() -> HttpError:
-    return HttpError(error_reply(413, "BODY_TOO_LARGE", f"the body is larger than {MAX_BODY_BYTES} bytes", "body"))
-
-
-async def _read_body(receive: Receive, headers: dict[str, str]) -> bytes:
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large()
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _respond(send: Send, reply: Reply) -> None:
-    payload = reply.body or b""
-    headers = [(b"content-length", str(len(payload)).encode()), *reply.headers]
-    if reply.body is not None:
-        headers.append((b"content-type", b"application/json"))
-    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
 class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, but a request the HTTP parser refuses (a control
     character in a header, a malformed request line) gets the JSON error body too."""
 
     def send_400_response(self, msg: str) -> None:
-        body = _json(_error_body(400, "the HTTP request is malformed (invalid request line or header)", "bad_request", "MALFORMED_HTTP"))
+        body = to_json(error_body(400, "the HTTP request is malformed (invalid request line or header)", "bad_request", "MALFORMED_HTTP"))
         self.transport.write(
             b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: "
             + str(len(body)).encode()

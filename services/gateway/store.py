@@ -211,3 +211,10 @@ async def resolve_key(engine: AsyncEngine, key_hash: str) -> ResolvedKey | None:
 async def merchant_for_key(engine: AsyncEngine, secret: str) -> str | None:
     resolved = await resolve_key(engine, hash_key(secret))
     return None if resolved is None else resolved.merchant_id
+
+
+async def merchant_name(engine: AsyncEngine, merchant_id: str) -> str | None:
+    """The merchant's display name, or None when this gateway's database has no such merchant."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(merchants.c.name).where(merchants.c.id == merchant_id))).first()
+    return None if row is None else str(row.name)

@@ -1,5 +1,5 @@
 """The services invoicing calls, over gRPC (domain/ports.py: Catalog, Meter, Subscriptions,
-Entitlements).
+Entitlements, Payments).
 
 Each call carries the merchant token of the request being served (libs/infra/grpc_client.py
 forwards it): the engine's step or the REST call acts for one merchant, and so do these.
@@ -21,6 +21,8 @@ from accrue.entitlement.v1 import entitlement_service_pb2 as entitlement_svc
 from accrue.entitlement.v1 import entitlement_service_pb2_grpc
 from accrue.metering.v1 import metering_service_pb2 as metering_svc
 from accrue.metering.v1 import metering_service_pb2_grpc
+from accrue.payment.v1 import payment_service_pb2 as payment_svc
+from accrue.payment.v1 import payment_service_pb2_grpc
 from accrue.subscription.v1 import subscription_service_pb2 as subscription_svc
 from accrue.subscription.v1 import subscription_service_pb2_grpc
 
@@ -32,7 +34,15 @@ from libs.infra.proto_time import from_timestamp, to_timestamp
 from services.invoicing import mapping
 from services.invoicing.domain.calculation import Charge, Coverage, GrantCovered
 from services.invoicing.domain.model import Invoice, Terms
-from services.invoicing.domain.ports import CoverageQuery, Reading
+from services.invoicing.domain.ports import (
+    ChargeRequest,
+    ChargeResult,
+    CoverageQuery,
+    Reading,
+    RefundResult,
+    Session,
+    SessionRequest,
+)
 
 # metric names and units change rarely; an invoice shows them as they were at most this old
 METRIC_CACHE_SECONDS = 60.0
@@ -255,3 +265,99 @@ class EntitlementClient:
         # the merchant's token without the caller's Idempotency-Key (as invoice_paid)
         with acting_for(invoice.merchant_id):
             await self._stub().RecordPurchasePaid(request)
+
+
+# a charge waits for the processor (its adapter's timeout, 5 s) and its recording
+CHARGE_TIMEOUT_SECONDS = 20.0
+# a batch of up to 1000 sessions
+SESSIONS_TIMEOUT_SECONDS = 15.0
+REFUND_TIMEOUT_SECONDS = 20.0
+
+
+def _major(atomic: int, currency: str) -> str:
+    return format_major(atomic, currency_exponent(currency))
+
+
+def _opt(message: object, name: str) -> str | None:
+    value = getattr(message, name)
+    return value if message.HasField(name) and value else None  # type: ignore[attr-defined]
+
+
+class PaymentClient:
+    """OpenSessions, ChargeInvoice and RefundInvoice of the payment service, with the
+    merchant's token and without the caller's Idempotency-Key (each call is idempotent on
+    its own: by entity, by attempt key, by credit note id)."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+
+    def _stub(self) -> payment_service_pb2_grpc.PaymentServiceStub:
+        return payment_service_pb2_grpc.PaymentServiceStub(grpc_client.shared_channel(self._address))
+
+    async def open_sessions(self, merchant_id: str, requests: Sequence[SessionRequest]) -> list[Session]:
+        items = []
+        for r in requests:
+            item = payment_svc.OpenSessionRequest(
+                entity_type=r.entity_type,
+                entity_id=r.entity_id,
+                customer_id=r.customer_id,
+                amount=_major(r.amount, r.currency),
+                currency=r.currency,
+                entity_label=r.label,
+                lines=[
+                    payment_svc.CheckoutLine(
+                        description=line.description, amount=_major(line.amount, r.currency), quantity=mapping.decimal_text(line.quantity)
+                    )
+                    for line in r.lines
+                ],
+                expires_at=to_timestamp(r.expires_at),
+                replace=r.replace,
+                save_payment_method=r.save_payment_method,
+            )
+            if r.subscription_id:
+                item.subscription_id = r.subscription_id
+            if r.success_redirect_url:
+                item.success_redirect_url = r.success_redirect_url
+            if r.failure_redirect_url:
+                item.failure_redirect_url = r.failure_redirect_url
+            items.append(item)
+        with acting_for(merchant_id):
+            answer: payment_svc.OpenSessionsResponse = await self._stub().OpenSessions(
+                payment_svc.OpenSessionsRequest(items=items), timeout=SESSIONS_TIMEOUT_SECONDS
+            )
+        return [Session(id=s.id, url=s.url) for s in answer.sessions]
+
+    async def charge_invoice(self, merchant_id: str, request: ChargeRequest) -> ChargeResult:
+        message = payment_svc.ChargeInvoiceRequest(
+            invoice_id=request.invoice_id,
+            customer_id=request.customer_id,
+            amount=_major(request.amount, request.currency),
+            currency=request.currency,
+            attempt_key=request.attempt_key,
+            trigger=request.trigger,
+        )
+        if request.subscription_id:
+            message.subscription_id = request.subscription_id
+        with acting_for(merchant_id):
+            outcome: payment_svc.ChargeOutcome = await self._stub().ChargeInvoice(message, timeout=CHARGE_TIMEOUT_SECONDS)
+        return ChargeResult(
+            status=outcome.status,
+            attempt_key=outcome.attempt_key or request.attempt_key,
+            provider_payment_ref=_opt(outcome, "provider_payment_ref"),
+            failure_code=_opt(outcome, "failure_code"),
+            failure_message=_opt(outcome, "failure_message"),
+            decline_code=_opt(outcome, "decline_code"),
+            payment_session_id=_opt(outcome, "payment_session_id"),
+        )
+
+    async def refund_invoice(
+        self, merchant_id: str, *, invoice_id: str, credit_note_id: str, amount: int, currency: str, reason: str | None
+    ) -> RefundResult:
+        message = payment_svc.RefundInvoiceRequest(
+            invoice_id=invoice_id, credit_note_id=credit_note_id, amount=_major(amount, currency), currency=currency
+        )
+        if reason:
+            message.reason = reason
+        with acting_for(merchant_id):
+            answer: payment_svc.RefundInvoiceResponse = await self._stub().RefundInvoice(message, timeout=REFUND_TIMEOUT_SECONDS)
+        return RefundResult(refunded=answer.refunded, provider_refund_ref=_opt(answer, "provider_refund_ref"), status=answer.status)

@@ -2,7 +2,7 @@
 the builder of its one event (protos/accrue/invoicing/v1/invoicing_events.proto).
 
 Every change worth telling is one ``InvoiceChanged`` on
-``accrue.invoicing.v1.invoice.<issued|paid|payment_failed|voided>``, carrying the invoice
+``accrue.invoicing.v1.invoice.<issued|paid|payment_failed|voided|refunded|refund_voided>``, carrying the invoice
 after the change (without lines). The aggregate records it (domain/model.py); the unit
 of work writes it to the outbox in the same transaction. Consumers (the subscription
 service's activation, later payment and entitlement) import these names and stay
@@ -26,6 +26,8 @@ INVOICE_ISSUED = f"{SUBJECT_PREFIX}.invoice.issued"
 INVOICE_PAID = f"{SUBJECT_PREFIX}.invoice.paid"
 INVOICE_PAYMENT_FAILED = f"{SUBJECT_PREFIX}.invoice.payment_failed"
 INVOICE_VOIDED = f"{SUBJECT_PREFIX}.invoice.voided"
+INVOICE_REFUNDED = f"{SUBJECT_PREFIX}.invoice.refunded"
+INVOICE_REFUND_VOIDED = f"{SUBJECT_PREFIX}.invoice.refund_voided"
 # every invoice change (a consumer's filter subject)
 INVOICE_SUBJECTS = f"{SUBJECT_PREFIX}.invoice.>"
 
@@ -34,6 +36,8 @@ _KINDS: dict[ChangeKind, tuple[int, str]] = {
     ChangeKind.PAID: (ev.INVOICE_CHANGE_KIND_PAID, INVOICE_PAID),
     ChangeKind.PAYMENT_FAILED: (ev.INVOICE_CHANGE_KIND_PAYMENT_FAILED, INVOICE_PAYMENT_FAILED),
     ChangeKind.VOIDED: (ev.INVOICE_CHANGE_KIND_VOIDED, INVOICE_VOIDED),
+    ChangeKind.REFUNDED: (ev.INVOICE_CHANGE_KIND_REFUNDED, INVOICE_REFUNDED),
+    ChangeKind.REFUND_VOIDED: (ev.INVOICE_CHANGE_KIND_REFUND_VOIDED, INVOICE_REFUND_VOIDED),
 }
 
 

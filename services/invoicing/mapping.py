@@ -8,7 +8,6 @@ numbers where Paygentic's contract has numbers, with the exact value beside them
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -17,17 +16,16 @@ from typing import Any
 from accrue.catalog.v1 import catalog_resources_pb2 as catalog_res
 from accrue.invoicing.v1 import invoicing_service_pb2 as svc
 
+from libs.core.errors import DomainError
 from libs.core.money import ATOMIC_PLACES, currency_exponent, exact_context, format_major
 from libs.infra.proto_struct import dict_to_struct, struct_to_dict
 from libs.infra.proto_time import from_timestamp, to_timestamp
 from services.catalog.domain.rules import price_properties
 from services.invoicing.domain.calculation import Charge, Composition, InvoiceCalculation, Line, Window
-from services.invoicing.domain.commands import AdHocItem, IssueAdHocInvoice
-from services.invoicing.domain.model import Invoice, InvoiceLine, Layout, Status, Terms
+from services.invoicing.domain.commands import AdHocItem, IssueAdHocInvoice, RecordChargeOutcome
+from services.invoicing.domain.model import CreditNote, Invoice, InvoiceLine, Layout, Status, Terms
+from services.invoicing.domain.payments import RetryResult
 from services.invoicing.provenance import wire
-from services.invoicing.settings import public_url
-
-_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 # --- requests in -----------------------------------------------------------------------
 
@@ -49,6 +47,10 @@ def terms_of(message: svc.BillingTerms) -> Terms:
         tax_behavior=message.tax_behavior or "exclusive",
         default_tax_rate=message.default_tax_rate or "0",
         auto_approve=message.auto_approve,
+        auto_charge=message.auto_charge,
+        success_redirect_url=message.success_redirect_url if message.HasField("success_redirect_url") else None,
+        failure_redirect_url=message.failure_redirect_url if message.HasField("failure_redirect_url") else None,
+        session_expiry_minutes=message.session_expiry_minutes if message.HasField("session_expiry_minutes") else None,
     )
 
 
@@ -87,6 +89,19 @@ def ad_hoc_of(message: svc.IssueAdHocInvoiceRequest) -> IssueAdHocInvoice:
         cancel_url=message.cancel_url if message.HasField("cancel_url") else None,
         payment_expires_at=from_timestamp(message.payment_expires_at) if message.HasField("payment_expires_at") else None,
         metadata=struct_to_dict(message.metadata) if message.HasField("metadata") else {},
+    )
+
+
+def charge_outcome_of(message: svc.RecordChargeOutcomeRequest) -> RecordChargeOutcome:
+    return RecordChargeOutcome(
+        invoice_id=message.invoice_id,
+        status=message.status,
+        attempt_key=message.attempt_key,
+        amount=message.amount,
+        provider_payment_ref=message.provider_payment_ref if message.HasField("provider_payment_ref") else None,
+        failure_code=message.failure_code if message.HasField("failure_code") and message.failure_code else None,
+        payment_session_id=message.payment_session_id if message.HasField("payment_session_id") else None,
+        effective_time=from_timestamp(message.effective_time) if message.HasField("effective_time") else None,
     )
 
 
@@ -137,23 +152,6 @@ def decimal_text(value: Decimal) -> str:
 
 
 # --- invoices out ----------------------------------------------------------------------
-
-
-def payment_session_id(invoice_id: str) -> str:
-    """``ps_`` + 16 base62 characters derived from the invoice id: the same invoice always
-    names the same checkout session (the subscription service derives Invoice 0's
-    checkoutUrl the same way, services/subscription/mapping.py)."""
-    number = int.from_bytes(hashlib.sha256(invoice_id.encode()).digest(), "big")
-    body = []
-    for _ in range(16):
-        number, digit = divmod(number, 62)
-        body.append(_ALPHABET[digit])
-    return "ps_" + "".join(body)
-
-
-def payment_url(invoice_id: str) -> str:
-    """The checkout of an issued, unpaid invoice."""
-    return f"{public_url()}/checkout/{payment_session_id(invoice_id)}"
 
 
 def _ts(value: datetime | None) -> Any:
@@ -278,7 +276,10 @@ def invoice(
         out.failure_reason = found.failure_reason
     if found.status in (Status.ISSUED, Status.PAYMENT_FAILED):
         out.payment_in_flight = False
-        out.payment_url = payment_url(found.id)
+        if found.payment_url and found.unpaid_amount > 0:
+            out.payment_url = found.payment_url
+    if found.payment_session_id:
+        out.payment_session_id = found.payment_session_id
     if lines is not None:
         out.line_items.CopyFrom(
             svc.InvoiceLineItems(
@@ -338,3 +339,69 @@ def engine_line_item(found: Invoice, stored: InvoiceLine, *, provenance: bool) -
         calculated = None if found.issued_at is None else found.issued_at.isoformat()
         out.provenance.CopyFrom(dict_to_struct(wire(line.provenance, subscription_id=found.subscription_id, calculated_at=calculated)))
     return out
+
+
+# --- collection out --------------------------------------------------------------------
+
+
+def refund(note: CreditNote) -> svc.InvoiceRefund:
+    """A refund's credit note as InvoiceRefund (amount pre-tax, its tax, the total)."""
+    out = svc.InvoiceRefund(
+        object="invoice_refund",
+        id=note.id,
+        invoice_id=note.invoice_id,
+        merchant_id=note.merchant_id,
+        amount=money(note.amount, note.currency),
+        tax_amount=money(note.tax_amount, note.currency),
+        total=money(note.total, note.currency),
+        currency=note.currency,
+        status=note.status,
+        external_credit_note_id="",
+        create_time=to_timestamp(note.created_at),
+    )
+    if note.reason:
+        out.reason = note.reason
+    if note.voided_at is not None:
+        out.voided_at.CopyFrom(to_timestamp(note.voided_at))
+    if note.provider_refund_ref:
+        out.provider_refund_ref = note.provider_refund_ref
+    return out
+
+
+def retry_response(result: RetryResult) -> svc.RetryPaymentResponse:
+    """A retry that paid (REST 200) or is still processing (202, error code processing)."""
+    out = svc.RetryPaymentResponse(object="retry_payment_result", success=not result.processing, invoice_id=result.invoice_id)
+    if result.payment_intent_id:
+        out.payment_intent_id = result.payment_intent_id
+    if result.processing:
+        out.processing = True
+        out.error.CopyFrom(
+            svc.RetryPaymentError(
+                message="the processor has not answered yet; the invoice is paid once it does", type="processing", code="processing"
+            )
+        )
+    return out
+
+
+def retry_failure_body(err: DomainError, invoice_id: str) -> dict[str, Any]:
+    """What a failed retry answers in Paygentic's shape (RetryPaymentResponse, success
+    false; REST JSON): the SDK parses a 402, 409, 422 or 502 of retryPayment as this, not
+    as the error envelope. ``message`` and ``code`` of the envelope ride along (the SDK
+    ignores them)."""
+    meta = err.metadata
+    error: dict[str, Any] = {"message": err.message, "code": meta.get("retry_code") or err.reason}
+    if meta.get("error_type"):
+        error["type"] = meta["error_type"]
+    if meta.get("decline_code"):
+        error["declineCode"] = meta["decline_code"]
+    body: dict[str, Any] = {
+        "object": "retry_payment_result",
+        "success": False,
+        "invoiceId": meta.get("invoice_id") or invoice_id,
+        "error": error,
+        "message": err.message,
+        "code": err.reason,
+    }
+    if meta.get("payment_intent_id"):
+        body["paymentIntentId"] = meta["payment_intent_id"]
+    return body

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
@@ -27,7 +28,7 @@ from accrue.invoicing.v1 import invoicing_service_pb2 as svc
 from accrue.invoicing.v1 import invoicing_service_pb2_grpc
 
 from libs.core.clock import Clock
-from libs.core.errors import DomainError, InvalidArgument
+from libs.core.errors import DomainError, InvalidArgument, http_status
 from libs.core.paging import page
 from libs.infra.context import current_merchant_id
 from libs.infra.db import Database
@@ -35,7 +36,7 @@ from libs.infra.logging import get_logger
 from libs.infra.proto_time import from_timestamp
 from libs.infra.service_layer import ServiceLayer, check_merchant, opt, page_of, pagination
 from services.invoicing import mapping, views
-from services.invoicing.domain import batches, use_cases
+from services.invoicing.domain import batches, payments, use_cases
 from services.invoicing.domain.calculation import InvoiceCalculation
 from services.invoicing.domain.commands import CloseInvoice, InvoiceFilters, IssueInvoice, OpenInvoice, RecordPayment
 from services.invoicing.domain.model import Invoice, InvoiceLine
@@ -290,10 +291,61 @@ class InvoicingServicer(invoicing_service_pb2_grpc.InvoicingServiceServicer):
         command = RecordPayment(invoice_id=request.id, method=request.method, reason=opt(request, "reason"))
 
         async def work(uow: Uow, merchant_id: str, now: Any) -> svc.RecordInvoicePaymentResponse:
+            if command.method == "hosted_link":
+                found, session = await payments.hosted_link(uow, self._sources, merchant_id, now, command.invoice_id)
+                return svc.RecordInvoicePaymentResponse(
+                    method="hosted_link",
+                    invoice=mapping.invoice(found),
+                    provider=payments.PROVIDER,
+                    payment_session_id=session.id,
+                    payment_url=session.url,
+                )
             found = await use_cases.record_payment(uow, self._sources, merchant_id, now, command)
             return svc.RecordInvoicePaymentResponse(method="out_of_band", invoice=mapping.invoice(found))
 
         return await self._service.mutate("RecordInvoicePayment", request, svc.RecordInvoicePaymentResponse, work)
+
+    async def RetryInvoicePayment(self, request: svc.RetryInvoicePaymentRequest, context: Context) -> svc.RetryPaymentResponse:
+        try:
+            result = await payments.retry_payment(self._unit_of_work, self._sources, self._clock, current_merchant_id(), request.id)
+        except DomainError as err:
+            if http_status(err.code, err.reason) in _RETRY_BODY_STATUSES:
+                err.metadata["body"] = json.dumps(mapping.retry_failure_body(err, request.id), separators=(",", ":"))
+            raise
+        return mapping.retry_response(result)
+
+    async def RecordChargeOutcome(self, request: svc.RecordChargeOutcomeRequest, context: Context) -> svc.Invoice:
+        # idempotent by attempt key on its own (not the caller's Idempotency-Key)
+        command = mapping.charge_outcome_of(request)
+        found = await payments.record_charge_outcome(self._unit_of_work, self._sources, self._clock, current_merchant_id(), command)
+        return mapping.invoice(found)
+
+    # --- refunds ----------------------------------------------------------------------
+
+    async def CreateInvoiceRefund(self, request: svc.CreateInvoiceRefundRequest, context: Context) -> svc.InvoiceRefund:
+        async def work(uow: Uow, merchant_id: str, now: Any) -> svc.InvoiceRefund:
+            note = await payments.create_refund(uow, self._sources, merchant_id, now, request.id, opt(request, "reason"))
+            return mapping.refund(note)
+
+        return await self._service.mutate("CreateInvoiceRefund", request, svc.InvoiceRefund, work)
+
+    async def ListInvoiceRefunds(self, request: svc.ListInvoiceRefundsRequest, context: Context) -> svc.InvoiceRefundList:
+        async def work(uow: Uow, merchant_id: str) -> svc.InvoiceRefundList:
+            notes = await payments.list_refunds(uow, merchant_id, request.id)
+            return svc.InvoiceRefundList(object="list", data=[mapping.refund(n) for n in notes])
+
+        return await self._service.read(work)
+
+    async def VoidInvoiceRefund(self, request: svc.VoidInvoiceRefundRequest, context: Context) -> svc.InvoiceRefund:
+        async def work(uow: Uow, merchant_id: str, now: Any) -> svc.InvoiceRefund:
+            note = await payments.void_refund(uow, merchant_id, now, request.id, request.refund_id, opt(request, "reason"))
+            return mapping.refund(note)
+
+        return await self._service.mutate("VoidInvoiceRefund", request, svc.InvoiceRefund, work)
+
+
+# the statuses of retryPayment whose body the SDK parses as RetryPaymentResponse
+_RETRY_BODY_STATUSES = frozenset({402, 409, 422, 502})
 
 
 def _check_batch(size: int) -> None:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-
 from pydantic import Field
 
 from libs.infra.settings import ServiceSettings
-
-DEFAULT_PUBLIC_URL = "http://localhost:8000"
 
 
 class InvoicingSettings(ServiceSettings):
@@ -25,9 +21,11 @@ class InvoicingSettings(ServiceSettings):
     # feature (GetCoverages) and paid grant purchases (RecordPurchasePaid); unset, usage
     # is billed as it is
     entitlement_addr: str | None = None
-    # the public base URL of the gateway (ACCRUE_PUBLIC_URL, as the subscription
-    # service's): an issued invoice's paymentUrl, its checkout
-    public_url: str = DEFAULT_PUBLIC_URL
+    # the payment service: the checkout session of every invoice issued with something
+    # owed (OpenSessions), hosted_link, retryPayment (ChargeInvoice) and refunds
+    # (RefundInvoice); unset, invoices are issued without a checkout (paymentUrl) and
+    # collecting them answers UNAVAILABLE
+    payment_addr: str | None = None
     # metering's backdating window, the same variable metering reads
     # (ACCRUE_METERING_MAX_EVENT_AGE_DAYS): how far back late usage can land, so which
     # issued periods an invoice reads again for correction lines
@@ -35,9 +33,3 @@ class InvoicingSettings(ServiceSettings):
     # how long IssueInvoice waits for metering's usage to be complete up to the moment of
     # calculation before it fails the step with UNAVAILABLE (the engine retries it)
     invoicing_usage_wait_seconds: float = Field(default=3.0, ge=0, le=60)
-
-
-@functools.cache
-def public_url() -> str:
-    """ACCRUE_PUBLIC_URL, without a trailing slash (events render invoices too, outside any request)."""
-    return InvoicingSettings().public_url.rstrip("/") or DEFAULT_PUBLIC_URL

@@ -14,7 +14,11 @@ quantities in plain ``numeric``. Every query is scoped by merchant_id.
   rows are what a termination credits, every row what a late-usage correction subtracts.
 * customer_carry: per (merchant, customer, currency) the exact cumulative total E and the
   billed cumulative total B of the rounding carry (DESIGN section 7).
-* credit_notes: the part of a final invoice below zero.
+* credit_notes: the part of a final invoice below zero (kind balance), and refunds of
+  PAID invoices (kind refund, ISSUED or VOIDED; at most one ISSUED per invoice, a partial
+  unique index).
+* charge_outcomes: every charge outcome the payment service reported, by attempt key
+  (RecordChargeOutcome is idempotent by it).
 * invoice_counters: per merchant the last invoice number given; locked by the issuing
   transaction (an upsert), so numbers are gapless.
 """
@@ -39,6 +43,7 @@ from libs.infra.repository import RepositoryUnitOfWork
 from services.invoicing.domain.calculation import Billed, Carry, Line, Window
 from services.invoicing.domain.commands import InvoiceFilters
 from services.invoicing.domain.model import CreditNote, Invoice, InvoiceLine, window_json, window_of
+from services.invoicing.domain.ports import ReceivedOutcome
 
 metadata = sa.MetaData()
 add_infra_tables(metadata)
@@ -83,6 +88,9 @@ invoices = sa.Table(
     sa.Column("updated_at", TS, nullable=False),
     sa.Column("purpose", sa.Text, nullable=False),
     sa.Column("reference", sa.Text),
+    sa.Column("payment_session_id", sa.Text),
+    sa.Column("payment_url", sa.Text),
+    sa.Column("retry_attempts", sa.Integer, nullable=False),
     sa.UniqueConstraint("merchant_id", "invoice_number", name="uq_invoices_merchant_number"),
     sa.UniqueConstraint("merchant_id", "purpose", "reference", name="uq_invoices_merchant_purpose_reference"),
     sa.Index("ix_invoices_merchant_created", "merchant_id", "created_at"),
@@ -168,9 +176,40 @@ credit_notes = sa.Table(
     sa.Column("currency", sa.Text, nullable=False),
     sa.Column("amount", ATOMIC, nullable=False),
     sa.Column("status", sa.Text, nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
     sa.Column("created_at", TS, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("tax_amount", ATOMIC, nullable=False),
+    sa.Column("carry_amount", ATOMIC, nullable=False),
+    sa.Column("refunded", sa.Boolean, nullable=False),
+    sa.Column("provider_refund_ref", sa.Text),
+    sa.Column("voided_at", TS),
+    sa.Column("void_reason", sa.Text),
     sa.Index("ix_credit_notes_invoice", "invoice_id"),
+    sa.Index(
+        "uq_credit_notes_issued_refund",
+        "invoice_id",
+        unique=True,
+        postgresql_where=sa.text("kind = 'refund' AND status = 'ISSUED'"),
+    ),
+)
+
+charge_outcomes = sa.Table(
+    "charge_outcomes",
+    metadata,
+    sa.Column("attempt_key", sa.Text, primary_key=True),
+    sa.Column("merchant_id", sa.Text, nullable=False),
+    sa.Column("invoice_id", sa.Text, sa.ForeignKey("invoices.id"), nullable=False),
+    # one row per (attempt, outcome): a failure the processor later turns into a success
+    # (an attempt first thought never sent) is recorded too; a repeat of either is not
+    sa.Column("status", sa.Text, primary_key=True),
+    sa.Column("amount", ATOMIC),
+    sa.Column("provider_payment_ref", sa.Text),
+    sa.Column("failure_code", sa.Text),
+    sa.Column("payment_session_id", sa.Text),
+    sa.Column("effective_time", TS),
+    sa.Column("received_at", TS, nullable=False),
+    sa.Index("ix_charge_outcomes_invoice", "invoice_id"),
 )
 
 invoice_counters = sa.Table(
@@ -181,6 +220,7 @@ invoice_counters = sa.Table(
 )
 
 _MONEY_COLUMNS = ("subtotal", "total_tax", "grand_total", "paid_amount")
+_NOTE_MONEY = ("amount", "tax_amount", "carry_amount")
 
 
 def _invoice(row: sa.Row[Any]) -> Invoice:
@@ -637,41 +677,49 @@ class CarryRepository:
         )
 
 
+def _note_values(note: CreditNote) -> dict[str, Any]:
+    return {column.name: getattr(note, column.name) for column in credit_notes.c}
+
+
+def _note(row: sa.Row[Any]) -> CreditNote:
+    values = dict(row._mapping)
+    for name in _NOTE_MONEY:
+        values[name] = int(values[name])
+    return CreditNote(**values)
+
+
 class CreditNoteRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
     async def add(self, note: CreditNote) -> None:
-        await self._conn.execute(
-            credit_notes.insert().values(
-                id=note.id,
-                merchant_id=note.merchant_id,
-                invoice_id=note.invoice_id,
-                customer_id=note.customer_id,
-                currency=note.currency,
-                amount=note.amount,
-                status="ISSUED",
-                reason=note.reason,
-                created_at=note.created_at,
-            )
-        )
+        await self._conn.execute(credit_notes.insert().values(**_note_values(note)))
+
+    async def save(self, note: CreditNote) -> None:
+        values = _note_values(note)
+        del values["id"]
+        await self._conn.execute(credit_notes.update().where(credit_notes.c.id == note.id).values(**values))
 
     async def of_invoice(self, invoice_id: str) -> list[CreditNote]:
         t = credit_notes
-        rows = await self._conn.execute(sa.select(t).where(t.c.invoice_id == invoice_id).order_by(t.c.created_at))
-        return [
-            CreditNote(
-                id=r.id,
-                merchant_id=r.merchant_id,
-                invoice_id=r.invoice_id,
-                customer_id=r.customer_id,
-                currency=r.currency,
-                amount=int(r.amount),
-                reason=r.reason,
-                created_at=r.created_at,
+        rows = await self._conn.execute(sa.select(t).where(t.c.invoice_id == invoice_id).order_by(t.c.created_at, t.c.id))
+        return [_note(r) for r in rows]
+
+
+class OutcomeRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add_if_absent(self, outcome: ReceivedOutcome) -> bool:
+        inserted = (
+            await self._conn.execute(
+                pg.insert(charge_outcomes)
+                .values(**dataclasses.asdict(outcome))
+                .on_conflict_do_nothing(index_elements=[charge_outcomes.c.attempt_key, charge_outcomes.c.status])
+                .returning(charge_outcomes.c.attempt_key)
             )
-            for r in rows
-        ]
+        ).first()
+        return inserted is not None
 
 
 class Numbering:
@@ -715,6 +763,7 @@ class SqlInvoicingUnitOfWork(RepositoryUnitOfWork):
     billed: BilledRepository
     carry: CarryRepository
     credit_notes: CreditNoteRepository
+    outcomes: OutcomeRepository
     numbering: Numbering
 
     def _bind(self, conn: AsyncConnection, seen: EventCollector) -> None:
@@ -723,4 +772,5 @@ class SqlInvoicingUnitOfWork(RepositoryUnitOfWork):
         self.billed = BilledRepository(conn)
         self.carry = CarryRepository(conn)
         self.credit_notes = CreditNoteRepository(conn)
+        self.outcomes = OutcomeRepository(conn)
         self.numbering = Numbering(conn)

@@ -2,8 +2,9 @@
 billing timeline that drives their invoices (DESIGN section 7).
 
 It calls the catalog (plans, pinned at creation), invoicing (through the billing engine,
-engine.py), metering (a test clock's time, SyncTestClock) and the entitlement service
-(each activation and termination, after its commit: entitlements.py); its scheduler runs
+engine.py), metering (a test clock's time, SyncTestClock), the entitlement service
+(each activation and termination, after its commit: entitlements.py) and the payment
+service (automatic collection: ChargeInvoice from the engine's collect rows); its scheduler runs
 the real-time due work outside any request, so it mints merchant tokens for that work.
 """
 
@@ -85,7 +86,7 @@ DEFINITION = ServiceDefinition(
     settings=SubscriptionSettings,
     streams={events.STREAM: list(events.STREAM_SUBJECTS)},
     workers=workers,
-    talks_to=("catalog", "invoicing", "metering", "entitlement"),
+    talks_to=("catalog", "invoicing", "metering", "entitlement", "payment"),
     mints_tokens=True,
 )
 

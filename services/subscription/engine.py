@@ -4,8 +4,22 @@ The subscription service owns the timeline. What falls due and what each invoice
 is computed by domain/timeline.py; this module stores it as durable rows
 (engine_store.py) and executes them: each row is one call of invoicing's internal RPCs
 (OpenInvoice, CloseInvoice, IssueInvoice; each idempotent by (subscription, sequence
-number)) with BillingTerms built from the subscription, and ``end`` rows terminate the
-subscription (store.mark_terminated) and re-lay its final invoice.
+number)) with BillingTerms built from the subscription, ``end`` rows terminate the
+subscription (store.mark_terminated) and re-lay its final invoice, and ``collect`` rows
+charge an issued invoice on the customer's saved method (the payment service's
+ChargeInvoice: autoCharge at issue and the dunning retries, domain/timeline.py
+``after_charge`` says what follows).
+
+Collect rows: the invoice is read first (GetInvoice: an invoice paid meanwhile, out of
+band or on its page, or no longer owed is not charged), then charged with the attempt key
+``<invoice>:auto:<n>``, one ChargeInvoice per row (no batch RPC), ``concurrency`` in
+flight. A charge may take long (the processor's timeout); while it runs the batch's
+transaction holds only its claimed due_work rows (claims lock nothing else, and
+subscriptions are read without locks), so the paying chain (payment ->
+invoicing.RecordChargeOutcome -> RecordInvoicePaid, which updates the subscription in its
+own transaction) never waits for the batch. A crash mid-charge leaves the row pending; it
+runs again with the same key, which the payment service answers with the attempt's
+outcome instead of charging again.
 
 Execution, in batches: one transaction claims up to ``batch_size`` rows (FOR UPDATE
 SKIP LOCKED; the head of each customer's pending work, so one customer's rows run one
@@ -38,31 +52,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from accrue.invoicing.v1 import invoicing_service_pb2 as inv
 from accrue.invoicing.v1 import invoicing_service_pb2_grpc
+from accrue.payment.v1 import payment_service_pb2 as pay
+from accrue.payment.v1 import payment_service_pb2_grpc
 
 from libs.core.clock import Clock, SystemClock
-from libs.core.errors import DomainError, ErrorCode, Unavailable
+from libs.core.errors import DomainError, ErrorCode, FailedPrecondition, Unavailable
 from libs.infra.context import acting_for
 from libs.infra.db import Database
-from libs.infra.grpc_client import channel
+from libs.infra.grpc_client import channel, shared_channel, unconfigured
 from libs.infra.logging import get_logger
-from libs.infra.proto_time import to_timestamp
+from libs.infra.proto_time import from_timestamp, to_timestamp
 from libs.infra.service import Runtime, Worker
 from services.subscription import engine_store
-from services.subscription.domain.timeline import BilledSubscription, Composition, Due, Kind, Schedule, Window
-from services.subscription.engine_store import DueRow, Lane, Owner
+from services.subscription.domain.timeline import (
+    CHARGE_STATUSES,
+    AfterCharge,
+    BilledSubscription,
+    Charge,
+    Composition,
+    Due,
+    Kind,
+    Schedule,
+    Window,
+    after_charge,
+    collection,
+    recheck_at,
+)
+from services.subscription.engine_store import DueRow, Key, Lane, Owner
 
 log = get_logger(__name__)
 
 DEFAULT_GRACE_SECONDS = 3600
+DEFAULT_CHARGE_TIMEOUT_SECONDS = 60.0
+# invoices a collect charges (anything else is paid, cancelled or not owed: nothing to do)
+COLLECTABLE_STATUSES = frozenset({"ISSUED", "PAYMENT_FAILED"})
+# the subscription's termination reason when collection gave up (terminate policy)
+PAYMENT_FAILED_REASON = "payment_failed"
+# another attempt of the invoice is in flight (a page payment, a retryPayment)
+_CONCURRENT_ATTEMPT = "CONCURRENT_ATTEMPT"
 # deadlock / serialization failure: the batch is rolled back whole and simply runs again
 _RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 
@@ -76,6 +114,30 @@ class Invoicing(Protocol):
     async def open_invoice(self, merchant_id: str, request: inv.OpenInvoiceRequest) -> inv.Invoice: ...
     async def close_invoice(self, merchant_id: str, request: inv.CloseInvoiceRequest) -> inv.Invoice: ...
     async def issue_invoice(self, merchant_id: str, request: inv.IssueInvoiceRequest) -> inv.Invoice: ...
+    async def get_invoice(self, merchant_id: str, invoice_id: str) -> inv.Invoice: ...
+
+
+class Payment(Protocol):
+    """The payment service's internal ChargeInvoice, called for a merchant."""
+
+    async def charge_invoice(self, merchant_id: str, request: pay.ChargeInvoiceRequest) -> pay.ChargeOutcome: ...
+
+
+class GrpcPayment:
+    """The payment service over gRPC (one shared channel); each charge may take up to
+    ``timeout`` seconds (the payment service waits for its processor)."""
+
+    def __init__(self, address: str | None, *, timeout: float = DEFAULT_CHARGE_TIMEOUT_SECONDS) -> None:
+        self._address = address
+        self._timeout = timeout
+
+    async def charge_invoice(self, merchant_id: str, request: pay.ChargeInvoiceRequest) -> pay.ChargeOutcome:
+        if not self._address:
+            raise unconfigured("payment", caller="the subscription service")
+        stub = payment_service_pb2_grpc.PaymentServiceStub(shared_channel(self._address))
+        with acting_for(merchant_id):
+            answer: pay.ChargeOutcome = await stub.ChargeInvoice(request, timeout=self._timeout)
+        return answer
 
 
 class GrpcInvoicing:
@@ -108,6 +170,11 @@ class GrpcInvoicing:
     async def issue_invoice(self, merchant_id: str, request: inv.IssueInvoiceRequest) -> inv.Invoice:
         with acting_for(merchant_id):
             answer: inv.Invoice = await self._client().IssueInvoice(request)
+        return answer
+
+    async def get_invoice(self, merchant_id: str, invoice_id: str) -> inv.Invoice:
+        with acting_for(merchant_id):
+            answer: inv.Invoice = await self._client().GetInvoice(inv.GetInvoiceRequest(id=invoice_id))
         return answer
 
     async def open_invoices(self, merchant_id: str, requests: Sequence[inv.OpenInvoiceRequest]) -> list[inv.Invoice | Exception]:
@@ -153,13 +220,18 @@ def _answers(response: inv.InvoiceStepsResponse, expected: int) -> list[inv.Invo
 class Subscriptions(Protocol):
     """What the engine needs of the subscription store (services/subscription/store.py)."""
 
-    async def load_many(self, session: Any, merchant_id: str, ids: Sequence[str]) -> Mapping[str, BilledSubscription]: ...
-    async def mark_terminated(self, session: Any, subscription: BilledSubscription, at: datetime) -> None: ...
+    async def load_many(self, session: Any, merchant_id: str, ids: Sequence[str]) -> Mapping[str, BilledSubscription]:
+        """Read without locks: a collect's charge runs while the batch is open, and the
+        paying chain updates the subscription (RecordInvoicePaid) in its own transaction."""
+        ...
+
+    async def mark_terminated(self, session: Any, subscription: BilledSubscription, at: datetime, *, reason: str | None = None) -> None: ...
     async def record_invoice_zero(self, session: Any, subscription: BilledSubscription, invoice: inv.Invoice) -> None: ...
+    async def record_invoice_zero_paid(self, session: Any, subscription: BilledSubscription, invoice: inv.Invoice) -> None: ...
 
 
 class StoreSubscriptions:
-    """The subscription service's own store (H1's functions in store.py)."""
+    """The subscription service's own store (its functions in store.py)."""
 
     async def load_many(self, session: Any, merchant_id: str, ids: Sequence[str]) -> Mapping[str, BilledSubscription]:
         from services.subscription import store
@@ -167,15 +239,20 @@ class StoreSubscriptions:
         found: Mapping[str, BilledSubscription] = await store.load_subscriptions(session, merchant_id, ids)
         return found
 
-    async def mark_terminated(self, session: Any, subscription: BilledSubscription, at: datetime) -> None:
+    async def mark_terminated(self, session: Any, subscription: BilledSubscription, at: datetime, *, reason: str | None = None) -> None:
         from services.subscription import store
 
-        await store.mark_terminated(session, subscription, at)  # type: ignore[arg-type]
+        await store.mark_terminated(session, subscription, at, reason=reason)  # type: ignore[arg-type]
 
     async def record_invoice_zero(self, session: Any, subscription: BilledSubscription, invoice: inv.Invoice) -> None:
         from services.subscription import store
 
         await store.record_invoice_zero(session, subscription, invoice)  # type: ignore[arg-type]
+
+    async def record_invoice_zero_paid(self, session: Any, subscription: BilledSubscription, invoice: inv.Invoice) -> None:
+        from services.subscription import store
+
+        await store.record_invoice_zero_paid(session, subscription, invoice)  # type: ignore[arg-type]
 
 
 def _conn(session: Any) -> Any:
@@ -192,12 +269,17 @@ def _conn(session: Any) -> Any:
 
 @dataclass(frozen=True)
 class Executed:
-    """A row that ran, and what invoicing answered (None for an ``end`` or a skipped row)."""
+    """A row that ran, and what invoicing answered (None for an ``end`` or a skipped row);
+    a collect: what the charge answered (None when nothing was charged), ``attempt`` its
+    attempt number, ``postponed`` when it runs again (its outcome is not known yet)."""
 
     subscription_id: str
     kind: Kind
     sequence_number: int
     invoice: inv.Invoice | None
+    charge: pay.ChargeOutcome | None = None
+    attempt: int = 0
+    postponed: bool = False
 
 
 @dataclass
@@ -207,6 +289,8 @@ class _Outcome:
     invoice: inv.Invoice | None = None
     follow_ups: list[Due] = field(default_factory=list)
     error: BaseException | None = None
+    charge: pay.ChargeOutcome | None = None
+    after: AfterCharge | None = None
 
 
 @dataclass
@@ -214,6 +298,7 @@ class _Batch:
     claimed: int = 0
     executed: list[Executed] = field(default_factory=list)
     failed: list[tuple[DueRow, BaseException]] = field(default_factory=list)
+    postponed: int = 0
 
 
 # --- proto building ------------------------------------------------------------------------
@@ -234,10 +319,57 @@ def billing_terms(subscription: BilledSubscription) -> inv.BillingTerms:
         tax_behavior=subscription.tax_behavior or "exclusive",
         default_tax_rate=subscription.default_tax_rate or "0",
         auto_approve=True,
+        auto_charge=bool(subscription.auto_charge),
     )
     if subscription.test_clock_id:
         terms.test_clock_id = subscription.test_clock_id
+    redirects = subscription.redirect_urls or {}
+    if redirects.get("on_success"):
+        terms.success_redirect_url = redirects["on_success"]
+    if redirects.get("on_failure"):
+        terms.failure_redirect_url = redirects["on_failure"]
+    if subscription.session_expiry_minutes:
+        # whole minutes on invoicing's wire; a fraction rounds up (never a shorter session)
+        terms.session_expiry_minutes = max(1, math.ceil(subscription.session_expiry_minutes))
     return terms
+
+
+def _positive(amount: str) -> bool:
+    try:
+        return Decimal(amount or "0") > 0
+    except InvalidOperation:
+        return False
+
+
+def charge_request(row: DueRow, subscription: BilledSubscription, invoice: inv.Invoice) -> pay.ChargeInvoiceRequest:
+    """ChargeInvoice of a collect row: attempt ``row.attempt`` of the invoice, for what is
+    unpaid now, at the row's instant in the subscription's time."""
+    due = row.due
+    first = due.first_attempt_at or row.due_at
+    request = pay.ChargeInvoiceRequest(
+        invoice_id=invoice.id,
+        customer_id=invoice.customer_id or subscription.customer_id,
+        subscription_id=subscription.id,
+        amount=invoice.unpaid_amount,
+        currency=invoice.currency or subscription.currency,
+        attempt_key=due.attempt_key,
+        attempt_number=row.attempt,
+        first_attempt_at=to_timestamp(first),
+        effective_time=to_timestamp(row.due_at),
+        trigger="automatic",
+    )
+    return request
+
+
+def charge_of(outcome: pay.ChargeOutcome) -> Charge:
+    """The payment service's answer as the timeline's rules read it."""
+    if outcome.status not in CHARGE_STATUSES:
+        raise Unavailable("CHARGE_OUTCOME_UNKNOWN", f"the payment service answered charge status {outcome.status!r}")
+    return Charge(
+        status=outcome.status,
+        next_attempt_at=from_timestamp(outcome.next_attempt_at) if outcome.HasField("next_attempt_at") else None,
+        after_final_failure=outcome.after_final_failure if outcome.HasField("after_final_failure") else None,
+    )
 
 
 def _window(w: Window) -> inv.BillingWindow:
@@ -283,6 +415,7 @@ class Timeline:
         *,
         db: Database,
         invoicing: Invoicing,
+        payment: Payment | None = None,
         subscriptions: Subscriptions | None = None,
         unit_of_work: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
@@ -295,9 +428,12 @@ class Timeline:
         retry_cap_seconds: float = 2.0,
         real_time_retry_cap_seconds: float = 300.0,
         finish_when_caller_leaves: bool = True,
+        postponed_pause_seconds: float = 0.05,
     ) -> None:
         self._db = db
         self._invoicing = invoicing
+        self._payment: Payment = payment if payment is not None else GrpcPayment(None)
+        self._postponed_pause = postponed_pause_seconds
         self._subscriptions = subscriptions or StoreSubscriptions()
         self._unit_of_work = unit_of_work or db.uow
         self.grace = timedelta(seconds=grace_seconds)
@@ -441,6 +577,10 @@ class Timeline:
                 await asyncio.sleep(_backoff(row.attempts + 1, base=self._retry_base, cap=self._retry_cap))
                 continue
             if batch.claimed:
+                if batch.postponed and batch.postponed == batch.claimed:
+                    # only charges whose outcome is not known yet: give the processor a
+                    # moment (real time) before asking again an hour later (its time)
+                    await asyncio.sleep(self._postponed_pause)
                 continue
             async with self._db.engine.connect() as conn:
                 if not await engine_store.pending(conn, lane, until=until):
@@ -462,10 +602,19 @@ class Timeline:
                 return batch
             subscriptions = await self._load(session, rows)
             outcomes = await self._execute_all(rows, subscriptions)
-            done: list[tuple[str, int, str]] = []
+            done: list[Key] = []
             follow_ups: list[tuple[Owner, Due]] = []
             for outcome in outcomes:
                 row, sub = outcome.row, outcome.subscription
+                after = outcome.after
+                if outcome.error is None and after is not None and after.again_at is not None:
+                    # the charge's outcome is not known yet: the same attempt (same key) later
+                    await engine_store.postpone(conn, row.key, due_at=after.again_at)
+                    batch.postponed += 1
+                    batch.executed.append(
+                        Executed(row.subscription_id, row.kind, row.sequence_number, None, outcome.charge, row.attempt, postponed=True)
+                    )
+                    continue
                 if outcome.error is not None:
                     batch.failed.append((row, outcome.error))
                     retry_at = None
@@ -480,13 +629,42 @@ class Timeline:
                     await self._lay_final(conn, sub, row.due_at, keep=row)
                 if sub is not None and row.kind is Kind.ISSUE and row.sequence_number == 0 and outcome.invoice is not None:
                     await self._subscriptions.record_invoice_zero(session, sub, outcome.invoice)
+                if sub is not None and row.kind is Kind.ISSUE and outcome.invoice is not None:
+                    outcome.follow_ups += collection(
+                        row.due,
+                        auto_charge=bool(sub.auto_charge),
+                        invoice_id=outcome.invoice.id,
+                        status=outcome.invoice.status,
+                        unpaid_amount=outcome.invoice.unpaid_amount,
+                    )
+                if sub is not None and row.kind is Kind.COLLECT:
+                    await self._after_collect(session, conn, row, sub, outcome)
                 if sub is not None:
                     follow_ups += [(_owner(sub), d) for d in outcome.follow_ups]
                 done.append(row.key)
-                batch.executed.append(Executed(row.subscription_id, row.kind, row.sequence_number, outcome.invoice))
+                batch.executed.append(
+                    Executed(row.subscription_id, row.kind, row.sequence_number, outcome.invoice, outcome.charge, row.attempt)
+                )
             await engine_store.lay(conn, follow_ups, now=service_now)
             await engine_store.mark_done(conn, done, now=service_now)
         return batch
+
+    async def _after_collect(self, session: Any, conn: Any, row: DueRow, sub: BilledSubscription, outcome: _Outcome) -> None:
+        """In the batch's transaction, after every call of the batch answered: the next
+        attempt is laid (outcome.follow_ups), an exhausted schedule under the terminate
+        policy ends the subscription at the attempt's instant (the termination path of an
+        ``end`` row: the final invoice), and a paid Invoice 0 is recorded (invoicing tells
+        the subscription too; either way it is active when the call that ran it answers)."""
+        after = outcome.after
+        if after is None:
+            return
+        outcome.follow_ups += list(after.follow_ups)
+        if after.terminate_at is not None and sub.status != "terminated":
+            log.info("collection_gave_up", subscription_id=sub.id, invoice_id=row.invoice_id, attempt=row.attempt)
+            await self._subscriptions.mark_terminated(session, sub, after.terminate_at, reason=PAYMENT_FAILED_REASON)
+            await self._lay_final(conn, sub, after.terminate_at, keep=row)
+        if row.sequence_number == 0 and outcome.charge is not None and outcome.charge.status == "succeeded" and outcome.invoice is not None:
+            await self._subscriptions.record_invoice_zero_paid(session, sub, outcome.invoice)
 
     async def _load(self, session: Any, rows: Sequence[DueRow]) -> dict[str, BilledSubscription]:
         by_merchant: dict[str, list[str]] = {}
@@ -505,7 +683,11 @@ class Timeline:
         rows' order."""
         outcomes = [_Outcome(row, subscriptions.get(row.subscription_id)) for row in rows]
         steps: list[tuple[_Outcome, Any]] = []
+        collects: list[_Outcome] = []
         for outcome in outcomes:
+            if outcome.row.kind is Kind.COLLECT:
+                collects.append(outcome)
+                continue
             try:
                 request = self._request(outcome)
             except Exception as exc:
@@ -513,9 +695,11 @@ class Timeline:
                 continue
             if request is not None:
                 steps.append((outcome, request))
-        if isinstance(self._invoicing, _BATCH_TYPES) or all(hasattr(self._invoicing, name) for name in _BATCH_METHODS.values()):
-            await self._execute_batched(steps)
-        else:
+
+        async def invoicing_steps() -> None:
+            if isinstance(self._invoicing, _BATCH_TYPES) or all(hasattr(self._invoicing, name) for name in _BATCH_METHODS.values()):
+                await self._execute_batched(steps)
+                return
             pending = iter(steps)
 
             async def runner() -> None:
@@ -523,7 +707,47 @@ class Timeline:
                     await self._execute_one(outcome, request)
 
             await asyncio.gather(*(runner() for _ in range(min(self.concurrency, len(steps)))))
+
+        async def charges() -> None:
+            # one ChargeInvoice per row (payment has no batch RPC), ``concurrency`` in flight
+            pending = iter(collects)
+
+            async def runner() -> None:
+                for outcome in pending:
+                    await self._collect(outcome)
+
+            await asyncio.gather(*(runner() for _ in range(min(self.concurrency, len(collects)))))
+
+        await asyncio.gather(invoicing_steps(), charges())
         return outcomes
+
+    async def _collect(self, outcome: _Outcome) -> None:
+        """A collect row: read the invoice, charge what is unpaid (attempt key
+        ``<invoice>:auto:<n>``), and decide what follows (outcome.after). Nothing is
+        charged for a vanished subscription, one that no longer charges automatically, or
+        an invoice no longer owed (paid meanwhile: out of band, on its page, by an earlier
+        attempt); such a row is just done."""
+        row, sub = outcome.row, outcome.subscription
+        if sub is None or not sub.auto_charge or not row.invoice_id:
+            return
+        try:
+            invoice = await self._invoicing.get_invoice(row.merchant_id, row.invoice_id)
+            outcome.invoice = invoice
+            if invoice.status not in COLLECTABLE_STATUSES or not _positive(invoice.unpaid_amount):
+                return
+            try:
+                answer = await self._payment.charge_invoice(row.merchant_id, charge_request(row, sub, invoice))
+            except FailedPrecondition as exc:
+                if exc.reason != _CONCURRENT_ATTEMPT:
+                    raise
+                # another attempt of the invoice is in flight (its page, a retryPayment):
+                # this attempt is asked again later, with the same key
+                outcome.after = AfterCharge(again_at=recheck_at(row.due, self._ran_at(row)))
+                return
+            outcome.charge = answer
+            outcome.after = after_charge(row.due, charge_of(answer), ran_at=self._ran_at(row))
+        except Exception as exc:  # the row stays pending; see _drain and run_real_time
+            outcome.error = exc
 
     async def _execute_one(self, outcome: _Outcome, request: Any) -> None:
         method = getattr(self._invoicing, _SINGLE_METHODS[type(request)])
@@ -592,11 +816,17 @@ class Timeline:
             return request
         return inv.IssueInvoiceRequest(terms=terms, sequence_number=row.sequence_number, effective_time=at)
 
+    def _ran_at(self, row: DueRow) -> datetime:
+        """The instant a row ran in its subscription's time: its due time on a test clock
+        (an advance runs rows at their instants), the system clock's now in real time."""
+        return row.due_at if row.test_clock_id is not None else max(row.due_at, self._clock.now())
+
     @staticmethod
     def _superseded(row: DueRow, sub: BilledSubscription) -> bool:
         """A regular open/close of a subscription that has ended before it (a termination
-        that did not re-lay its rows): nothing to do. Issues always run."""
-        if sub.status != "terminated" or row.final or row.kind is Kind.ISSUE or row.sequence_number == 0:
+        that did not re-lay its rows): nothing to do. Issues and collects always run (what
+        was issued is owed)."""
+        if sub.status != "terminated" or row.final or row.kind in (Kind.ISSUE, Kind.COLLECT) or row.sequence_number == 0:
             return False
         return sub.terminated_at is not None and row.due_at > sub.terminated_at
 
@@ -651,6 +881,10 @@ def build_timeline(runtime: Runtime, *, unit_of_work: Callable[[], AbstractAsync
     timeline = Timeline(
         db=runtime.db,
         invoicing=GrpcInvoicing(getattr(settings, "invoicing_addr", None)),
+        payment=GrpcPayment(
+            getattr(settings, "payment_addr", None),
+            timeout=float(getattr(settings, "subscription_charge_timeout_seconds", DEFAULT_CHARGE_TIMEOUT_SECONDS)),
+        ),
         unit_of_work=unit_of_work,
         grace_seconds=float(getattr(settings, "subscription_grace_period_seconds", DEFAULT_GRACE_SECONDS)),
         clock=runtime.clock,

@@ -3,7 +3,6 @@ aggregates (a customer with its consumer, a subscription with its embedded custo
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,19 +12,7 @@ from libs.infra.proto_struct import dict_to_struct
 from libs.infra.proto_time import to_timestamp
 from services.subscription.domain.model import Consumer, Customer, Subscription, TestClock
 
-_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ADDRESS_FIELDS = ("line1", "line2", "city", "state", "country", "zip_code")
-
-
-def payment_session_id(invoice_id: str) -> str:
-    """``ps_`` + 16 base62 characters derived from the invoice id: the same invoice always
-    names the same checkout session."""
-    number = int.from_bytes(hashlib.sha256(invoice_id.encode()).digest(), "big")
-    body = []
-    for _ in range(16):
-        number, digit = divmod(number, 62)
-        body.append(_ALPHABET[digit])
-    return "ps_" + "".join(body)
 
 
 def address(values: Mapping[str, str]) -> svc.Address:
@@ -94,22 +81,25 @@ def test_clock(row: TestClock) -> svc.TestClock:
 test_clock.__test__ = False  # type: ignore[attr-defined]
 
 
-def payment(row: Subscription, public_url: str) -> svc.SubscriptionPayment | None:
-    """Invoice 0, discriminated by status: pending (with its checkout) or paid."""
+def payment(row: Subscription) -> svc.SubscriptionPayment | None:
+    """Invoice 0, discriminated by status: pending (with the checkout session invoicing
+    opened for it at issue, when there is one) or paid."""
     if row.invoice_zero_id is None:
         return None
     amount = row.invoice_zero_amount or "0.00"
     if row.invoice_zero_status == "paid":
         return svc.SubscriptionPayment(status="paid", amount=amount, invoice_id=row.invoice_zero_id)
-    session = payment_session_id(row.invoice_zero_id)
-    return svc.SubscriptionPayment(
+    out = svc.SubscriptionPayment(
         status="pending",
         amount=amount,
         invoice_id=row.invoice_zero_id,
         breakdown=svc.PaymentBreakdown(upfront_charges=amount, wallet_charge="0.00"),
-        checkout_url=f"{public_url}/checkout/{session}",
-        payment_session_id=session,
     )
+    if row.invoice_zero_payment_url:
+        out.checkout_url = row.invoice_zero_payment_url
+    if row.invoice_zero_session_id:
+        out.payment_session_id = row.invoice_zero_session_id
+    return out
 
 
 def estimated_tax_rate(row: Subscription) -> float:
@@ -135,7 +125,7 @@ def embedded_customer(row: Customer, consumer: Consumer | None, merchant: Mappin
     return out
 
 
-def subscription(row: Subscription, public_url: str, embedded: svc.SubscriptionCustomer | None = None) -> svc.Subscription:
+def subscription(row: Subscription, embedded: svc.SubscriptionCustomer | None = None) -> svc.Subscription:
     out = svc.Subscription(
         id=row.id,
         object="subscription",
@@ -170,7 +160,7 @@ def subscription(row: Subscription, public_url: str, embedded: svc.SubscriptionC
         value = getattr(row, name)
         if value is not None:
             setattr(out, name, value)
-    paid = payment(row, public_url)
+    paid = payment(row)
     if paid is not None:
         out.payment.CopyFrom(paid)
     if embedded is not None:

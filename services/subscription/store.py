@@ -139,6 +139,9 @@ subscriptions = sa.Table(
     sa.Column("invoice_zero_id", sa.Text),
     sa.Column("invoice_zero_status", sa.Text),
     sa.Column("invoice_zero_amount", sa.Text),
+    # Invoice 0's checkout as invoicing answered it (the payment service's session)
+    sa.Column("invoice_zero_session_id", sa.Text),
+    sa.Column("invoice_zero_payment_url", sa.Text),
     sa.Column("create_time", TS, nullable=False),
     sa.Column("update_time", TS, nullable=False),
     sa.CheckConstraint("status IN ('pending_payment', 'active', 'terminated')", name="ck_subscriptions_status"),
@@ -422,12 +425,15 @@ async def clock_time(session: Any, merchant_id: str, test_clock_id: str) -> date
     return value  # type: ignore[no-any-return]
 
 
-async def mark_terminated(session: Any, subscription: Subscription, at: datetime, *, now: datetime | None = None) -> None:
-    """The scheduled end came (the engine's ``end`` step): status terminated at ``at``,
+async def mark_terminated(
+    session: Any, subscription: Subscription, at: datetime, *, now: datetime | None = None, reason: str | None = None
+) -> None:
+    """The scheduled end came (the engine's ``end`` step), or automatic collection gave up
+    under the merchant's terminate policy (``reason``): status terminated at ``at``,
     SubscriptionChanged terminated through the outbox. A repeat does nothing."""
     view = _SessionView(session)
     current = await view.subscriptions.get(subscription.merchant_id, subscription.id, lock=True)
-    if current.end(at, now or SystemClock().now()):
+    if current.end(at, now or SystemClock().now(), reason=reason):
         await view.subscriptions.save(current)
         await _publish(view, current, at)
     subscription.status, subscription.terminated_at = current.status, current.terminated_at
@@ -435,18 +441,53 @@ async def mark_terminated(session: Any, subscription: Subscription, at: datetime
 
 async def record_invoice_zero(session: Any, subscription: Subscription, invoice: Any, *, now: datetime | None = None) -> None:
     """The engine made Invoice 0 (``invoice``: the invoicing_pb2.Invoice IssueInvoice
-    answered): its id, total and status become the subscription's ``payment``; PAID
-    (nothing due) activates the subscription. Idempotent."""
+    answered): its id, total, status and checkout (the session id and page URL invoicing
+    answered) become the subscription's ``payment``; PAID (nothing due) activates the
+    subscription. Idempotent: a paid Invoice 0 stays paid."""
     view = _SessionView(session)
     current = await view.subscriptions.get(subscription.merchant_id, subscription.id, lock=True)
-    if current.invoice_zero_id == invoice.id and (current.invoice_zero_status == "paid" or invoice.status != "PAID"):
-        return
+    session_id = invoice.payment_session_id if invoice.HasField("payment_session_id") else None
+    payment_url = invoice.payment_url if invoice.HasField("payment_url") else None
+    if current.invoice_zero_id == invoice.id:
+        if current.invoice_zero_status == "paid":
+            return
+        unchanged = (current.invoice_zero_session_id, current.invoice_zero_payment_url) == (session_id, payment_url)
+        if invoice.status != "PAID" and unchanged:
+            return
     service_now = now or SystemClock().now()
     at = service_now
     if current.test_clock_id is not None:
         at = await clock_time(view.transaction, current.merchant_id, current.test_clock_id)
     paid = invoice.status == "PAID"
-    current.record_invoice_zero(invoice.id, paid=paid, amount=invoice.grand_total or "0.00", now=service_now, effective_now=at)
+    current.record_invoice_zero(
+        invoice.id,
+        paid=paid,
+        amount=invoice.grand_total or "0.00",
+        session_id=session_id,
+        payment_url=payment_url,
+        now=service_now,
+        effective_now=at,
+    )
+    await view.subscriptions.save(current)
+    await _publish(view, current, at)
+    subscription.status = current.status
+
+
+async def record_invoice_zero_paid(session: Any, subscription: Subscription, invoice: Any, *, now: datetime | None = None) -> None:
+    """Automatic collection charged Invoice 0 (``invoice``: the invoicing_pb2.Invoice the
+    charge was for): paid, and a pending_payment subscription active, as RecordInvoicePaid
+    makes it when invoicing reports the payment (whichever comes first; a repeat does
+    nothing)."""
+    view = _SessionView(session)
+    current = await view.subscriptions.get(subscription.merchant_id, subscription.id, lock=True)
+    if current.invoice_zero_status == "paid" and current.status != "pending_payment":
+        subscription.status = current.status
+        return
+    service_now = now or SystemClock().now()
+    at = service_now
+    if current.test_clock_id is not None:
+        at = await clock_time(view.transaction, current.merchant_id, current.test_clock_id)
+    current.invoice_paid(invoice.id, 0, invoice.grand_total, service_now, at)
     await view.subscriptions.save(current)
     await _publish(view, current, at)
     subscription.status = current.status
@@ -462,6 +503,7 @@ __all__ = [
     "mark_terminated",
     "metadata",
     "record_invoice_zero",
+    "record_invoice_zero_paid",
     "subscriptions",
     "test_clocks",
 ]

@@ -20,7 +20,6 @@ from services.subscription.domain.model import (
     TestClock,
     TestClockChanged,
 )
-from services.subscription.settings import public_url
 from services.subscription.store import SubscriptionReads
 
 
@@ -46,16 +45,15 @@ test_clock.__test__ = False  # type: ignore[attr-defined]
 
 
 async def subscriptions(uow: HasReads, found: Sequence[Subscription], *, include_customer: bool = False) -> list[svc.Subscription]:
-    base = public_url()
     if not include_customer:
-        return [mapping.subscription(s, base) for s in found]
+        return [mapping.subscription(s) for s in found]
     owners = await uow.reads.customers_by_id([s.customer_id for s in found])
     consumers = await uow.reads.consumers_by_id([c.consumer_id for c in owners.values()])
     out = []
     for s in found:
         owner = owners.get(s.customer_id)
         embedded = mapping.embedded_customer(owner, consumers.get(owner.consumer_id)) if owner is not None else None
-        out.append(mapping.subscription(s, base, embedded))
+        out.append(mapping.subscription(s, embedded))
     return out
 
 

@@ -93,7 +93,7 @@ def test_invoice_0_gates_activation_until_paid_out_of_band(merchant_a: MerchantC
     assert (payment.amount, payment.breakdown.upfront_charges, payment.breakdown.wallet_charge) == ("149.00", "149.00", "0.00")
     assert payment.payment_session_id.startswith("ps_")
     assert payment.checkout_url.startswith("http")
-    assert payment.checkout_url.endswith(f"/checkout/{payment.payment_session_id}")
+    assert payment.checkout_url.endswith(f"/checkout/{merchant_a.merchant_id}/{payment.payment_session_id}")
     assert payment.invoice_id is not None
 
     first = invoice(merchant_a, payment.invoice_id)

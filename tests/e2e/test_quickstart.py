@@ -1,23 +1,20 @@
 """The Paygentic quickstart (examples/paygentic_quickstart.py, a verbatim copy of the
-reference flow) through the official SDK against the real mesh, unchanged, to its end.
-
-One of its steps belongs to a later issue and is answered here by a stand-in, which the
-test checks was reached: ``payments.create`` (issue 11, payments). Every other call goes
-to the gateway, the entitlement check and grant included.
+reference flow) through the official SDK against the real mesh, unchanged, to its end:
+every call goes to the gateway, the entitlement check, the grant and the one-off payment
+link included, and the payment link it ends with opens a hosted page that takes a card.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
-from typing import Any
+from types import ModuleType
 
 import pytest
 
 from libs.testing.fixtures import MerchantClient
+from libs.testing.payments import open_page
 
 pytestmark = pytest.mark.e2e
 
@@ -32,28 +29,9 @@ def _quickstart() -> ModuleType:
     return module
 
 
-@dataclass
-class LaterIssues:
-    """The SDK, but for the resource a later issue builds."""
-
-    sdk: Any
-    reached: list[str] = field(default_factory=list)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "payments":
-            return SimpleNamespace(create=self._payment)
-        return getattr(self.sdk, name)
-
-    def _payment(self, **kwargs: Any) -> Any:
-        self.reached.append("payments.create")
-        return SimpleNamespace(payment_url="(issue 11)")
-
-
 def test_the_quickstart_runs_to_its_end_through_the_sdk(merchant_a: MerchantClient) -> None:
-    sdk = LaterIssues(merchant_a.sdk)
-    out = _quickstart().run(sdk, merchant_a.merchant_id)
+    out = _quickstart().run(merchant_a.sdk, merchant_a.merchant_id)
 
-    assert sdk.reached == ["payments.create"]
     assert out["subscription"].startswith("sub_") and out["customer"].startswith("cus_")
     # the plan has a 49.00 in-advance fee: Invoice 0 gates activation
     assert out["status_at_create"] == "pending_payment"
@@ -77,12 +55,19 @@ def test_the_quickstart_runs_to_its_end_through_the_sdk(merchant_a: MerchantClie
     assert out["has_access"] is True
     assert out["balance"] == 98500
     assert out["balance_after_grant"] == 103500
+    # the one-off payment link (POST /v0/payments): a hosted page of this merchant that takes a card
+    assert out["payment_url"].startswith(f"{merchant_a.base_url}/checkout/{merchant_a.merchant_id}/ps_")
+    page = open_page(out["payment_url"])
+    assert page.status_code == 200 and "$10.00" in page.html, page.html[:500]
+    assert page.nonce and page.tokenize_url and page.publishable_key
 
 
 def test_the_quickstart_twice_reuses_nothing_it_should_not(merchant_a: MerchantClient) -> None:
     """A second run makes its own customer (another email) and its own invoices."""
-    first = _quickstart().run(LaterIssues(merchant_a.sdk), merchant_a.merchant_id)
-    second = _quickstart().run(LaterIssues(merchant_a.sdk), merchant_a.merchant_id)
+    first = _quickstart().run(merchant_a.sdk, merchant_a.merchant_id)
+    second = _quickstart().run(merchant_a.sdk, merchant_a.merchant_id)
     assert first["customer"] != second["customer"]
     assert first["subscription"] != second["subscription"]
     assert second["status_after_invoice0"] == "active"
+    # each run's idempotency key is its own: two payments, two pages
+    assert first["payment_url"] != second["payment_url"]

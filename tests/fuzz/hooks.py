@@ -5,10 +5,6 @@ an Idempotency-Key it used before answers the first result, as Stripe's does, ev
 later scenario deleted that resource: right for the API, but it reads to Schemathesis as
 "created, then not found". Stateful scenarios therefore send no Idempotency-Key; the
 other phases fuzz the header, and tests/e2e/test_idempotency.py tests replays.
-
-`POST /v2/invoices/{id}/payment` with `method: hosted_link` answers 501 until the payment
-service builds hosted links (issue 11): such a request is sent as out_of_band; out_of_band
-and invalid methods are fuzzed as usual. Drop the filter with issue 11.
 """
 
 from __future__ import annotations
@@ -21,8 +17,6 @@ from schemathesis.generation.meta import TestPhase
 
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: Any) -> None:
-    if case.path == "/v2/invoices/{id}/payment" and isinstance(case.body, dict) and case.body.get("method") == "hosted_link":
-        case.body["method"] = "out_of_band"
     if case.meta is not None and case.meta.phase.name == TestPhase.STATEFUL and case.headers:
         for name in list(case.headers):
             if name.lower() == "idempotency-key":

@@ -59,20 +59,18 @@ def _not_built(service: ServiceDefinition) -> list[MethodDescriptor]:
 NOT_BUILT = [(service, methods) for service in SERVICES if (methods := _not_built(service))]
 
 
-def test_the_skeleton_services_build_nothing_yet() -> None:
-    skeletons = {"payment"}
-    assert skeletons <= {service.name for service, _ in NOT_BUILT}
-    for service, methods in NOT_BUILT:
-        if service.name in skeletons:
-            assert [m.name for m in methods] == [
-                m.name for m in descriptor_pool.Default().FindServiceByName(service.grpc_services[0]).methods
-            ]
+def test_every_rpc_of_every_service_is_built() -> None:
+    assert [(service.name, [m.name for m in methods]) for service, methods in NOT_BUILT] == []
 
 
-@pytest.mark.parametrize(("service", "methods"), NOT_BUILT, ids=[service.name for service, _ in NOT_BUILT])
-async def test_what_is_not_built_answers_unimplemented_and_the_gateway_501(
-    start_host: StartHost, service: ServiceDefinition, methods: list[MethodDescriptor]
-) -> None:
+async def test_an_rpc_not_built_answers_unimplemented_and_the_gateway_501(start_host: StartHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    # every RPC is built today: take one away to see what an unbuilt one answers
+    from services.catalog.server import CatalogServicer
+
+    monkeypatch.delattr(CatalogServicer, "ListProducts")
+    service = definition("catalog")
+    methods = _not_built(service)
+    assert [m.name for m in methods] == ["ListProducts"]
     host = await start_host(service)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
         for method in methods:

@@ -14,11 +14,12 @@ from libs.infra.service import ServiceDefinition
 from libs.testing.fixtures import Infra
 from services.run import TOPOLOGY
 
-MIGRATED = [d for d in (*TOPOLOGY.services, *TOPOLOGY.workers, TOPOLOGY.gateway) if d.migrations_dir is not None]
+PROCESSES = (*(e.definition for e in TOPOLOGY.externals), *TOPOLOGY.services, *TOPOLOGY.workers, TOPOLOGY.gateway)
+MIGRATED = [d for d in PROCESSES if d.migrations_dir is not None]
 
 
 def test_every_database_is_migrated_by_some_definition() -> None:
-    databases = {d.database_name for d in (*TOPOLOGY.services, *TOPOLOGY.workers, TOPOLOGY.gateway)}
+    databases = {d.database_name for d in PROCESSES}
     assert databases == {d.name for d in MIGRATED}
 
 

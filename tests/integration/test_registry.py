@@ -20,7 +20,8 @@ from services.gateway.transcoding import SERVICES as GATEWAY_BACKENDS
 from services.run import TOPOLOGY
 
 BASE = ROOT / "deploy" / "k8s" / "base"
-PROCESSES = [*TOPOLOGY.services, *TOPOLOGY.workers, TOPOLOGY.gateway]
+EXTERNALS = [external.definition for external in TOPOLOGY.externals]
+PROCESSES = [*EXTERNALS, *TOPOLOGY.services, *TOPOLOGY.workers, TOPOLOGY.gateway]
 GRPC_PORT = ServiceSettings().grpc_port
 
 
@@ -82,7 +83,7 @@ def test_each_manifest_serves_and_probes_the_port_its_settings_read(definition: 
         if scheme == "grpc":
             assert server[probe]["grpc"] == {"port": port}, probe
         else:
-            path = "/readyz" if probe == "readinessProbe" else "/healthz"  # ready = every backend SERVING
+            path = "/readyz" if probe == "readinessProbe" else "/healthz"  # ready = every backend (or its database) answers
             assert server[probe]["httpGet"] == {"path": path, "port": scheme}, probe
     if definition in TOPOLOGY.workers:
         assert "Service" not in objects  # a worker is reached by nobody; its port is for the kubelet's probes
@@ -116,6 +117,19 @@ def test_the_dev_databases_and_secrets_are_the_registrys() -> None:
     init = next(d for d in _documents(ROOT / "deploy/k8s/components/postgres/postgres.yaml") if d["kind"] == "ConfigMap")
     script = init["data"]["01-accrue-databases.sql"]
     assert sorted(set(re.findall(r"CREATE DATABASE accrue_(\w+)", script))) == databases
+
+
+def test_the_externals_are_http_processes_of_their_own_that_the_production_overlay_leaves_out() -> None:
+    assert EXTERNALS, "the sandbox card processor runs as an external"
+    production = (ROOT / "deploy/k8s/overlays/production/kustomization.yaml").read_text()
+    for definition in EXTERNALS:
+        assert not definition.serves_grpc and definition.migrations_dir is not None and not definition.messaging
+        assert definition.name not in GATEWAY_BACKENDS  # the gateway never routes to one
+        for kind in ("Deployment", "Service", "ServiceAccount"):
+            assert (
+                f"$patch: delete\n      apiVersion: {'apps/v1' if kind == 'Deployment' else 'v1'}\n      kind: {kind}\n      metadata:\n        name: {definition.name}"
+                in production
+            )
 
 
 def test_the_gateway_routes_to_every_service_of_the_registry() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.infra.runner import Mesh, pinned_ports
+from libs.infra.runner import Mesh, external_ports, pinned_ports
 from services import registry
 from tests.integration.test_runner_supervision import StartRunner, _serving, leftovers, start_runner  # noqa: F401
 
@@ -60,10 +60,15 @@ def test_sigkill_of_the_runner_leaves_nothing_and_pinned_ports_are_in_run_env(st
         assert run_env[f"ACCRUE_{name.upper()}_ADDR"] == f"127.0.0.1:{port}"
         assert _serving(port), name
     assert f"ACCRUE_METERING_ADDR=127.0.0.1:{metering_port}" in runner.output
+    # the sandbox processor ran first; its URL and this mesh's keys are in run.env, the public URL is the gateway's
+    assert run_env["ACCRUE_PUBLIC_URL"] == run_env["ACCRUE_GATEWAY_URL"]
+    assert run_env["ACCRUE_SANDBOX_URL"] == run_env["ACCRUE_SANDBOX_PUBLIC_URL"]
+    assert run_env["ACCRUE_SANDBOX_SECRET_KEY"].startswith("sk_test_") and run_env["ACCRUE_SANDBOX_WEBHOOK_SECRET"].startswith("whsec_")
+    assert run_env["ACCRUE_SANDBOX_SECRET_KEY"] not in runner.output  # printed: URLs only
 
     pid_dir = runner.state_dir / "pids"
     pids = {path.name: int(path.read_text()) for path in pid_dir.iterdir()}
-    assert {"gateway", "nats-server", "postgres", *names} <= pids.keys()
+    assert {"gateway", "nats-server", "postgres", "sandbox", *names} <= pids.keys()
     mesh_pids = set(pids.values()) | set(leftovers(runner.state_dir))
     mesh_pids.discard(runner.popen.pid)
     assert all(_alive(pid) for pid in pids.values())
@@ -115,3 +120,40 @@ def test_the_users_accrue_settings_reach_the_processes_under_the_runners(tmp_pat
     # a mesh's own log level (the tests') wins over the environment's
     quiet = Mesh(tmp_path, topology=TOPOLOGY, log_level="WARNING", postgres_url=mesh.postgres_url)
     assert quiet.service_env("catalog")["ACCRUE_LOG_LEVEL"] == "WARNING"
+
+
+def test_the_externals_keys_and_urls_and_the_public_url_reach_every_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.run import TOPOLOGY
+    from services.sandbox.app import EXTERNAL
+
+    monkeypatch.setenv("ACCRUE_SANDBOX_SECRET_KEY", "sk_test_from_the_environment")
+    monkeypatch.delenv("ACCRUE_PUBLIC_URL", raising=False)
+    made = EXTERNAL.shared_env(os.environ)
+    assert made["ACCRUE_SANDBOX_SECRET_KEY"] == "sk_test_from_the_environment"  # what the user set is kept
+    assert made["ACCRUE_SANDBOX_PUBLISHABLE_KEY"].startswith("pk_test_") and made["ACCRUE_SANDBOX_WEBHOOK_SECRET"].startswith("whsec_")
+    assert (
+        EXTERNAL.shared_env({})["ACCRUE_SANDBOX_PUBLISHABLE_KEY"] != EXTERNAL.shared_env({})["ACCRUE_SANDBOX_PUBLISHABLE_KEY"]
+    )  # fresh per mesh
+    assert EXTERNAL.url_env("http://127.0.0.1:9", {}) == {
+        "ACCRUE_SANDBOX_URL": "http://127.0.0.1:9",
+        "ACCRUE_SANDBOX_PUBLIC_URL": "http://127.0.0.1:9",
+    }
+    assert (
+        EXTERNAL.url_env("http://127.0.0.1:9", {"ACCRUE_SANDBOX_PUBLIC_URL": "https://pay.example"})["ACCRUE_SANDBOX_PUBLIC_URL"]
+        == "https://pay.example"
+    )
+    assert external_ports(TOPOLOGY.externals, {"ACCRUE_SANDBOX_PORT": "7300"}) == {"sandbox": 7300}
+    with pytest.raises(ValueError, match="not a port number"):
+        external_ports(TOPOLOGY.externals, {"ACCRUE_SANDBOX_PORT": "many"})
+
+    mesh = Mesh(tmp_path, topology=TOPOLOGY, postgres_url="postgresql+psycopg://postgres@127.0.0.1:5/postgres", gateway_port=7400)
+    mesh.external_env.update(made, ACCRUE_SANDBOX_URL="http://127.0.0.1:7300")
+    assert mesh.decide_gateway_port() == 7400 and mesh.public_url == "http://127.0.0.1:7400"
+    for name in ("payment", "invoicing", "subscription", "gateway", "sandbox"):
+        env = mesh.definition_env(TOPOLOGY.definition(name))
+        assert env["ACCRUE_PUBLIC_URL"] == "http://127.0.0.1:7400", name
+        assert env["ACCRUE_SANDBOX_URL"] == "http://127.0.0.1:7300", name
+        assert env["ACCRUE_SANDBOX_SECRET_KEY"] == "sk_test_from_the_environment", name
+    monkeypatch.setenv("ACCRUE_PUBLIC_URL", "https://billing.example")  # behind a proxy: the environment's wins
+    behind = Mesh(tmp_path, topology=TOPOLOGY, postgres_url=mesh.postgres_url, gateway_port=0)
+    assert behind.decide_gateway_port() > 0 and behind.public_url == "https://billing.example"

@@ -136,7 +136,8 @@ def test_killed_processes_come_back_on_their_ports_and_sigint_stops_everything(s
     headers = {"Authorization": f"Bearer {up['ACCRUE_API_KEY']}"}
     assert httpx.get(f"{gateway_url}/v0/products?limit=1", headers=headers, timeout=10).status_code == 200
 
-    killed = {name: runner.pid(name) for name in ("catalog", "gateway", "metering-aggregator")}
+    sandbox_url = up["ACCRUE_SANDBOX_URL"]
+    killed = {name: runner.pid(name) for name in ("catalog", "gateway", "metering-aggregator", "sandbox")}
     for pid in killed.values():
         os.kill(pid, signal.SIGKILL)
 
@@ -145,6 +146,8 @@ def test_killed_processes_come_back_on_their_ports_and_sigint_stops_everything(s
     runner.wait_for(rf"^catalog is serving again on 127\.0\.0\.1:{catalog_port}$", timeout=60)
     runner.wait_for(rf"^gateway is serving again on {re.escape(gateway_url.removeprefix('http://'))}$", timeout=60)
     runner.wait_for(r"^metering-aggregator restarted \(pid \d+\)$", timeout=10)
+    runner.wait_for(rf"^sandbox is serving again on {re.escape(sandbox_url.removeprefix('http://'))}$", timeout=60)
+    assert httpx.get(f"{sandbox_url}/healthz", timeout=10).status_code == 200  # the URL every process holds
     assert all(runner.pid(name) != pid for name, pid in killed.items())
     assert _serving(catalog_port)
 

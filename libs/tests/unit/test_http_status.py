@@ -37,6 +37,11 @@ def test_every_code_is_listed_not_left_to_the_default() -> None:
         (FailedPrecondition("FEE_HAS_PRICES", "delete its prices first"), 409),
         (AlreadyExists("FEATURE_KEY_TAKEN", "taken"), 409),
         (Unavailable("CATALOG_UNAVAILABLE", "retry"), 503),
+        (FailedPrecondition("PAYMENT_DECLINED", "the card was declined"), 402),
+        (Unprocessable("NO_PAYMENT_METHOD", "no saved method"), 422),
+        (Unprocessable("INVOICE_NO_BALANCE", "nothing unpaid"), 422),
+        (FailedPrecondition("CONCURRENT_ATTEMPT", "another attempt is in flight"), 409),
+        (Unavailable("PROVIDER_UNAVAILABLE", "the processor is unreachable"), 502),
         (DomainError("INTERNAL", "internal error"), 500),
     ],
 )

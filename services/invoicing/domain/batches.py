@@ -6,7 +6,8 @@ invoice per pair (the store's unique key), usage read only once metering's water
 passed the moment of calculation, numbers gapless. What a batch saves is the round trips:
 one transaction per batch, one query per kind of row, one metering call (and one watermark
 wait) for the usage of every item, one entitlement call for the coverage of every
-entitled price's usage, the plan versions' charges read once per batch.
+entitled price's usage, the plan versions' charges read once per batch, one payment call
+for the checkout sessions of every invoice issued with something owed.
 
 An error of the database fails the whole call (nothing of it is committed; the engine
 runs every item again); an error of one item's inputs or rules fails that item only.
@@ -22,10 +23,11 @@ from typing import Any
 from libs.core.clock import Clock
 from libs.core.errors import DomainError, NotFound, Unavailable
 from services.invoicing.domain import use_cases
-from services.invoicing.domain.calculation import Carry, Charge, Coverage, Window
+from services.invoicing.domain.calculation import Carry, Charge, Coverage, Line, Window
 from services.invoicing.domain.commands import CloseInvoice, IssueInvoice, OpenInvoice
 from services.invoicing.domain.model import Invoice, Terms, invoice_number
-from services.invoicing.domain.ports import Reading
+from services.invoicing.domain.payments import open_sessions_at_issue
+from services.invoicing.domain.ports import InvoicingUnitOfWork, Reading
 from services.invoicing.domain.use_cases import Inputs, Policy, Sources, UnitOfWorkFactory
 
 MAX_ITEMS = 1000
@@ -246,7 +248,7 @@ async def issue_invoices(
             _coverer(covered, item.terms.subscription_id),
         )
     if planned:
-        await _issue_planned(unit_of_work, policy, clock, merchant_id, planned, results)
+        await _issue_planned(unit_of_work, sources, policy, clock, merchant_id, planned, results)
     for index in later:  # a second step of a subscription already in this batch
         try:
             invoice = await use_cases.issue_invoice(unit_of_work, sources, policy, clock, merchant_id, commands[index])
@@ -256,55 +258,94 @@ async def issue_invoices(
     return [r if r is not None else _failed(Unavailable("BATCH_ITEM_LOST", "not answered")) for r in results]
 
 
+class _SessionsFailed(Exception):
+    """The batch's checkout sessions could not be opened: its transaction rolls back."""
+
+    def __init__(self, error: DomainError, items: list[_Issue]) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.items = items
+
+
 async def _issue_planned(
-    unit_of_work: UnitOfWorkFactory, policy: Policy, clock: Clock, merchant_id: str, planned: list[_Issue], results: list[StepResult | None]
+    unit_of_work: UnitOfWorkFactory,
+    sources: Sources,
+    policy: Policy,
+    clock: Clock,
+    merchant_id: str,
+    planned: list[_Issue],
+    results: list[StepResult | None],
 ) -> None:
     """One transaction: the invoice rows, then the carry rows, then the counter locked
-    (the single step's order), each invoice calculated and issued, numbered last."""
-    async with unit_of_work() as uow:
-        locked = await uow.invoices.by_sequences(
-            merchant_id, [(i.terms.subscription_id, i.command.sequence_number) for i in planned], lock=True
-        )
-        now = clock.now()
-        horizon = min(i.horizon for i in planned if i.horizon is not None)
-        billed_of = await uow.billed.of_subscriptions(
-            merchant_id, sorted({i.terms.subscription_id for i in planned}), window_end_after=horizon
-        )
-        carries = await uow.carry.lock_many(merchant_id, [(i.invoice.customer_id, i.invoice.currency) for i in planned])
-        issued: list[tuple[_Issue, Invoice]] = []
-        all_lines = []
-        billed_rows = []
-        touched: dict[tuple[str, str], Carry] = {}
-        for item in planned:
-            invoice = locked.get((item.terms.subscription_id, item.command.sequence_number))
-            if invoice is None:
-                results[item.index] = _failed(_not_open(item.terms, item.command.sequence_number))
-                continue
-            if not invoice.is_open:  # a racing twin issued it meanwhile
-                results[item.index] = StepResult(invoice=invoice)
-                continue
-            assert item.inputs is not None and item.horizon is not None
-            carry_key = (invoice.customer_id, invoice.currency)
-            before = [b for b in billed_of.get(item.terms.subscription_id, []) if b.window.end > item.horizon]
-            try:
-                result = use_cases.calculate(policy, invoice, item.terms, item.inputs, before, carries[carry_key])
-                invoice.terms = item.terms.to_json()
-                lines, credit_note = invoice.issue(calculation=result, issued_at=item.command.effective_time, now=now)
-            except DomainError as err:
-                results[item.index] = _failed(err)
-                continue
-            carries[carry_key] = touched[carry_key] = result.carry_after
-            all_lines += use_cases.stored_lines(invoice, lines, item.inputs.charges)
-            billed_rows.append((invoice.subscription_id, result.billed))
-            if credit_note is not None:
-                await uow.credit_notes.add(credit_note)
-            issued.append((item, invoice))
-        await uow.lines.add_all(merchant_id, all_lines)
-        await uow.billed.add_many(merchant_id, billed_rows)
-        await uow.carry.save_many(merchant_id, touched, now)
-        # last: the merchant's counter row stays locked until the commit
-        numbers = await uow.numbering.next_numbers(merchant_id, len(issued))
-        for (item, invoice), number in zip(issued, numbers, strict=True):
-            invoice.number(invoice_number(item.command.effective_time.year, number))
-            results[item.index] = StepResult(invoice=invoice)
-        await uow.invoices.save_many([invoice for _, invoice in issued])
+    (the single step's order), each invoice calculated and issued, numbered, then the
+    checkout sessions of those with something owed (one OpenSessions call) before the
+    commit. Should the sessions fail, nothing is committed and every item that was to be
+    issued answers that (retryable) error; the engine runs them again."""
+    answers: dict[int, StepResult] = {}
+    try:
+        async with unit_of_work() as uow:
+            await _issue_in(uow, sources, policy, clock, merchant_id, planned, answers)
+    except _SessionsFailed as failed:
+        for item in failed.items:
+            answers[item.index] = _failed(failed.error)
+    for index, answer in answers.items():
+        results[index] = answer
+
+
+async def _issue_in(
+    uow: InvoicingUnitOfWork,
+    sources: Sources,
+    policy: Policy,
+    clock: Clock,
+    merchant_id: str,
+    planned: list[_Issue],
+    answers: dict[int, StepResult],
+) -> None:
+    locked = await uow.invoices.by_sequences(
+        merchant_id, [(i.terms.subscription_id, i.command.sequence_number) for i in planned], lock=True
+    )
+    now = clock.now()
+    horizon = min(i.horizon for i in planned if i.horizon is not None)
+    billed_of = await uow.billed.of_subscriptions(merchant_id, sorted({i.terms.subscription_id for i in planned}), window_end_after=horizon)
+    carries = await uow.carry.lock_many(merchant_id, [(i.invoice.customer_id, i.invoice.currency) for i in planned])
+    issued: list[tuple[_Issue, Invoice, list[Line]]] = []
+    all_lines = []
+    billed_rows = []
+    touched: dict[tuple[str, str], Carry] = {}
+    for item in planned:
+        invoice = locked.get((item.terms.subscription_id, item.command.sequence_number))
+        if invoice is None:
+            answers[item.index] = _failed(_not_open(item.terms, item.command.sequence_number))
+            continue
+        if not invoice.is_open:  # a racing twin issued it meanwhile
+            answers[item.index] = StepResult(invoice=invoice)
+            continue
+        assert item.inputs is not None and item.horizon is not None
+        carry_key = (invoice.customer_id, invoice.currency)
+        before = [b for b in billed_of.get(item.terms.subscription_id, []) if b.window.end > item.horizon]
+        try:
+            result = use_cases.calculate(policy, invoice, item.terms, item.inputs, before, carries[carry_key])
+            invoice.terms = item.terms.to_json()
+            lines, credit_note = invoice.issue(calculation=result, issued_at=item.command.effective_time, now=now)
+        except DomainError as err:
+            answers[item.index] = _failed(err)
+            continue
+        carries[carry_key] = touched[carry_key] = result.carry_after
+        all_lines += use_cases.stored_lines(invoice, lines, item.inputs.charges)
+        billed_rows.append((invoice.subscription_id, result.billed))
+        if credit_note is not None:
+            await uow.credit_notes.add(credit_note)
+        issued.append((item, invoice, lines))
+    await uow.lines.add_all(merchant_id, all_lines)
+    await uow.billed.add_many(merchant_id, billed_rows)
+    await uow.carry.save_many(merchant_id, touched, now)
+    # last: the merchant's counter row stays locked until the commit
+    numbers = await uow.numbering.next_numbers(merchant_id, len(issued))
+    for (item, invoice, _), number in zip(issued, numbers, strict=True):
+        invoice.number(invoice_number(item.command.effective_time.year, number))
+        answers[item.index] = StepResult(invoice=invoice)
+    try:
+        await open_sessions_at_issue(sources, merchant_id, [(invoice, lines) for _, invoice, lines in issued], now)
+    except DomainError as err:
+        raise _SessionsFailed(err, [item for item, _, _ in issued]) from err
+    await uow.invoices.save_many([invoice for _, invoice, _ in issued])

@@ -71,3 +71,17 @@ class InvoiceFilters:
     status: str | None = None
     subscription_id: str | None = None
     customer_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordChargeOutcome:
+    """The payment service's report of how a charge attempt ended (RecordChargeOutcome)."""
+
+    invoice_id: str
+    status: str  # succeeded | failed
+    attempt_key: str
+    amount: str = ""  # decimal string charged (succeeded)
+    provider_payment_ref: str | None = None
+    failure_code: str | None = None
+    payment_session_id: str | None = None
+    effective_time: datetime | None = None

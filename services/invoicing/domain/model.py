@@ -9,6 +9,13 @@ three steps, each idempotent by (subscription, sequence number)::
     IssueInvoice -> ISSUED    calculated, numbered (gapless per merchant), dueAt set
                  -> PAID      at once when nothing is owed (total 0)
     RecordInvoicePayment (out_of_band): ISSUED | PAYMENT_FAILED -> PAID
+    RecordChargeOutcome succeeded:      ISSUED | PAYMENT_FAILED -> PAID
+    RecordChargeOutcome failed:         ISSUED | PAYMENT_FAILED -> PAYMENT_FAILED (PAID stays PAID)
+
+An issued invoice with something owed has a checkout session of the payment service
+(``payment_session_id``, ``payment_url``), opened in the issuing transaction; hosted_link
+replaces it. A PAID invoice may be refunded in full, once at a time: a credit note of kind
+refund (``CreditNote``), ISSUED until voided; the invoice stays PAID.
 
 Invoice 0 is opened and issued at once (ACTIVE -> ISSUED: it has nothing in arrears).
 A step repeated on an invoice already past it answers the invoice unchanged.
@@ -24,7 +31,7 @@ Pure: no SQLAlchemy, gRPC or NATS.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -74,6 +81,26 @@ class ChangeKind(StrEnum):
     PAID = "paid"
     PAYMENT_FAILED = "payment_failed"
     VOIDED = "voided"
+    REFUNDED = "refunded"
+    REFUND_VOIDED = "refund_voided"
+
+
+class CreditNoteKind(StrEnum):
+    """Why a credit note exists."""
+
+    BALANCE = "balance"  # the part of a final invoice below zero
+    REFUND = "refund"  # a PAID invoice refunded in full
+
+
+class CreditNoteStatus(StrEnum):
+    ISSUED = "ISSUED"
+    VOIDED = "VOIDED"
+
+
+# Invoice 0's checkout lives this long unless the subscription says otherwise
+# (sessionExpiryMinutes); every other invoice's link 30 days (reference 3.6)
+DEFAULT_SESSION_EXPIRY_MINUTES = 240
+INVOICE_LINK_LIFETIME = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -108,6 +135,12 @@ class Terms:
     default_tax_rate: str = "0"
     auto_approve: bool = True
     plan_version_number: int = 0
+    # collection (issue 11): charged off-session at issue; Invoice 0's checkout redirects
+    # and lifetime
+    auto_charge: bool = False
+    success_redirect_url: str | None = None
+    failure_redirect_url: str | None = None
+    session_expiry_minutes: int | None = None
 
     def check(self) -> Terms:
         for name, value in (
@@ -123,6 +156,8 @@ class Terms:
             raise InvalidArgument("terms.paymentTermDays", "terms.paymentTermDays must not be negative", reason="OUT_OF_RANGE")
         if self.tax_behavior not in ("exclusive", "inclusive"):
             raise InvalidArgument("terms.taxBehavior", "terms.taxBehavior must be exclusive or inclusive", reason="INVALID_ENUM_VALUE")
+        if self.session_expiry_minutes is not None and self.session_expiry_minutes < 1:
+            raise InvalidArgument("terms.sessionExpiryMinutes", "terms.sessionExpiryMinutes must be 1 or more", reason="OUT_OF_RANGE")
         self.tax_settings()  # the rates parse
         return self
 
@@ -161,6 +196,10 @@ class Terms:
             "taxBehavior": self.tax_behavior,
             "defaultTaxRate": self.default_tax_rate,
             "autoApprove": self.auto_approve,
+            "autoCharge": self.auto_charge,
+            "successRedirectUrl": self.success_redirect_url,
+            "failureRedirectUrl": self.failure_redirect_url,
+            "sessionExpiryMinutes": self.session_expiry_minutes,
         }
 
     @classmethod
@@ -181,6 +220,10 @@ class Terms:
             tax_behavior=data.get("taxBehavior", "exclusive"),
             default_tax_rate=data.get("defaultTaxRate", "0"),
             auto_approve=bool(data.get("autoApprove", True)),
+            auto_charge=bool(data.get("autoCharge", False)),
+            success_redirect_url=data.get("successRedirectUrl"),
+            failure_redirect_url=data.get("failureRedirectUrl"),
+            session_expiry_minutes=None if data.get("sessionExpiryMinutes") is None else int(data["sessionExpiryMinutes"]),
         )
 
 
@@ -292,8 +335,15 @@ class InvoiceLine:
 
 @dataclass(frozen=True)
 class CreditNote:
-    """A final invoice whose total came out below zero is issued at zero; the rest is
-    owed to the customer as this credit note (amount > 0, atomic units)."""
+    """What is owed back to a customer (atomic units, > 0), of one of two kinds:
+
+    * balance: a final invoice whose total came out below zero is issued at zero; the
+      rest is this credit note (``amount``, no tax);
+    * refund: a PAID invoice refunded in full: ``amount`` its subtotal, ``tax_amount``
+      its tax, ``total`` its grand total; ISSUED until voided. ``carry_amount`` is what it
+      took off the customer's rounding carry (E and B alike; a void gives it back), and
+      ``refunded`` whether money went back through the processor (``provider_refund_ref``).
+    """
 
     id: str
     merchant_id: str
@@ -301,8 +351,26 @@ class CreditNote:
     customer_id: str
     currency: str
     amount: int
-    reason: str
+    reason: str | None
     created_at: datetime
+    kind: str = CreditNoteKind.BALANCE.value
+    status: str = CreditNoteStatus.ISSUED.value
+    tax_amount: int = 0
+    carry_amount: int = 0
+    refunded: bool = False
+    provider_refund_ref: str | None = None
+    voided_at: datetime | None = None
+    void_reason: str | None = None
+
+    @property
+    def total(self) -> int:
+        return self.amount + self.tax_amount
+
+    def void(self, *, reason: str | None, now: datetime) -> CreditNote:
+        """VOIDED now (a voided one is answered as it is)."""
+        if self.status == CreditNoteStatus.VOIDED:
+            return self
+        return replace(self, status=CreditNoteStatus.VOIDED.value, voided_at=now, void_reason=reason)
 
 
 def invoice_number(year: int, sequence: int) -> str:
@@ -355,6 +423,11 @@ class Invoice(Aggregate):
     purpose: str = Purpose.SUBSCRIPTION.value
     # ad hoc: the purpose's own id (the grant purchase), unique per merchant and purpose
     reference: str | None = None
+    # the payment service's checkout session behind paymentUrl (opened at issue)
+    payment_session_id: str | None = None
+    payment_url: str | None = None
+    # retryPayment attempts so far: attempt n's key is "<invoice>:retry:<n>" (1, 2, ...)
+    retry_attempts: int = 0
 
     # --- reading ---
 
@@ -375,6 +448,30 @@ class Invoice(Aggregate):
         if self.status in OPEN_STATUSES:
             return 0
         return max(self.grand_total - self.paid_amount, 0)
+
+    @property
+    def is_collectable(self) -> bool:
+        """Something is owed and can be paid: ISSUED or PAYMENT_FAILED, unpaid > 0."""
+        return self.status in PAYABLE_STATUSES and self.unpaid_amount > 0
+
+    @property
+    def entity_type(self) -> str:
+        """What the payment service calls this payable: subscription (Invoice 0 of a
+        timeline), topup (a grant purchase) or invoice."""
+        if self.purpose == Purpose.GRANT_PURCHASE:
+            return "topup"
+        if self.purpose == Purpose.SUBSCRIPTION and self.sequence_number == 0:
+            return "subscription"
+        return "invoice"
+
+    @property
+    def carry_share(self) -> int:
+        """What this invoice added to its customer's rounding carry (E and B alike,
+        calculation.py): the priced amounts, i.e. the net subtotal when tax is exclusive and
+        the gross when it is inclusive. Ad-hoc invoices are outside the carry (0)."""
+        if self.purpose != Purpose.SUBSCRIPTION:
+            return 0
+        return self.grand_total if self.terms.get("taxBehavior") == "inclusive" else self.subtotal
 
     # --- the engine's steps ---
 
@@ -558,9 +655,9 @@ class Invoice(Aggregate):
 
     # --- payments ---
 
-    def record_out_of_band_payment(self, *, reason: str | None, now: datetime) -> None:
-        """ISSUED or PAYMENT_FAILED -> PAID, the whole amount, now. Paying twice is a
-        conflict (409); any other status cannot be paid (422)."""
+    def check_payable(self, what: str = "paid") -> None:
+        """ISSUED or PAYMENT_FAILED with something unpaid; paid already is a conflict
+        (409), any other status cannot be paid (422), nothing unpaid neither (422)."""
         if self.status == Status.PAID:
             raise FailedPrecondition(
                 "INVOICE_ALREADY_PAID", f"invoice {self.id} is already paid", metadata={"invoice_id": self.id, "status": self.status}
@@ -568,14 +665,113 @@ class Invoice(Aggregate):
         if self.status not in PAYABLE_STATUSES:
             # the reference's 422 reason for "not in a payable status"
             raise Unprocessable(
-                "INVOICE_NOT_LINKABLE_STATUS", f"invoice {self.id} is {self.status}: only ISSUED or PAYMENT_FAILED invoices can be paid"
+                "INVOICE_NOT_LINKABLE_STATUS",
+                f"invoice {self.id} is {self.status}: only ISSUED or PAYMENT_FAILED invoices can be {what}",
+                metadata={"invoice_id": self.id, "status": self.status},
             )
-        self.status = Status.PAID.value
-        self.paid_amount = self.grand_total
-        self.paid_at = now
+        if self.unpaid_amount <= 0:
+            raise Unprocessable(
+                "INVOICE_NO_BALANCE", f"invoice {self.id} has nothing unpaid", metadata={"invoice_id": self.id, "status": self.status}
+            )
+
+    def record_out_of_band_payment(self, *, reason: str | None, now: datetime) -> None:
+        """ISSUED or PAYMENT_FAILED -> PAID, the whole amount, now. Paying twice is a
+        conflict (409); any other status cannot be paid (422)."""
+        self.check_payable()
+        self._paid(self.grand_total, at=now, now=now)
         self.payment_reason = reason
+
+    def _paid(self, amount: int, *, at: datetime, now: datetime) -> None:
+        self.status = Status.PAID.value
+        self.paid_amount = amount
+        self.paid_at = at
+        self.failure_reason = None
         self.updated_at = now
-        self.record(InvoiceChanged(ChangeKind.PAID, self.id, self.merchant_id, now))
+        self.record(InvoiceChanged(ChangeKind.PAID, self.id, self.merchant_id, at))
+
+    def attach_session(self, session_id: str, url: str, *, now: datetime) -> None:
+        """The checkout session that collects it now (opened at issue, or by hosted_link)."""
+        if (self.payment_session_id, self.payment_url) != (session_id, url):
+            self.payment_session_id, self.payment_url = session_id, url
+            self.updated_at = now
+
+    def next_retry_key(self) -> str:
+        """The attempt key of a new retryPayment: ``<invoice>:retry:<n>``, n counted on
+        the row (locked by the caller), so concurrent retries get different keys."""
+        self.check_payable("charged")
+        self.retry_attempts += 1
+        return f"{self.id}:retry:{self.retry_attempts}"
+
+    def record_charge_succeeded(self, *, amount: int | None, at: datetime, now: datetime) -> bool:
+        """A charge of the payment service succeeded: PAID (``amount`` charged; None: the
+        amount owed), at ``at``. An invoice already PAID (another attempt, out of band)
+        stays as it is. Whether it changed."""
+        if self.status == Status.PAID:
+            return False
+        if self.status not in PAYABLE_STATUSES:
+            raise Unprocessable(
+                "INVOICE_NOT_LINKABLE_STATUS",
+                f"invoice {self.id} is {self.status}: only ISSUED or PAYMENT_FAILED invoices can be paid",
+                metadata={"invoice_id": self.id, "status": self.status},
+            )
+        self._paid(self.grand_total if amount is None else amount, at=at, now=now)
+        return True
+
+    def record_charge_failed(self, *, failure_code: str, at: datetime, now: datetime) -> bool:
+        """A charge failed: PAYMENT_FAILED with its code as failureReason, unless PAID
+        (never un-paid) or not issued. Whether it changed."""
+        if self.status not in PAYABLE_STATUSES:
+            return False
+        self.status = Status.PAYMENT_FAILED.value
+        self.failure_reason = failure_code
+        self.updated_at = now
+        self.record(InvoiceChanged(ChangeKind.PAYMENT_FAILED, self.id, self.merchant_id, at))
+        return True
+
+    # --- refunds ---
+
+    def refund(self, *, existing: Sequence[CreditNote], reason: str | None, now: datetime) -> CreditNote:
+        """A full refund of a PAID invoice: its credit note (subtotal, tax, grand total),
+        ISSUED. One at a time: another ISSUED refund is a conflict (409); the invoice stays
+        PAID."""
+        if self.status != Status.PAID:
+            raise FailedPrecondition(
+                "INVOICE_NOT_PAID",
+                f"invoice {self.id} is {self.status}: only a PAID invoice can be refunded",
+                metadata={"invoice_id": self.id, "status": self.status},
+            )
+        issued = [n for n in existing if n.kind == CreditNoteKind.REFUND and n.status == CreditNoteStatus.ISSUED]
+        if issued:
+            raise FailedPrecondition(
+                "INVOICE_ALREADY_REFUNDED",
+                f"invoice {self.id} is already refunded by credit note {issued[0].id} (void it first)",
+                metadata={"invoice_id": self.id, "credit_note_id": issued[0].id},
+            )
+        if self.grand_total <= 0 or self.paid_amount <= 0:
+            raise FailedPrecondition(
+                "INVOICE_NOTHING_TO_REFUND", f"invoice {self.id} was paid {self.paid_amount} atomic units: nothing to refund",
+                metadata={"invoice_id": self.id},
+            )  # fmt: skip
+        note = CreditNote(
+            id=new_id("crn"),
+            merchant_id=self.merchant_id,
+            invoice_id=self.id,
+            customer_id=self.customer_id,
+            currency=self.currency,
+            amount=self.subtotal,
+            tax_amount=self.total_tax,
+            reason=reason,
+            created_at=now,
+            kind=CreditNoteKind.REFUND.value,
+            carry_amount=self.carry_share,
+        )
+        self.updated_at = now
+        self.record(InvoiceChanged(ChangeKind.REFUNDED, self.id, self.merchant_id, now))
+        return note
+
+    def refund_voided(self, *, now: datetime) -> None:
+        self.updated_at = now
+        self.record(InvoiceChanged(ChangeKind.REFUND_VOIDED, self.id, self.merchant_id, now))
 
 
 def _ad_hoc_line(currency: str, index: int, description: str, quantity_text: str, amount_text: str) -> Line:

@@ -108,7 +108,36 @@ class CarryRepository(Protocol):
 class CreditNoteRepository(Protocol):
     async def add(self, note: CreditNote) -> None: ...
 
-    async def of_invoice(self, invoice_id: str) -> list[CreditNote]: ...
+    async def save(self, note: CreditNote) -> None:
+        """A stored note's status, void and refund fields as they are now."""
+        ...
+
+    async def of_invoice(self, invoice_id: str) -> list[CreditNote]:
+        """The invoice's credit notes, oldest first."""
+        ...
+
+
+@dataclass(frozen=True)
+class ReceivedOutcome:
+    """A charge outcome the payment service reported (RecordChargeOutcome), kept by its
+    attempt key: a repeat of a key is answered without changing anything."""
+
+    attempt_key: str
+    merchant_id: str
+    invoice_id: str
+    status: str  # succeeded | failed
+    amount: int | None  # atomic units charged (succeeded)
+    provider_payment_ref: str | None
+    failure_code: str | None
+    payment_session_id: str | None
+    effective_time: datetime | None
+    received_at: datetime
+
+
+class OutcomeRepository(Protocol):
+    async def add_if_absent(self, outcome: ReceivedOutcome) -> bool:
+        """Keep the outcome; False when its attempt key was kept already (nothing written)."""
+        ...
 
 
 class Numbering(Protocol):
@@ -138,6 +167,9 @@ class InvoicingUnitOfWork(Protocol):
 
     @property
     def credit_notes(self) -> CreditNoteRepository: ...
+
+    @property
+    def outcomes(self) -> OutcomeRepository: ...
 
     @property
     def numbering(self) -> Numbering: ...
@@ -197,4 +229,94 @@ class Entitlements(Protocol):
     async def purchase_paid(self, invoice: Invoice, paid_at: datetime | None) -> None:
         """Tell the entitlement service (synchronously) that a grant-purchase invoice was
         paid; ``paid_at`` in the customer's time (None: now in the customer's time)."""
+        ...
+
+
+# --- the payment service ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckoutLine:
+    """A line the hosted page lists: what, its amount (atomic units) and quantity."""
+
+    description: str
+    amount: int
+    quantity: Decimal = Decimal(1)
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """Open (or, with ``replace``, renew) the checkout session of one payable invoice."""
+
+    entity_type: str  # subscription (Invoice 0) | invoice | topup (grant purchase)
+    entity_id: str
+    customer_id: str
+    subscription_id: str | None
+    amount: int  # atomic units owed (> 0)
+    currency: str
+    label: str
+    lines: Sequence[CheckoutLine]
+    success_redirect_url: str | None
+    failure_redirect_url: str | None
+    expires_at: datetime  # wall time
+    replace: bool = False
+    save_payment_method: bool = False
+
+
+@dataclass(frozen=True)
+class Session:
+    """An open checkout session: its id (ps_...) and its hosted page."""
+
+    id: str
+    url: str
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    """Charge an invoice off-session on the customer's saved method (ChargeInvoice)."""
+
+    invoice_id: str
+    customer_id: str
+    subscription_id: str | None
+    amount: int  # atomic units owed
+    currency: str
+    attempt_key: str
+    trigger: str = "manual"
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    """How a charge attempt ended (ChargeOutcome)."""
+
+    status: str  # succeeded | failed | processing | no_payment_method
+    attempt_key: str
+    provider_payment_ref: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    decline_code: str | None = None
+    payment_session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    """RefundInvoice's answer: whether money went back through the processor."""
+
+    refunded: bool
+    provider_refund_ref: str | None
+    status: str
+
+
+class Payments(Protocol):
+    async def open_sessions(self, merchant_id: str, requests: Sequence[SessionRequest]) -> list[Session]:
+        """One session per request, in order (idempotent per entity; ``replace`` renews)."""
+        ...
+
+    async def charge_invoice(self, merchant_id: str, request: ChargeRequest) -> ChargeResult:
+        """Raises FailedPrecondition CONCURRENT_ATTEMPT while another attempt is in flight."""
+        ...
+
+    async def refund_invoice(
+        self, merchant_id: str, *, invoice_id: str, credit_note_id: str, amount: int, currency: str, reason: str | None
+    ) -> RefundResult:
+        """Refunds what was charged for the invoice, idempotent by the credit note id."""
         ...

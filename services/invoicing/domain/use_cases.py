@@ -7,8 +7,10 @@ and do nothing to an invoice already past the step. IssueInvoice reads its input
 the other services first (no transaction is held across those calls), then, in one
 transaction with the invoice row, the customer's carry row and the merchant's number
 counter locked (always in that order), calculates, stores the lines, what was billed and
-the carry, numbers the invoice and issues it. A crash anywhere before that commit leaves
-the invoice open, and the engine's retry runs the step again from the start.
+the carry, numbers the invoice and issues it, then opens its checkout session at the
+payment service when something is owed (domain/payments.py). A crash or a failed call
+anywhere before that commit leaves the invoice open, and the engine's retry runs the step
+again from the start.
 
 Included quantities: the usage of a metered price carrying a metered feature is asked of
 the entitlement service too (GetCoverages, one call for every such (subscription, metric,
@@ -35,13 +37,15 @@ from libs.core.ids import new_id
 from services.invoicing.domain import calculation
 from services.invoicing.domain.calculation import Billed, Carry, Charge, Coverage, InvoiceCalculation, Usage, Window
 from services.invoicing.domain.commands import CloseInvoice, IssueAdHocInvoice, IssueInvoice, OpenInvoice, RecordPayment
-from services.invoicing.domain.model import Invoice, InvoiceLine, Purpose, Status, Terms, invoice_number, late_usage_horizon
+from services.invoicing.domain.model import Invoice, InvoiceLine, Status, Terms, invoice_number, late_usage_horizon
+from services.invoicing.domain.payments import hosted_link, open_sessions_at_issue, tell_paid
 from services.invoicing.domain.ports import (
     Catalog,
     CoverageQuery,
     Entitlements,
     InvoicingUnitOfWork,
     Meter,
+    Payments,
     Reading,
     Subscriptions,
 )
@@ -82,6 +86,9 @@ class Sources:
     # included quantities and grant purchases; None: no entitlement service configured
     # (usage is billed as it is)
     entitlements: Entitlements | None = None
+    # checkout sessions, charges and refunds; None: no payment service configured
+    # (invoices are issued without a checkout session; collecting them is UNAVAILABLE)
+    payments: Payments | None = None
 
 
 @dataclass(frozen=True)
@@ -407,6 +414,8 @@ async def issue_invoice(
             await uow.credit_notes.add(credit_note)
         # last: the merchant's counter row stays locked until the commit
         invoice.number(invoice_number(command.effective_time.year, await uow.numbering.next_number(merchant_id)))
+        # its checkout (named by its number), before the commit: a failure fails the step
+        await open_sessions_at_issue(sources, merchant_id, [(invoice, lines)], now)
         await uow.invoices.save(invoice)
         return invoice
 
@@ -478,6 +487,8 @@ async def issue_ad_hoc(uow: InvoicingUnitOfWork, sources: Sources, merchant_id: 
     await uow.lines.add_all(merchant_id, stored_lines(invoice, lines, []))
     # last: the merchant's counter row stays locked until the commit (gapless numbers)
     invoice.number(invoice_number(command.effective_time.year, await uow.numbering.next_number(merchant_id)))
+    # its checkout (named by its number), before the commit
+    await open_sessions_at_issue(sources, merchant_id, [(invoice, lines)], now)
     await uow.invoices.save(invoice)
     if invoice.status == Status.PAID:  # nothing owed: paid at issue, in the customer's time
         await tell_paid(sources, invoice, customer_time=command.effective_time)
@@ -485,10 +496,7 @@ async def issue_ad_hoc(uow: InvoicingUnitOfWork, sources: Sources, merchant_id: 
 
 
 def check_payment_method(method: str) -> None:
-    if method == "hosted_link":
-        # hosted links come with the payment service; UNIMPLEMENTED (501) until then
-        raise NotImplementedError("hosted_link payments are not built yet")
-    if method != "out_of_band":
+    if method not in ("out_of_band", "hosted_link"):
         raise InvalidArgument("method", f"method must be out_of_band or hosted_link, got {method!r}", reason="INVALID_ENUM_VALUE")
 
 
@@ -497,8 +505,12 @@ async def record_payment(uow: InvoicingUnitOfWork, sources: Sources, merchant_id
     hear INVOICE_ALREADY_PAID). Paying Invoice 0 tells the subscription service before
     the transaction commits, so the subscription reads active once this returns (and a
     failed call records no payment: the caller retries); paying a grant purchase tells
-    the entitlement service the same way (``tell_paid``)."""
+    the entitlement service the same way (``tell_paid``). hosted_link: a fresh checkout
+    session (domain/payments.hosted_link; the invoice stays unpaid)."""
     check_payment_method(command.method)
+    if command.method == "hosted_link":
+        invoice, _ = await hosted_link(uow, sources, merchant_id, now, command.invoice_id)
+        return invoice
     invoice = await uow.invoices.get(merchant_id, command.invoice_id, lock=True)
     invoice.record_out_of_band_payment(reason=command.reason, now=now)
     await uow.invoices.save(invoice)
@@ -506,16 +518,3 @@ async def record_payment(uow: InvoicingUnitOfWork, sources: Sources, merchant_id
     # service's to tell, so it is not sent
     await tell_paid(sources, invoice, customer_time=None)
     return invoice
-
-
-async def tell_paid(sources: Sources, invoice: Invoice, *, customer_time: datetime | None) -> None:
-    """The synchronous part of "paid", inside the paying transaction (a failure records no
-    payment; the caller retries): Invoice 0 activates its subscription, a grant purchase
-    mints its grant (entitlement's RecordPurchasePaid, with the instant of payment in the
-    customer's time when invoicing knows it). InvoiceChanged paid goes out too."""
-    if invoice.purpose == Purpose.GRANT_PURCHASE:
-        if sources.entitlements is None:
-            raise Unavailable("ENTITLEMENT_NOT_CONFIGURED", "invoicing has no address of the entitlement service (ACCRUE_ENTITLEMENT_ADDR)")
-        await sources.entitlements.purchase_paid(invoice, customer_time)
-    elif invoice.purpose == Purpose.SUBSCRIPTION and invoice.sequence_number == 0:
-        await sources.subscriptions.invoice_paid(invoice)

@@ -21,7 +21,16 @@ from libs.core.paging import Page
 from services.invoicing.domain.calculation import Billed, Carry, Charge, Coverage
 from services.invoicing.domain.commands import InvoiceFilters
 from services.invoicing.domain.model import CreditNote, Invoice, InvoiceLine, Terms
-from services.invoicing.domain.ports import CoverageQuery, Reading
+from services.invoicing.domain.ports import (
+    ChargeRequest,
+    ChargeResult,
+    CoverageQuery,
+    Reading,
+    ReceivedOutcome,
+    RefundResult,
+    Session,
+    SessionRequest,
+)
 
 
 @dataclass
@@ -31,6 +40,7 @@ class FakeStore:
     billed: list[tuple[str, str, Billed]] = field(default_factory=list)  # (merchant, subscription, row)
     carry: dict[tuple[str, str, str], Carry] = field(default_factory=dict)
     credit_notes: list[CreditNote] = field(default_factory=list)
+    outcomes: dict[str, ReceivedOutcome] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     outbox: list[DomainEvent] = field(default_factory=list)
 
@@ -177,10 +187,30 @@ class FakeCreditNotes:
         self._data = data
 
     async def add(self, note: CreditNote) -> None:
+        issued_refunds = [
+            n for n in self._data.credit_notes if n.invoice_id == note.invoice_id and n.kind == "refund" and n.status == "ISSUED"
+        ]
+        if note.kind == "refund" and note.status == "ISSUED" and issued_refunds:
+            raise AssertionError(f"the store's unique index: invoice {note.invoice_id} has an ISSUED refund")
         self._data.credit_notes.append(note)
 
+    async def save(self, note: CreditNote) -> None:
+        (index,) = [i for i, n in enumerate(self._data.credit_notes) if n.id == note.id]
+        self._data.credit_notes[index] = note
+
     async def of_invoice(self, invoice_id: str) -> list[CreditNote]:
-        return [n for n in self._data.credit_notes if n.invoice_id == invoice_id]
+        return sorted((n for n in self._data.credit_notes if n.invoice_id == invoice_id), key=lambda n: (n.created_at, n.id))
+
+
+class FakeOutcomes:
+    def __init__(self, data: FakeStore) -> None:
+        self._data = data
+
+    async def add_if_absent(self, outcome: ReceivedOutcome) -> bool:
+        if outcome.attempt_key in self._data.outcomes:
+            return False
+        self._data.outcomes[outcome.attempt_key] = outcome
+        return True
 
 
 class FakeNumbering:
@@ -210,6 +240,7 @@ class FakeUnitOfWork:
         self.billed = FakeBilled(self._data)
         self.carry = FakeCarry(self._data)
         self.credit_notes = FakeCreditNotes(self._data)
+        self.outcomes = FakeOutcomes(self._data)
         self.numbering = FakeNumbering(self._data)
         return self
 
@@ -326,3 +357,57 @@ class FakeEntitlements:
         if self.fail:
             raise Unavailable("ENTITLEMENT_DOWN", "the entitlement service is down")
         self.paid.append((invoice.id, paid_at))
+
+
+class FakePayments:
+    """The payment service: sessions per entity (idempotent, ``replace`` renews), every
+    OpenSessions call recorded (one list per call); ChargeInvoice answers ``charge`` (a
+    function of the request, default succeeded) or raises ``charge_error``; RefundInvoice
+    records (invoice, credit note, amount) and answers ``refunded``; ``fail`` makes every
+    call UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[SessionRequest]] = []
+        self.sessions: dict[tuple[str, str], Session] = {}
+        self.charges: list[ChargeRequest] = []
+        self.charge: Callable[[ChargeRequest], ChargeResult] = lambda r: ChargeResult("succeeded", r.attempt_key, "ch_" + r.attempt_key)
+        self.charge_error: Exception | None = None
+        self.refunds: list[tuple[str, str, int]] = []
+        self.refunded = True
+        self.fail = False
+        self.merchants: list[str] = []
+
+    async def open_sessions(self, merchant_id: str, requests: Sequence[SessionRequest]) -> list[Session]:
+        if self.fail:
+            raise Unavailable("PAYMENT_DOWN", "the payment service is down")
+        self.merchants.append(merchant_id)
+        self.calls.append(list(requests))
+        out = []
+        for r in requests:
+            key = (r.entity_type, r.entity_id)
+            if key not in self.sessions or r.replace:
+                number = sum(len(c) for c in self.calls)
+                session_id = f"ps_{r.entity_id.removeprefix('inv_')}_{number}"
+                self.sessions[key] = Session(session_id, f"http://pay.example/checkout/{merchant_id}/{session_id}")
+            out.append(self.sessions[key])
+        return out
+
+    async def charge_invoice(self, merchant_id: str, request: ChargeRequest) -> ChargeResult:
+        if self.fail:
+            raise Unavailable("PAYMENT_DOWN", "the payment service is down")
+        self.merchants.append(merchant_id)
+        self.charges.append(request)
+        if self.charge_error is not None:
+            raise self.charge_error
+        return self.charge(request)
+
+    async def refund_invoice(
+        self, merchant_id: str, *, invoice_id: str, credit_note_id: str, amount: int, currency: str, reason: str | None
+    ) -> RefundResult:
+        if self.fail:
+            raise Unavailable("PAYMENT_DOWN", "the payment service is down")
+        self.merchants.append(merchant_id)
+        self.refunds.append((invoice_id, credit_note_id, amount))
+        if not self.refunded:
+            return RefundResult(False, None, "succeeded")
+        return RefundResult(True, "re_" + credit_note_id.removeprefix("crn_"), "succeeded")

@@ -288,7 +288,8 @@ class Subscription(Aggregate):
     customer_id, plan_id, plan_version_id, version_number, currency, status,
     billing_anchor, billing_cadence, started_at, billing_starts_at,
     elapsed_period_billing, ending_at, terminated_at, test_clock_id, payment_term_days,
-    tax_exempt, tax_behavior, default_tax_rate, customer_tax_rates, create_time.
+    tax_exempt, tax_behavior, default_tax_rate, customer_tax_rates, create_time, and for
+    collection and Invoice 0's checkout auto_charge, redirect_urls, session_expiry_minutes.
     """
 
     merchant_id: str
@@ -328,6 +329,9 @@ class Subscription(Aggregate):
     invoice_zero_id: str | None = None
     invoice_zero_status: str | None = None
     invoice_zero_amount: str | None = None
+    # its checkout, as invoicing answered it (the payment service's session and page)
+    invoice_zero_session_id: str | None = None
+    invoice_zero_payment_url: str | None = None
     create_time: datetime
     update_time: datetime
     # not stored with the subscription: the customer's current rates (store.py fills them)
@@ -406,12 +410,24 @@ class Subscription(Aggregate):
     def is_live(self) -> bool:
         return self.status in rules.LIVE_STATUSES
 
-    def record_invoice_zero(self, invoice_id: str, *, paid: bool, amount: str, now: datetime, effective_now: datetime) -> None:
-        """The engine made Invoice 0: pending payment, or paid at once (nothing due), which
-        activates the subscription."""
+    def record_invoice_zero(
+        self,
+        invoice_id: str,
+        *,
+        paid: bool,
+        amount: str,
+        now: datetime,
+        effective_now: datetime,
+        session_id: str | None = None,
+        payment_url: str | None = None,
+    ) -> None:
+        """The engine made Invoice 0: pending payment (with the checkout session invoicing
+        opened for it), or paid at once (nothing due), which activates the subscription."""
         self.invoice_zero_id = invoice_id
         self.invoice_zero_amount = amount
         self.invoice_zero_status = "paid" if paid else "pending"
+        self.invoice_zero_session_id = session_id
+        self.invoice_zero_payment_url = payment_url
         self.update_time = now
         if paid:
             self.activate(now, effective_now)
@@ -468,12 +484,16 @@ class Subscription(Aggregate):
         self.update_time = now
         self._changed(SubscriptionChangeKind.TERMINATED, at)
 
-    def end(self, at: datetime, now: datetime) -> bool:
-        """The scheduled end came (the engine's ``end`` step); False if already ended."""
+    def end(self, at: datetime, now: datetime, *, reason: str | None = None) -> bool:
+        """The scheduled end came (the engine's ``end`` step), or automatic collection gave
+        up under the merchant's terminate policy (``reason`` payment_failed); False if
+        already ended."""
         if self.status == "terminated":
             return False
         self.status = "terminated"
         self.terminated_at = at
+        if reason is not None:
+            self.termination_reason = reason
         self.update_time = now
         self._changed(SubscriptionChangeKind.TERMINATED, at)
         return True

@@ -19,6 +19,16 @@ backdated). Invoice k > m bills the in-arrears charges of period k-1 and the in-
 charges of period k; the grid continues at m+1. Invoice k is opened at the start of
 period k-1 (at C for m+1), closed at B(k) and issued at B(k) + grace.
 
+Collection (autoCharge). An issue that answers an invoice ISSUED with something unpaid,
+for a subscription with ``auto_charge``, lays a ``collect`` of that invoice at the same
+instant (attempt 0: its instant is the first attempt's, from which the dunning schedule
+counts). A collect charges the customer's saved method (the payment service's
+ChargeInvoice, attempt key ``<invoice>:auto:<n>``); what it answers decides what follows
+(``after_charge``): paid or nothing to charge with ends it; a failure with a next attempt
+lays attempt n+1 then; an exhausted schedule with the merchant's ``terminate`` policy ends
+the subscription at the attempt's instant; an outcome not known yet runs the same attempt
+(same key) again an hour later.
+
 Termination at t. The final invoice g is the first not yet closed one (normally the one
 accruing period j, ``B(j) < t <= B(j+1)``: g = j+1): it bills the in-arrears charges of
 period g-1 up to t and credits ``[t, end)`` of every period whose in-advance charges were
@@ -30,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from functools import cached_property, lru_cache
 from typing import Final, Protocol
@@ -39,7 +50,8 @@ from libs.core.grid import Duration
 
 
 class BilledSubscription(Protocol):
-    """What the timeline reads of services/subscription/domain/model.py: Subscription."""
+    """What the timeline and the engine read of services/subscription/domain/model.py:
+    Subscription (the last three: collection, and Invoice 0's checkout in BillingTerms)."""
 
     @property
     def id(self) -> str: ...
@@ -81,20 +93,34 @@ class BilledSubscription(Protocol):
     def default_tax_rate(self) -> str: ...
     @property
     def customer_tax_rates(self) -> Mapping[str, str]: ...
+    @property
+    def auto_charge(self) -> bool: ...
+    @property
+    def redirect_urls(self) -> Mapping[str, str]: ...
+    @property
+    def session_expiry_minutes(self) -> float: ...
 
 
 class Kind(StrEnum):
     """What a due row does. At one instant they run in this order: a scheduled end first
     (it re-lays the final invoice before a regular close at the same boundary), an
-    invoice is opened before it is closed, closed before it is issued."""
+    invoice is opened before it is closed, closed before it is issued, issued before it
+    is collected (charged on the saved method)."""
 
     END = "end"
     OPEN = "open"
     CLOSE = "close"
     ISSUE = "issue"
+    COLLECT = "collect"
 
 
-KIND_ORDER: Final[Mapping[Kind, int]] = {Kind.END: 0, Kind.OPEN: 1, Kind.CLOSE: 2, Kind.ISSUE: 3}
+KIND_ORDER: Final[Mapping[Kind, int]] = {Kind.END: 0, Kind.OPEN: 1, Kind.CLOSE: 2, Kind.ISSUE: 3, Kind.COLLECT: 4}
+
+# an outcome not known yet (the processor still deciding, another attempt in flight):
+# the same attempt runs again this much later in the subscription's time
+COLLECT_RECHECK: Final = timedelta(hours=1)
+# the payment service's ChargeOutcome.status values
+CHARGE_STATUSES: Final = frozenset({"succeeded", "failed", "processing", "no_payment_method"})
 
 # the `end` row has no invoice of its own; one per subscription
 END_SEQUENCE: Final = 0
@@ -128,16 +154,113 @@ class Composition:
 
 @dataclass(frozen=True, slots=True)
 class Due:
-    """A piece of due work: (subscription, sequence_number, kind) is its identity."""
+    """A piece of due work: (subscription, sequence_number, kind, attempt) is its identity.
+
+    ``attempt`` counts a collect's charge attempts of one invoice (0 at issue, then the
+    dunning retries); every other kind has attempt 0. A collect names its ``invoice_id``
+    and the instant of the invoice's first automatic attempt (``first_attempt_at``)."""
 
     kind: Kind
     sequence_number: int
     due_at: datetime
     final: bool = False
+    attempt: int = 0
+    invoice_id: str | None = None
+    first_attempt_at: datetime | None = None
 
     @property
     def order(self) -> int:
         return KIND_ORDER[self.kind]
+
+    @property
+    def attempt_key(self) -> str:
+        """A collect's charge attempt key (the processor's idempotency key too)."""
+        if self.kind is not Kind.COLLECT or not self.invoice_id:
+            raise ValueError("only a collect of an invoice has an attempt key")
+        return f"{self.invoice_id}:auto:{self.attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What a collect's charge answered (the payment service's ChargeOutcome)."""
+
+    status: str
+    next_attempt_at: datetime | None = None
+    after_final_failure: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AfterCharge:
+    """What a collect's charge leads to: rows to lay, the same row again at
+    ``again_at`` (its outcome is not known yet), or the subscription's end at
+    ``terminate_at`` (the schedule is exhausted and the merchant's policy is terminate)."""
+
+    follow_ups: tuple[Due, ...] = ()
+    again_at: datetime | None = None
+    terminate_at: datetime | None = None
+
+
+def _positive(amount: str) -> bool:
+    try:
+        return Decimal(amount or "0") > 0
+    except InvalidOperation:
+        return False
+
+
+def recheck_at(collect: Due, ran_at: datetime | None = None) -> datetime:
+    """When an attempt whose outcome is not known yet is asked again."""
+    return max(collect.due_at, ran_at or collect.due_at) + COLLECT_RECHECK
+
+
+def collection(issue: Due, *, auto_charge: bool, invoice_id: str, status: str, unpaid_amount: str) -> list[Due]:
+    """What an issue lays for automatic collection: attempt 0 of a collect at the issue's
+    instant, when the subscription charges automatically and the invoice was issued with
+    something unpaid (a zero total is PAID at issue; nothing to charge)."""
+    if not auto_charge or not invoice_id or status != "ISSUED" or not _positive(unpaid_amount):
+        return []
+    return [
+        Due(
+            Kind.COLLECT,
+            issue.sequence_number,
+            issue.due_at,
+            final=issue.final,
+            attempt=0,
+            invoice_id=invoice_id,
+            first_attempt_at=issue.due_at,
+        )
+    ]
+
+
+def after_charge(collect: Due, charge: Charge, *, ran_at: datetime | None = None) -> AfterCharge:
+    """What follows a collect's charge attempt n (DESIGN section 7, automatic collection).
+
+    * succeeded (the invoice is paid, by this attempt or earlier) or no_payment_method
+      (nothing to charge off-session): done;
+    * failed with ``next_attempt_at``: attempt n+1 then (never before this one);
+    * failed without it (the merchant's schedule is exhausted): with ``terminate`` the
+      subscription ends at this attempt's instant, with ``keep_active`` nothing more;
+    * processing (the outcome is not known yet): the same attempt, same key, again
+      COLLECT_RECHECK after it ran (``ran_at``, in the subscription's time: its due time
+      on a test clock, which runs rows at their instants; a real-time row may run late)."""
+    if charge.status == "processing":
+        return AfterCharge(again_at=recheck_at(collect, ran_at))
+    if charge.status != "failed":
+        return AfterCharge()
+    if charge.next_attempt_at is not None:
+        at = max(charge.next_attempt_at, collect.due_at)
+        nxt = Due(
+            Kind.COLLECT,
+            collect.sequence_number,
+            at,
+            final=collect.final,
+            attempt=collect.attempt + 1,
+            invoice_id=collect.invoice_id,
+            first_attempt_at=collect.first_attempt_at or collect.due_at,
+        )
+        return AfterCharge(follow_ups=(nxt,))
+    if charge.after_final_failure == "terminate":
+        return AfterCharge(terminate_at=collect.due_at)
+    return AfterCharge()
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,11 @@ from libs.infra.proto_time import from_timestamp, to_timestamp
 from libs.infra.service import Runtime
 from libs.testing.fixtures import StartHost
 from libs.testing.tokens import merchant_metadata
-from services.invoicing import app, mapping
+from services.invoicing import app
 from services.invoicing.clients import EntitlementClient
 from services.invoicing.domain.use_cases import Policy, Sources
 from services.invoicing.server import InvoicingServicer
-from services.invoicing.tests.fakes import FakeCatalog, FakeMeter, FakeSubscriptions
+from services.invoicing.tests.fakes import FakeCatalog, FakeMeter, FakePayments, FakeSubscriptions
 from services.invoicing.tests.integration.test_invoicing_store import _issue, _open
 from services.invoicing.tests.unit.world import FEE, METERED, METRIC, MONTHS
 
@@ -86,6 +86,7 @@ class Service:
     meter: FakeMeter
     entitlements: FakeEntitlementService
     runtime: Runtime
+    payments: FakePayments
 
     async def call(self, method: str, request: Any) -> Any:
         return await getattr(self.stub, method)(request, metadata=[merchant_metadata(A)])
@@ -103,7 +104,8 @@ async def service(start_host: StartHost) -> AsyncIterator[Service]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     meter = FakeMeter()
-    sources = Sources(FakeCatalog([FEE, ENTITLED]), meter, FakeSubscriptions(), EntitlementClient(f"127.0.0.1:{port}"))
+    payments = FakePayments()
+    sources = Sources(FakeCatalog([FEE, ENTITLED]), meter, FakeSubscriptions(), EntitlementClient(f"127.0.0.1:{port}"), payments)
 
     def register(grpc_server: grpc.aio.Server, runtime: Runtime) -> None:
         servicer = InvoicingServicer(runtime.db, runtime.clock, sources, Policy(usage_wait_seconds=0.5))
@@ -113,7 +115,7 @@ async def service(start_host: StartHost) -> AsyncIterator[Service]:
     assert host.runtime is not None
     try:
         async with grpc_client.channel(f"127.0.0.1:{host.grpc_port}") as channel:
-            yield Service(invoicing_service_pb2_grpc.InvoicingServiceStub(channel), meter, fake, host.runtime)
+            yield Service(invoicing_service_pb2_grpc.InvoicingServiceStub(channel), meter, fake, host.runtime, payments)
     finally:
         await server.stop(None)
 
@@ -198,7 +200,12 @@ async def test_an_ad_hoc_invoice_is_idempotent_numbered_listed_and_payable(servi
     first = answers[0]
     assert (first.status, first.purpose, first.subscription_id, first.grand_total) == ("ISSUED", "grant_purchase", "sub_cov", "12.35")
     assert first.invoice_number.startswith("INV-2026-")
-    assert first.payment_url == f"http://localhost:8000/checkout/{mapping.payment_session_id(first.id)}"
+    # its checkout, opened once (at issue) however many raced, for the purchase's expiry and URLs
+    ((asked,),) = service.payments.calls
+    assert (asked.entity_type, asked.entity_id, asked.amount, asked.expires_at) == ("topup", first.id, 1235 * 10**7, MONTHS[3])
+    assert (asked.success_redirect_url, asked.failure_redirect_url, asked.save_payment_method) == ("https://shop.example/ok", None, False)
+    assert asked.label == f"Purchase, invoice {first.invoice_number}"
+    assert first.payment_url == service.payments.sessions[("topup", first.id)].url and first.payment_session_id.startswith("ps_")
     assert first.issued_at.ToDatetime() == MONTHS[2].replace(tzinfo=None) and first.due_at.ToDatetime() == MONTHS[2].replace(tzinfo=None)
     assert struct_to_dict(first.metadata) == {"purchaseId": "gpur_race"}
     again = await service.call("IssueAdHocInvoice", _ad_hoc("gpur_race", amount="99.00"))

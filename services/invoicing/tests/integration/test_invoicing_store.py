@@ -218,14 +218,16 @@ async def test_a_payment_recorded_concurrently_is_recorded_once(service: Service
     assert event.kind == ev.INVOICE_CHANGE_KIND_PAID and event.invoice.id == issued.id and event.merchant_id == A
 
 
-async def test_paying_an_open_invoice_is_refused_and_hosted_links_are_not_built(service: Service) -> None:
+async def test_paying_an_open_invoice_is_refused_and_hosted_links_need_the_payment_service(service: Service) -> None:
     active = await service.call("OpenInvoice", _open("sub_open", 1))
     with pytest.raises(Unprocessable) as caught:
         await service.call("RecordInvoicePayment", svc.RecordInvoicePaymentRequest(id=active.id, method="out_of_band"))
     assert caught.value.reason == "INVOICE_NOT_LINKABLE_STATUS"
-    with pytest.raises(DomainError) as unimplemented:
-        await service.call("RecordInvoicePayment", svc.RecordInvoicePaymentRequest(id=active.id, method="hosted_link"))
-    assert unimplemented.value.code.name == "UNIMPLEMENTED"
+    issued = await _invoice_zero(service, "sub_nolink")
+    assert not issued.HasField("payment_url")  # no payment service configured: issued without a checkout
+    with pytest.raises(DomainError) as unconfigured:
+        await service.call("RecordInvoicePayment", svc.RecordInvoicePaymentRequest(id=issued.id, method="hosted_link"))
+    assert (unconfigured.value.code.name, unconfigured.value.reason) == ("UNAVAILABLE", "PAYMENT_NOT_CONFIGURED")
 
 
 async def test_another_merchants_invoice_is_not_found_on_every_rpc(service: Service) -> None:

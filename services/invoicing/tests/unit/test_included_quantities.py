@@ -63,7 +63,7 @@ class EntitledWorld(World):
 
     @property
     def sources(self) -> Sources:
-        return Sources(self.catalog, self.meter, self.subscriptions, self.entitlements if self.configured else None)
+        return Sources(self.catalog, self.meter, self.subscriptions, self.entitlements if self.configured else None, self.payments)
 
 
 def _usage_line(found: Invoice, world: World) -> calculation.Line:
@@ -358,14 +358,9 @@ async def test_an_ad_hoc_invoice_renders_its_purpose_and_checkout_and_parses_in_
     issued = await _issue_ad_hoc(world, _ad_hoc())
     rendered = message_to_json(mapping.invoice(issued, lines=world.store.lines[issued.id], provenance=True))
     assert rendered["purpose"] == "grant_purchase"
-    assert rendered["paymentUrl"] == f"http://localhost:8000/checkout/{mapping.payment_session_id(issued.id)}"
+    (session,) = world.payments.sessions.values()  # opened at issue: its page is the invoice's paymentUrl
+    assert (rendered["paymentUrl"], rendered["paymentSessionId"]) == (session.url, session.id)
     parsed = models.Invoice.model_validate(rendered)
     assert isinstance(parsed.line_items, models.InvoiceLineItems) and len(parsed.line_items.line_items) == 1
     zero = await world.run(0)
     assert message_to_json(mapping.invoice(zero))["purpose"] == "subscription"
-
-
-def test_the_checkout_session_is_the_one_the_subscription_service_names() -> None:
-    from services.subscription.mapping import payment_session_id
-
-    assert mapping.payment_session_id("inv_abc") == payment_session_id("inv_abc")

@@ -14,7 +14,7 @@ from services.invoicing.domain.calculation import Charge, Composition, Window
 from services.invoicing.domain.commands import CloseInvoice, IssueInvoice, OpenInvoice
 from services.invoicing.domain.model import Invoice, Layout, Terms
 from services.invoicing.domain.use_cases import Policy, Sources
-from services.invoicing.tests.fakes import FakeCatalog, FakeMeter, FakeStore, FakeSubscriptions, FakeUnitOfWork
+from services.invoicing.tests.fakes import FakeCatalog, FakeMeter, FakePayments, FakeStore, FakeSubscriptions, FakeUnitOfWork
 
 MERCHANT = "org_a"
 OTHER_MERCHANT = "org_b"
@@ -81,6 +81,7 @@ class World:
     catalog: FakeCatalog = field(default_factory=lambda: FakeCatalog([FEE, METERED]))
     meter: FakeMeter = field(default_factory=FakeMeter)
     subscriptions: FakeSubscriptions = field(default_factory=FakeSubscriptions)
+    payments: FakePayments = field(default_factory=FakePayments)
     clock: FakeClock = field(default_factory=lambda: FakeClock(datetime(2026, 6, 1, tzinfo=UTC)))
     slept: list[float] = field(default_factory=list)
 
@@ -89,7 +90,7 @@ class World:
 
     @property
     def sources(self) -> Sources:
-        return Sources(self.catalog, self.meter, self.subscriptions)
+        return Sources(self.catalog, self.meter, self.subscriptions, payments=self.payments)
 
     @property
     def policy(self) -> Policy:

@@ -60,6 +60,9 @@ class Sub:
     tax_behavior: str = "exclusive"
     default_tax_rate: str = "0"
     customer_tax_rates: Mapping[str, str] = field(default_factory=dict)
+    auto_charge: bool = False
+    redirect_urls: Mapping[str, str] = field(default_factory=dict)
+    session_expiry_minutes: float = 240.0
 
     def __post_init__(self) -> None:
         self.customer_id = self.customer_id or f"cus_{self.id}"
@@ -69,18 +72,27 @@ class FakeSubscriptions:
     def __init__(self) -> None:
         self.subs: dict[str, Sub] = {}
         self.terminated: list[tuple[str, datetime]] = []
+        self.reasons: list[str | None] = []
         self.invoice_zero: list[tuple[str, str]] = []
+        self.invoice_zero_paid: list[tuple[str, str]] = []
 
     async def load_many(self, session: Any, merchant_id: str, ids: Sequence[str]) -> Mapping[str, BilledSubscription]:
         return {i: self.subs[i] for i in ids if i in self.subs and self.subs[i].merchant_id == merchant_id}
 
-    async def mark_terminated(self, session: Any, subscription: BilledSubscription, at: datetime) -> None:
+    async def mark_terminated(self, session: Any, subscription: BilledSubscription, at: datetime, *, reason: str | None = None) -> None:
         sub = self.subs[subscription.id]
         sub.status, sub.terminated_at = "terminated", at
         self.terminated.append((sub.id, at))
+        self.reasons.append(reason)
 
     async def record_invoice_zero(self, session: Any, subscription: BilledSubscription, invoice: inv.Invoice) -> None:
         self.invoice_zero.append((subscription.id, invoice.id))
+
+    async def record_invoice_zero_paid(self, session: Any, subscription: BilledSubscription, invoice: inv.Invoice) -> None:
+        self.invoice_zero_paid.append((subscription.id, invoice.id))
+        sub = self.subs[subscription.id]
+        if sub.status == "pending_payment":
+            sub.status = "active"
 
 
 @dataclass
@@ -93,13 +105,19 @@ class Call:
 
 
 class FakeInvoicing:
-    """Records every call; ``fail`` decides whether a call raises (before any effect)."""
+    """Records every call; ``fail`` decides whether a call raises (before any effect).
+    Issued invoices owe ``amount`` (``amounts`` by subscription id, sequence) and are kept
+    by id for GetInvoice (a fake payment marks them paid)."""
 
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.fail: Any = None
         self.refuse: Any = None
         self.delay = 0.0
+        self.amount = "10.00"
+        self.amounts: dict[tuple[str, int], str] = {}
+        self.invoices: dict[str, inv.Invoice] = {}
+        self.reads: list[str] = []
 
     async def _answer(self, op: str, merchant_id: str, request: Any) -> inv.Invoice:
         assert merchant_id == MERCHANT
@@ -112,7 +130,33 @@ class FakeInvoicing:
             raise FailedPrecondition("PLAN_VERSION_GONE", "the pinned plan version cannot be read")
         self.calls.append(call)
         status = {"open": "ACTIVE", "close": "CLOSING", "issue": "ISSUED"}[op]
-        return inv.Invoice(id=f"inv_{call.subscription_id}_{call.sequence_number}", status=status, sequence_number=call.sequence_number)
+        invoice_id = f"inv_{call.subscription_id}_{call.sequence_number}"
+        if op == "issue" and invoice_id in self.invoices:  # idempotent: the issued invoice as it is now
+            return inv.Invoice.FromString(self.invoices[invoice_id].SerializeToString())
+        invoice = inv.Invoice(
+            id=invoice_id,
+            status=status,
+            sequence_number=call.sequence_number,
+            subscription_id=call.subscription_id,
+            customer_id=request.terms.customer_id,
+            currency=request.terms.currency,
+        )
+        if op == "issue":
+            owed = self.amounts.get((call.subscription_id, call.sequence_number), self.amount)
+            invoice.grand_total = invoice.unpaid_amount = owed
+            if owed in ("0", "0.00"):
+                invoice.status = "PAID"
+            self.invoices[invoice_id] = invoice
+        return inv.Invoice.FromString(invoice.SerializeToString())
+
+    async def get_invoice(self, merchant_id: str, invoice_id: str) -> inv.Invoice:
+        assert merchant_id == MERCHANT
+        self.reads.append(invoice_id)
+        return inv.Invoice.FromString(self.invoices[invoice_id].SerializeToString())
+
+    def pay(self, invoice_id: str) -> None:
+        invoice = self.invoices[invoice_id]
+        invoice.status, invoice.paid_amount, invoice.unpaid_amount = "PAID", invoice.grand_total, "0.00"
 
     async def open_invoice(self, merchant_id: str, request: inv.OpenInvoiceRequest) -> inv.Invoice:
         return await self._answer("open", merchant_id, request)
@@ -133,9 +177,12 @@ class World:
     subs: FakeSubscriptions
     invoicing: FakeInvoicing
     clock: FakeClock
+    # the payment service (test_engine_collection's fake); None: not configured
+    payment: Any = None
 
     def timeline(self, **kwargs: Any) -> Timeline:
         kwargs.setdefault("grace_seconds", GRACE.total_seconds())
+        kwargs.setdefault("payment", self.payment)
         return Timeline(db=self.db, invoicing=self.invoicing, subscriptions=self.subs, clock=self.clock, **kwargs)
 
     async def create(self, timeline: Timeline, sub: Sub, now: datetime) -> None:

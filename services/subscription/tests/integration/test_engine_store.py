@@ -1,6 +1,7 @@
 """The due-work table against real PostgreSQL: rows are unique by (subscription, sequence,
-kind), claims come in time order, one head per customer, and concurrent claimers never
-hold one row (FOR UPDATE SKIP LOCKED)."""
+kind, attempt), claims come in time order, one head per customer, and concurrent claimers
+never hold one row (FOR UPDATE SKIP LOCKED); a collect's attempts are rows of their own,
+and a postponed row runs again as itself."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ async def test_the_primary_key_refuses_a_duplicate(engine: AsyncEngine) -> None:
                     subscription_id="sub_a",
                     sequence_number=1,
                     kind="open",
+                    attempt=0,
                     merchant_id="org_m",
                     customer_id="cus_x",
                     due_at=T0,
@@ -78,6 +80,36 @@ async def test_the_primary_key_refuses_a_duplicate(engine: AsyncEngine) -> None:
                     created_at=NOW,
                 )
             )
+
+
+async def test_a_collects_attempts_are_rows_of_their_own_with_their_invoice_and_first_attempt(engine: AsyncEngine) -> None:
+    o = owner("sub_a")
+    first = Due(Kind.COLLECT, 1, T0, attempt=0, invoice_id="inv_1", first_attempt_at=T0)
+    retry = Due(Kind.COLLECT, 1, T0 + timedelta(days=3), attempt=1, invoice_id="inv_1", first_attempt_at=T0)
+    assert await lay(engine, [(o, Due(Kind.ISSUE, 1, T0)), (o, first), (o, retry)]) == 3
+    assert await lay(engine, [(o, retry)]) == 0
+    async with engine.connect() as conn:
+        stored = await engine_store.rows_of(conn, "sub_a")
+    assert [r.due for r in stored] == [Due(Kind.ISSUE, 1, T0), first, retry]
+    assert [r.key for r in stored] == [("sub_a", 1, "issue", 0), ("sub_a", 1, "collect", 0), ("sub_a", 1, "collect", 1)]
+    assert retry.attempt_key == "inv_1:auto:1"
+    # a collect names its invoice (the database says so too)
+    with pytest.raises(sa.exc.IntegrityError):
+        await lay(engine, [(o, Due(Kind.COLLECT, 2, T0))])
+
+
+async def test_a_postponed_row_runs_again_as_itself_later(engine: AsyncEngine) -> None:
+    o = owner("sub_a")
+    await lay(engine, [(o, Due(Kind.COLLECT, 1, T0, invoice_id="inv_1", first_attempt_at=T0))])
+    async with engine.begin() as conn:
+        row = (await engine_store.claim(conn, Lane.clock("clk_1"), until=T0, limit=10))[0]
+        assert await engine_store.postpone(conn, row.key, due_at=T0 + timedelta(hours=1)) == 1
+    async with engine.begin() as conn:
+        assert await engine_store.claim(conn, Lane.clock("clk_1"), until=T0, limit=10) == []
+        again = await engine_store.claim(conn, Lane.clock("clk_1"), until=T0 + timedelta(hours=1), limit=10)
+        assert [(r.key, r.due_at, r.first_attempt_at) for r in again] == [(row.key, T0 + timedelta(hours=1), T0)]
+        await engine_store.mark_done(conn, [row.key], now=NOW)
+        assert await engine_store.postpone(conn, row.key, due_at=FAR) == 0  # done rows stay done
 
 
 async def test_claims_come_in_time_and_kind_order_one_head_per_customer(engine: AsyncEngine) -> None:
@@ -233,8 +265,8 @@ async def test_drop_pending_keeps_done_rows_earlier_invoices_and_the_running_row
         ],
     )
     async with engine.begin() as conn:
-        await engine_store.mark_done(conn, [("sub_a", 2, "open")], now=NOW)
-        dropped = await engine_store.drop_pending(conn, "sub_a", from_sequence=2, ends=True, keep=("sub_a", 0, "end"))
+        await engine_store.mark_done(conn, [("sub_a", 2, "open", 0)], now=NOW)
+        dropped = await engine_store.drop_pending(conn, "sub_a", from_sequence=2, ends=True, keep=("sub_a", 0, "end", 0))
         assert dropped == 1  # close 2 (open 2 is done, the end row is the one running)
         left = {(r.kind, r.sequence_number, r.done) for r in await engine_store.rows_of(conn, "sub_a", lock=True)}
     assert left == {(Kind.CLOSE, 1, False), (Kind.ISSUE, 1, False), (Kind.OPEN, 2, True), (Kind.END, 0, False)}
@@ -249,7 +281,9 @@ async def test_many_concurrent_claimers_run_every_row_once_and_each_customer_in_
         for s in range(2):
             o = owner(f"sub_{c:03}_{s}", f"cus_{c:03}")
             for k in range(5):
-                laid.append((o, Due(rng.choice(list(Kind)), k, T0 + timedelta(minutes=rng.randrange(0, 50)))))
+                kind = rng.choice(list(Kind))
+                invoice = f"inv_{o.subscription_id}_{k}" if kind is Kind.COLLECT else None
+                laid.append((o, Due(kind, k, T0 + timedelta(minutes=rng.randrange(0, 50)), invoice_id=invoice)))
     await lay(engine, laid)
     async with engine.connect() as conn:
         rows = (
@@ -262,7 +296,7 @@ async def test_many_concurrent_claimers_run_every_row_once_and_each_customer_in_
     expected_order: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for r in sorted(rows, key=lambda r: (r.due_at, r.kind_order, r.subscription_id, r.sequence_number)):
         expected_order[r.customer_id].append((r.subscription_id, r.sequence_number))
-    executed: Counter[tuple[str, int, str]] = Counter()
+    executed: Counter[engine_store.Key] = Counter()
     order: dict[str, list[tuple[str, int]]] = defaultdict(list)
 
     async def claimer() -> None:

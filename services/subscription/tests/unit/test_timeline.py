@@ -11,7 +11,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.subscription.domain.timeline import END_SEQUENCE, Composition, Due, Kind, Schedule, Window
+from services.subscription.domain.timeline import (
+    COLLECT_RECHECK,
+    END_SEQUENCE,
+    AfterCharge,
+    Charge,
+    Composition,
+    Due,
+    Kind,
+    Schedule,
+    Window,
+    after_charge,
+    collection,
+)
 
 GRACE = timedelta(hours=1)
 
@@ -241,10 +253,93 @@ def test_a_termination_of_a_backdated_start_never_credits_what_was_not_billed() 
     )
 
 
-def test_kinds_run_end_open_close_issue_at_one_instant() -> None:
+def test_kinds_run_end_open_close_issue_collect_at_one_instant() -> None:
     at = utc(2026, 1, 1)
-    rows = [Due(Kind.ISSUE, 1, at), Due(Kind.CLOSE, 1, at), Due(Kind.OPEN, 2, at), Due(Kind.END, 0, at)]
-    assert [d.kind for d in sorted(rows, key=lambda d: d.order)] == [Kind.END, Kind.OPEN, Kind.CLOSE, Kind.ISSUE]
+    rows = [
+        Due(Kind.COLLECT, 1, at, invoice_id="inv_1"),
+        Due(Kind.ISSUE, 1, at),
+        Due(Kind.CLOSE, 1, at),
+        Due(Kind.OPEN, 2, at),
+        Due(Kind.END, 0, at),
+    ]
+    assert [d.kind for d in sorted(rows, key=lambda d: d.order)] == [Kind.END, Kind.OPEN, Kind.CLOSE, Kind.ISSUE, Kind.COLLECT]
+
+
+# --- automatic collection ------------------------------------------------------------------
+
+ISSUED_AT = utc(2026, 2, 28, 10)
+
+
+@pytest.mark.parametrize("sequence", [0, 1, 7])
+def test_an_issued_invoice_with_something_unpaid_is_collected_at_its_issue(sequence: int) -> None:
+    issue = Due(Kind.ISSUE, sequence, ISSUED_AT)
+    laid = collection(issue, auto_charge=True, invoice_id="inv_1", status="ISSUED", unpaid_amount="49.00")
+    assert laid == [Due(Kind.COLLECT, sequence, ISSUED_AT, attempt=0, invoice_id="inv_1", first_attempt_at=ISSUED_AT)]
+    assert laid[0].attempt_key == "inv_1:auto:0"
+    final = collection(
+        Due(Kind.ISSUE, 3, ISSUED_AT, final=True), auto_charge=True, invoice_id="inv_3", status="ISSUED", unpaid_amount="0.01"
+    )
+    assert [d.final for d in final] == [True]
+
+
+@pytest.mark.parametrize(
+    ("auto_charge", "status", "unpaid"),
+    [
+        (False, "ISSUED", "49.00"),  # the merchant collects some other way
+        (True, "PAID", "0.00"),  # a zero total is paid at issue
+        (True, "ISSUED", "0.00"),
+        (True, "ISSUED", "0"),
+        (True, "ISSUED", ""),
+        (True, "CALCULATION_FAILED", "49.00"),  # not issued: nothing owed yet
+    ],
+)
+def test_nothing_is_collected_without_auto_charge_or_an_issued_debt(auto_charge: bool, status: str, unpaid: str) -> None:
+    issue = Due(Kind.ISSUE, 1, ISSUED_AT)
+    assert collection(issue, auto_charge=auto_charge, invoice_id="inv_1", status=status, unpaid_amount=unpaid) == []
+
+
+def collect(attempt: int = 0, at: datetime = ISSUED_AT) -> Due:
+    return Due(Kind.COLLECT, 1, at, attempt=attempt, invoice_id="inv_1", first_attempt_at=ISSUED_AT)
+
+
+@pytest.mark.parametrize("status", ["succeeded", "no_payment_method"])
+def test_a_paid_invoice_or_no_saved_method_ends_the_collection(status: str) -> None:
+    assert after_charge(collect(2), Charge(status)) == AfterCharge()
+
+
+def test_a_failure_lays_the_next_attempt_when_the_payment_service_says() -> None:
+    retry_at = ISSUED_AT + timedelta(days=3)
+    out = after_charge(collect(0), Charge("failed", next_attempt_at=retry_at))
+    assert out == AfterCharge(follow_ups=(collect(1, retry_at),))
+    assert out.follow_ups[0].attempt_key == "inv_1:auto:1"
+    # the schedule counts from the first attempt: every retry carries its instant on
+    later = after_charge(out.follow_ups[0], Charge("failed", next_attempt_at=ISSUED_AT + timedelta(days=5)))
+    assert later.follow_ups == (collect(2, ISSUED_AT + timedelta(days=5)),)
+    # a next instant before this attempt is not in the past of the timeline
+    assert after_charge(collect(1, retry_at), Charge("failed", next_attempt_at=ISSUED_AT)).follow_ups == (collect(2, retry_at),)
+
+
+def test_after_the_last_failure_the_merchants_policy_applies() -> None:
+    last = collect(3, ISSUED_AT + timedelta(days=7))
+    assert after_charge(last, Charge("failed", after_final_failure="terminate")) == AfterCharge(terminate_at=last.due_at)
+    assert after_charge(last, Charge("failed", after_final_failure="keep_active")) == AfterCharge()
+    assert after_charge(last, Charge("failed")) == AfterCharge()
+
+
+def test_an_unknown_outcome_runs_the_same_attempt_an_hour_later_in_the_subscriptions_time() -> None:
+    out = after_charge(collect(1, ISSUED_AT + timedelta(days=3)), Charge("processing"))
+    assert out == AfterCharge(again_at=ISSUED_AT + timedelta(days=3) + COLLECT_RECHECK)
+    assert timedelta(hours=1) == COLLECT_RECHECK
+    # a real-time row that ran late is asked again an hour after it ran
+    late = ISSUED_AT + timedelta(days=3, hours=5)
+    assert after_charge(collect(1, ISSUED_AT + timedelta(days=3)), Charge("processing"), ran_at=late).again_at == late + COLLECT_RECHECK
+
+
+def test_only_a_collect_has_an_attempt_key() -> None:
+    with pytest.raises(ValueError):
+        _ = Due(Kind.ISSUE, 1, ISSUED_AT).attempt_key
+    with pytest.raises(ValueError):
+        _ = Due(Kind.COLLECT, 1, ISSUED_AT).attempt_key
 
 
 # --- property: the timeline run to a horizon bills every second exactly once ----------------

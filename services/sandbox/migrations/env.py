@@ -1,0 +1,3 @@
+from libs.infra.migrations import run_env
+
+run_env()
