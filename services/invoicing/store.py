@@ -721,6 +721,20 @@ class OutcomeRepository:
         ).first()
         return inserted is not None
 
+    async def succeeded_charge_of(self, invoice_id: str) -> str | None:
+        """The processor's charge that paid the invoice ("" when a success named none),
+        or None when no charge succeeded for it."""
+        t = charge_outcomes
+        row = (
+            await self._conn.execute(
+                sa.select(t.c.provider_payment_ref)
+                .where(t.c.invoice_id == invoice_id, t.c.status == "succeeded")
+                .order_by(t.c.received_at)
+                .limit(1)
+            )
+        ).first()
+        return None if row is None else (row.provider_payment_ref or "")
+
 
 class Numbering:
     def __init__(self, conn: AsyncConnection) -> None:

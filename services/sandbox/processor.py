@@ -124,6 +124,12 @@ class Sandbox:
             token = await store.use_token(conn, token_id, method_id, now)
             if token is None:
                 raise _token_unusable(await _token_exists(conn, token_id))
+            # saving verifies the card, as a real processor's setup does: a card that
+            # declines (0002, 9995) is refused here; 0341 passes and declines later
+            verified = cards.outcome(token["behaviour"])
+            if token["behaviour"] != cards.Behaviour.DECLINE_AFTER_ATTACH.value and not verified.succeeded:
+                code = verified.failure_code or "card_declined"
+                raise SandboxError(402, code, verified.failure_message or "Your card was declined.", "token")
             row = {"id": method_id, "customer": customer, "token_id": token_id, **_card_of(token), "created_at": now}
             await conn.execute(sa.insert(payment_methods).values(**row))
         return row

@@ -45,6 +45,7 @@ from services.invoicing.domain.model import (
     CreditNoteKind,
     Invoice,
     Purpose,
+    Status,
 )
 from services.invoicing.domain.ports import (
     ChargeRequest,
@@ -309,6 +310,13 @@ async def retry_payment(unit_of_work: UnitOfWorkFactory, sources: Sources, clock
     payments = payments_of(sources)
     async with unit_of_work() as uow:
         invoice = await uow.invoices.get(merchant_id, invoice_id, lock=True)
+        if invoice.status == Status.PAID:
+            # paid already (a concurrent retry, an automatic charge, the page): the retry's
+            # goal holds, so it answers 200 with the charge that paid it and charges nothing;
+            # paid out of band, there is no charge to name: 409 INVOICE_ALREADY_PAID below
+            paid_by = await uow.outcomes.succeeded_charge_of(invoice.id)
+            if paid_by is not None:
+                return RetryResult(invoice.id, processing=False, payment_intent_id=paid_by or None)
         try:
             key = invoice.next_retry_key()
         except DomainError as err:

@@ -136,7 +136,13 @@ class ReceivedOutcome:
 
 class OutcomeRepository(Protocol):
     async def add_if_absent(self, outcome: ReceivedOutcome) -> bool:
-        """Keep the outcome; False when its attempt key was kept already (nothing written)."""
+        """Keep the outcome; False when its attempt key was kept already with this status
+        (nothing written)."""
+        ...
+
+    async def succeeded_charge_of(self, invoice_id: str) -> str | None:
+        """The processor's charge that paid the invoice ("" when it named none); None when
+        no charge of it succeeded."""
         ...
 
 

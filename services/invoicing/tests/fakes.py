@@ -40,7 +40,7 @@ class FakeStore:
     billed: list[tuple[str, str, Billed]] = field(default_factory=list)  # (merchant, subscription, row)
     carry: dict[tuple[str, str, str], Carry] = field(default_factory=dict)
     credit_notes: list[CreditNote] = field(default_factory=list)
-    outcomes: dict[str, ReceivedOutcome] = field(default_factory=dict)
+    outcomes: dict[tuple[str, str], ReceivedOutcome] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     outbox: list[DomainEvent] = field(default_factory=list)
 
@@ -207,10 +207,18 @@ class FakeOutcomes:
         self._data = data
 
     async def add_if_absent(self, outcome: ReceivedOutcome) -> bool:
-        if outcome.attempt_key in self._data.outcomes:
+        key = (outcome.attempt_key, outcome.status)
+        if key in self._data.outcomes:
             return False
-        self._data.outcomes[outcome.attempt_key] = outcome
+        self._data.outcomes[key] = outcome
         return True
+
+    async def succeeded_charge_of(self, invoice_id: str) -> str | None:
+        paid = sorted(
+            (o for o in self._data.outcomes.values() if o.invoice_id == invoice_id and o.status == "succeeded"),
+            key=lambda o: o.received_at,
+        )
+        return None if not paid else (paid[0].provider_payment_ref or "")
 
 
 class FakeNumbering:

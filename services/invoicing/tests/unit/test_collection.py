@@ -237,7 +237,7 @@ async def test_a_succeeded_outcome_pays_once_and_activates_invoice_zero() -> Non
     late = await _outcome(world, issued.id, "failed", f"{issued.id}:retry:1", failure_code="card_declined")
     assert (late.status, late.failure_reason, late.paid_at) == (Status.PAID, None, at)
     assert _events(world, issued.id) == [ChangeKind.ISSUED, ChangeKind.PAID]
-    assert set(world.store.outcomes) == {f"{issued.id}:auto:0", "ps_x:1", f"{issued.id}:retry:1"}
+    assert {key for key, _ in world.store.outcomes} == {f"{issued.id}:auto:0", "ps_x:1", f"{issued.id}:retry:1"}
 
 
 async def test_a_failed_outcome_marks_payment_failed_and_a_later_success_pays() -> None:
@@ -314,11 +314,10 @@ async def test_a_retry_that_succeeds_pays_under_a_fresh_key_each_time() -> None:
     first = world.payments.charges[0]
     assert (first.amount, first.currency, first.customer_id, first.trigger) == (issued.grand_total, "USD", "cus_1", "manual")
     assert world.store.invoices[issued.id].status == Status.PAID
-    with pytest.raises(FailedPrecondition) as again:
-        await _retry(world, issued.id)
-    assert again.value.reason == "INVOICE_ALREADY_PAID" and len(world.payments.charges) == 2  # never charged again
-    body = mapping.retry_failure_body(again.value, issued.id)
-    assert (body["error"]["code"], body["success"]) == ("INVOICE_ALREADY_PAID", False)
+    # a retry of the paid invoice answers the charge that paid it, and charges nothing
+    again = await _retry(world, issued.id)
+    assert (again.processing, again.payment_intent_id) == (False, "ch_2")
+    assert len(world.payments.charges) == 2  # never charged again
 
 
 def _parses_as_the_sdks_retry_error(body: dict[str, Any]) -> sdk_errors.RetryPaymentResponseErrorData:
@@ -523,3 +522,15 @@ async def test_a_refunded_grant_purchase_leaves_the_carry_alone() -> None:
     async with world.uow() as uow:
         note = await payments.create_refund(uow, sources, "org_a", world.clock.now(), issued.id, None)
     assert note.total == 5 * USD and note.carry_amount == 0 and world.store.carry == {}
+
+
+async def test_a_retry_of_an_invoice_paid_out_of_band_is_409_and_charges_nothing() -> None:
+    world = World()
+    issued = await world.run(1)
+    await _pay_out_of_band(world, issued.id)
+    with pytest.raises(FailedPrecondition) as paid:
+        await _retry(world, issued.id)
+    assert (paid.value.reason, http_status(paid.value.code, paid.value.reason)) == ("INVOICE_ALREADY_PAID", 409)
+    body = mapping.retry_failure_body(paid.value, issued.id)
+    assert (body["error"]["code"], body["success"]) == ("INVOICE_ALREADY_PAID", False)
+    assert world.payments.charges == []

@@ -123,6 +123,11 @@ async def test_the_test_cards_decline_as_documented(sandbox: Sandbox) -> None:
     assert saved.ref.startswith("pm_") and saved.card.last4 == "0341"
     later = await _charge(adapter, "k-0341", ChargeSource(method_ref=saved.ref))
     assert (later.status, later.failure_code) == (ChargeStatus.FAILED, "card_declined")
+    # 0002 and 9995 are refused when saved (verified as a real setup is), and the token is left unused
+    for number, code in (("4000000000000002", "card_declined"), ("4000000000009995", "insufficient_funds")):
+        with pytest.raises(ProcessorRejected) as refused:
+            await adapter.save_payment_method(merchant_id=MERCHANT, customer_ref="cus_bad", token=await sandbox.token(number))
+        assert refused.value.code == code
     good = await adapter.save_payment_method(merchant_id=MERCHANT, customer_ref="cus_ok", token=await sandbox.token("5555555555554444"))
     assert good.card.brand == "mastercard"
     assert (await _charge(adapter, "k-5555", ChargeSource(method_ref=good.ref))).status is ChargeStatus.SUCCEEDED
