@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -35,6 +35,13 @@ from libs.infra.settings import ServiceSettings
 from libs.infra.tls import channel_credentials
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
+# a peer that restarted is reached again within a second: gRPC's reconnect backoff would
+# otherwise grow to minutes (its default cap is 120 s), answering UNAVAILABLE meanwhile
+RECONNECT_OPTIONS: Final = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
 _FORWARDED = ((MERCHANT_TOKEN_METADATA_KEY, merchant_token_var), (IDEMPOTENCY_METADATA_KEY, idempotency_key_var))
 
 Continuation = Callable[[Any, Any], Awaitable[Any]]
@@ -54,9 +61,12 @@ def channel(
     ours = [kind(timeout, decode_errors) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
     interceptors = [*ours, *aio_client_interceptors()]  # type: ignore[no-untyped-call]
     credentials = credentials if credentials is not None else _process_credentials()
+    given = list(options or ())
+    named = {name for name, _ in given}
+    merged = [*given, *(option for option in RECONNECT_OPTIONS if option[0] not in named)]
     if credentials is not None:
-        return grpc.aio.secure_channel(address, credentials, options=list(options or ()), interceptors=interceptors)
-    return grpc.aio.insecure_channel(address, options=list(options or ()), interceptors=interceptors)
+        return grpc.aio.secure_channel(address, credentials, options=merged, interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=merged, interceptors=interceptors)
 
 
 _SHARED: dict[str, grpc.aio.Channel] = {}
