@@ -274,12 +274,15 @@ def invoice(
             getattr(out, name).CopyFrom(to_timestamp(value))
     if found.failure_reason is not None:
         out.failure_reason = found.failure_reason
+    # payment_in_flight stays unset: the payment service keeps the charge attempts, and
+    # invoicing cannot tell whether one is in flight (claiming false would be a guess)
     if found.status in (Status.ISSUED, Status.PAYMENT_FAILED):
-        out.payment_in_flight = False
         if found.payment_url and found.unpaid_amount > 0:
             out.payment_url = found.payment_url
     if found.payment_session_id:
         out.payment_session_id = found.payment_session_id
+    if found.status == Status.PAID and found.paid_by_attempt_key:
+        out.paid_by_attempt_key = found.paid_by_attempt_key
     if lines is not None:
         out.line_items.CopyFrom(
             svc.InvoiceLineItems(

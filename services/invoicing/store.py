@@ -91,6 +91,7 @@ invoices = sa.Table(
     sa.Column("payment_session_id", sa.Text),
     sa.Column("payment_url", sa.Text),
     sa.Column("retry_attempts", sa.Integer, nullable=False),
+    sa.Column("paid_by_attempt_key", sa.Text),
     sa.UniqueConstraint("merchant_id", "invoice_number", name="uq_invoices_merchant_number"),
     sa.UniqueConstraint("merchant_id", "purpose", "reference", name="uq_invoices_merchant_purpose_reference"),
     sa.Index("ix_invoices_merchant_created", "merchant_id", "created_at"),

@@ -75,6 +75,7 @@ from libs.infra.logging import get_logger
 from libs.infra.proto_time import from_timestamp, to_timestamp
 from libs.infra.service import Runtime, Worker
 from services.subscription import engine_store
+from services.subscription.domain import rules
 from services.subscription.domain.timeline import (
     CHARGE_STATUSES,
     AfterCharge,
@@ -330,7 +331,9 @@ def billing_terms(subscription: BilledSubscription) -> inv.BillingTerms:
         terms.failure_redirect_url = redirects["on_failure"]
     if subscription.session_expiry_minutes:
         # whole minutes on invoicing's wire; a fraction rounds up (never a shorter session)
-        terms.session_expiry_minutes = max(1, math.ceil(subscription.session_expiry_minutes))
+        # (bounded as CreateSubscription checks it: int32 on the wire)
+        minutes = min(max(1, math.ceil(subscription.session_expiry_minutes)), rules.SESSION_EXPIRY_MAX_MINUTES)
+        terms.session_expiry_minutes = minutes
     return terms
 
 

@@ -271,6 +271,11 @@ class SubscriptionServicer(subscription_service_pb2_grpc.SubscriptionServiceServ
                         await store.record_invoice_zero(tx, subscription, invoice, now=self._clock.now())
         except DomainError as err:
             log.warning("invoice_zero_deferred", subscription_id=subscription_id, reason=err.reason, error=err.message)
+        except Exception as err:  # noqa: BLE001  # committed: answered all the same, the due work stays
+            # the subscription is committed: a 500 would tell the caller it was not (and a
+            # retry without an Idempotency-Key would create a second one); the due work
+            # stays for the scheduler, as after a DomainError
+            log.exception("invoice_zero_deferred", subscription_id=subscription_id, reason="INTERNAL", error=repr(err))
 
     async def GetSubscription(self, request: svc.GetSubscriptionRequest, context: Context) -> svc.Subscription:
         return await self._answer(request.id)

@@ -27,7 +27,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -65,9 +65,12 @@ SUBMIT_MAX_BYTES: Final = 4096
 _HERE = Path(__file__).parent
 _PAGE_PATH = re.compile(r"/checkout/(?P<merchant>[A-Za-z0-9_-]{1,128})/(?P<session>ps_[A-Za-z0-9]{1,64})(?:/(?P<action>submit|status))?")
 _ASSET_PATH = re.compile(r"/checkout/assets/(?P<name>[a-z0-9_-]{1,64}\.(?:js|css))")
-# what a processor's card token may look like (tok_...): printable, no spaces
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,255}")
-_NONCE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# what a processor's card token looks like: a lower-case prefix and an id (tok_...); a
+# card number pasted in its place never passes, so it is never sent on, stored or logged
+_TOKEN = re.compile(r"[a-z]+_[A-Za-z0-9]{8,64}")
+_NONCE = re.compile(r"[A-Za-z0-9_-]{8,128}")
+# a run of digits as long as a card number's shortest: refused in any submitted text
+_DIGIT_RUN = re.compile(r"[0-9]{12,}")
 
 _SYMBOLS: Final = {"USD": "$", "EUR": "€", "GBP": "£", "AUD": "A$", "CAD": "CA$", "JPY": "¥"}
 _WHAT: Final = {"subscription": "Subscription", "invoice": "Invoice", "payment": "Payment", "topup": "Credits"}
@@ -120,7 +123,10 @@ def format_money(amount: str, currency: str) -> str:
         return f"{amount} {currency}".strip()
     if not value.is_finite():
         return f"{amount} {currency}".strip()
-    text = f"{abs(value):,.{places}f}" if value == value.quantize(Decimal(1).scaleb(-places)) else f"{abs(value):,f}"
+    with localcontext() as exact:
+        exact.prec = max(exact.prec, len(value.as_tuple().digits) + places + 2)  # any size quantizes exactly
+        whole_minor = value == value.quantize(Decimal(1).scaleb(-places))
+    text = f"{abs(value):,.{places}f}" if whole_minor else f"{abs(value):,f}"
     sign = "-" if value < 0 else ""
     symbol = _SYMBOLS.get(currency)
     return f"{sign}{symbol}{text}" if symbol else f"{sign}{text} {currency}"
@@ -440,8 +446,10 @@ def _session_not_found(session_id: str) -> DomainError:
 def _submission(raw: bytes) -> tuple[str, str]:
     body = parse_json_object(raw) if raw else {}
     token, nonce = body.get("token"), body.get("nonce")
-    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
-        raise InvalidArgument("token", "token must be the processor's card token (tok_...)", reason="INVALID_CARD_TOKEN")
-    if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
-        raise InvalidArgument("nonce", "nonce must be the page's nonce (1 to 128 URL-safe characters)", reason="INVALID_NONCE")
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token) or _DIGIT_RUN.search(token):
+        raise InvalidArgument(
+            "token", "token must be the processor's card token (tok_...), never card details", reason="INVALID_CARD_TOKEN"
+        )
+    if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce) or _DIGIT_RUN.search(nonce):
+        raise InvalidArgument("nonce", "nonce must be the page's nonce (8 to 128 URL-safe characters)", reason="INVALID_NONCE")
     return token, nonce

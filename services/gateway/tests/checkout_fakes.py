@@ -23,7 +23,7 @@ OTHER_MERCHANT = "org_merchantB00000002"
 GOOD_SIGNATURE = "v1,good"
 # CompleteCheckout answers by the token: these two decline / stay processing, any other pays
 DECLINED_TOKEN = "tok_declined"
-SLOW_TOKEN = "tok_slow"
+SLOW_TOKEN = "tok_slowcard"
 
 
 def checkout(

@@ -428,6 +428,10 @@ class Invoice(Aggregate):
     payment_url: str | None = None
     # retryPayment attempts so far: attempt n's key is "<invoice>:retry:<n>" (1, 2, ...)
     retry_attempts: int = 0
+    # the charge attempt (its key) whose success paid it; None: unpaid, paid out of band
+    # or at issue (nothing owed). A charge that succeeds for an invoice paid some other
+    # way is a duplicate the payment service refunds (it compares its key with this one).
+    paid_by_attempt_key: str | None = None
 
     # --- reading ---
 
@@ -680,6 +684,7 @@ class Invoice(Aggregate):
         self.check_payable()
         self._paid(self.grand_total, at=now, now=now)
         self.payment_reason = reason
+        self.paid_by_attempt_key = None
 
     def _paid(self, amount: int, *, at: datetime, now: datetime) -> None:
         self.status = Status.PAID.value
@@ -702,10 +707,11 @@ class Invoice(Aggregate):
         self.retry_attempts += 1
         return f"{self.id}:retry:{self.retry_attempts}"
 
-    def record_charge_succeeded(self, *, amount: int | None, at: datetime, now: datetime) -> bool:
+    def record_charge_succeeded(self, *, attempt_key: str, amount: int | None, at: datetime, now: datetime) -> bool:
         """A charge of the payment service succeeded: PAID (``amount`` charged; None: the
-        amount owed), at ``at``. An invoice already PAID (another attempt, out of band)
-        stays as it is. Whether it changed."""
+        amount owed), at ``at``, by attempt ``attempt_key`` (paid_by_attempt_key). An
+        invoice already PAID (another attempt, out of band) stays as it is, still naming
+        what paid it. Whether it changed."""
         if self.status == Status.PAID:
             return False
         if self.status not in PAYABLE_STATUSES:
@@ -715,6 +721,7 @@ class Invoice(Aggregate):
                 metadata={"invoice_id": self.id, "status": self.status},
             )
         self._paid(self.grand_total if amount is None else amount, at=at, now=now)
+        self.paid_by_attempt_key = attempt_key
         return True
 
     def record_charge_failed(self, *, failure_code: str, at: datetime, now: datetime) -> bool:

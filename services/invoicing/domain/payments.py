@@ -43,6 +43,7 @@ from services.invoicing.domain.model import (
     INVOICE_LINK_LIFETIME,
     CreditNote,
     CreditNoteKind,
+    CreditNoteStatus,
     Invoice,
     Purpose,
     Status,
@@ -243,7 +244,7 @@ async def _record_outcome(
         if not first:
             return invoice
         if command.status == "succeeded":
-            if invoice.record_charge_succeeded(amount=amount, at=at, now=now):
+            if invoice.record_charge_succeeded(attempt_key=command.attempt_key, amount=amount, at=at, now=now):
                 await uow.invoices.save(invoice)
                 # paid now: the customer's time (a test clock's) is the entitlement
                 # service's to tell (the report's time may be wall time), as out of band
@@ -392,13 +393,29 @@ async def create_refund(
     note = invoice.refund(existing=await uow.credit_notes.of_invoice(invoice.id), reason=reason, now=now)
     await uow.credit_notes.add(note)
     await _carry_move(uow, note, -1, now)
-    answer = await payments.refund_invoice(
-        merchant_id, invoice_id=invoice.id, credit_note_id=note.id, amount=invoice.paid_amount, currency=invoice.currency, reason=reason
-    )
+    try:
+        answer = await payments.refund_invoice(
+            merchant_id, invoice_id=invoice.id, credit_note_id=note.id, amount=invoice.paid_amount, currency=invoice.currency, reason=reason
+        )
+    except DomainError as err:
+        raise _refund_refused(invoice.id, err) from err
     note = replace(note, refunded=answer.refunded, provider_refund_ref=answer.provider_refund_ref)
     await uow.credit_notes.save(note)
     await uow.invoices.save(invoice)
     return note
+
+
+def _refund_refused(invoice_id: str, err: DomainError) -> DomainError:
+    """The payment service's refusal of a refund, naming the invoice (field ``id``, the
+    path's) when it names no field of its own, with a message that says what was refused."""
+    if err.field is not None or err.retryable:
+        return err
+    err.field = "id"
+    err.metadata.setdefault("field", "id")
+    err.metadata.setdefault("invoice_id", invoice_id)
+    err.message = f"the payment service refused the refund of invoice {invoice_id} ({err.reason}): {err.message}"
+    err.args = (err.message,)
+    return err
 
 
 async def list_refunds(uow: InvoicingUnitOfWork, merchant_id: str, invoice_id: str) -> list[CreditNote]:
@@ -410,11 +427,22 @@ async def void_refund(
     uow: InvoicingUnitOfWork, merchant_id: str, now: datetime, invoice_id: str, refund_id: str, reason: str | None
 ) -> CreditNote:
     """VOIDED (idempotent: a voided one is answered as it is); the carry gets the note's
-    share back. The money the processor refunded stays refunded."""
+    share back. Only a credit note whose money did not go back through the processor (an
+    invoice paid out of band) can be voided: a void would not bring a processor refund
+    back, and the books would say PAID, unrefunded, while the money was returned
+    (REFUND_SETTLED, 409)."""
     invoice = await uow.invoices.get(merchant_id, invoice_id, lock=True)
     found = next((n for n in _refunds(await uow.credit_notes.of_invoice(invoice.id)) if n.id == refund_id), None)
     if found is None:
         raise NotFound("refund", refund_id, field="refundId")
+    if found.status != CreditNoteStatus.VOIDED and (found.refunded or found.provider_refund_ref):
+        raise FailedPrecondition(
+            "REFUND_SETTLED",
+            f"credit note {found.id} cannot be voided: the money was returned through the processor "
+            f"(refund {found.provider_refund_ref or 'recorded'}); a void would not bring it back",
+            field="refundId",
+            metadata={"invoice_id": invoice.id, "credit_note_id": found.id, "provider_refund_ref": found.provider_refund_ref or ""},
+        )
     voided = found.void(reason=reason, now=now)
     if voided is found:
         return found

@@ -169,6 +169,21 @@ DEFAULT_SETUP_LIFETIME = timedelta(days=30)
 MAX_SETUP_LIFETIME = timedelta(days=30)
 DEFAULT_INVOICE_SESSION_LIFETIME = timedelta(days=30)
 
+# a card-testing guard: a session stops taking cards after this many declines
+MAX_DECLINES_PER_SESSION = 10
+TOO_MANY_DECLINES = "too_many_declines"
+# a charge the processor answered for an attempt's key that is not the attempt's charge
+PROCESSOR_MISMATCH = "processor_mismatch"
+# the refund of a charge that paid an invoice something else had paid already
+DUPLICATE_REFUND_REASON = "duplicate_charge"
+
+# one-off payment metadata, as the catalog's LIMITS (Stripe's numbers)
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY_LENGTH = 40
+MAX_METADATA_VALUE_LENGTH = 500
+MAX_LINE_DESCRIPTION_LENGTH = 500
+MAX_LINE_QUANTITY = 1_000_000
+
 DEFAULT_RETRY_SCHEDULE_DAYS = (3, 5, 7)
 MAX_RETRIES = 10
 MAX_RETRY_DAY = 60
@@ -251,6 +266,107 @@ def request_hash(parameters: dict[str, Any]) -> str:
     parameters is refused."""
     canonical = json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# what the page hands over: the processor's token reference (tok_...) and the render's nonce;
+# never a card number (no run of 12 or more digits), so neither is a PAN stored by mistake
+_CARD_TOKEN = re.compile(r"[a-z]+_[A-Za-z0-9]{8,64}", re.ASCII)
+_SUBMIT_NONCE = re.compile(r"[A-Za-z0-9_-]{8,128}", re.ASCII)
+_DIGIT_RUN = re.compile(r"[0-9]{12,}", re.ASCII)
+# as the gateway's Idempotency-Key header rule: 1-255 printable ASCII characters
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}", re.ASCII)
+
+
+def check_card_token(value: str, field: str = "cardToken") -> str:
+    """A processor's token reference (``tok_...``), never card data. The value is not quoted
+    back: a refused one may be a card number."""
+    if _CARD_TOKEN.fullmatch(value) is None or _DIGIT_RUN.search(value) is not None:
+        raise InvalidArgument(
+            field,
+            f"{field} must be the processor's card token (a lowercase prefix, '_', then 8-64 letters or digits; "
+            "never card data)",
+            reason="INVALID_CARD_TOKEN",
+        )
+    return value
+
+
+def check_submit_nonce(value: str, field: str = "submitNonce") -> str:
+    """The page render's nonce: 8-128 URL-safe characters, no run of 12 or more digits."""
+    if _SUBMIT_NONCE.fullmatch(value) is None or _DIGIT_RUN.search(value) is not None:
+        raise InvalidArgument(
+            field, f"{field} must be 8-128 letters, digits, '_' or '-' (and no card data)", reason="INVALID_SUBMIT_NONCE"
+        )
+    return value
+
+
+def check_idempotency_key(value: str, field: str = "idempotencyKey") -> str:
+    """The Idempotency-Key header's rule (the gateway's): 1 to 255 printable ASCII characters."""
+    if _IDEMPOTENCY_KEY.fullmatch(value) is None:
+        raise InvalidArgument(
+            field,
+            f"{field} must be 1 to 255 printable ASCII characters (no tabs, no control or non-ASCII characters)",
+            reason="INVALID_IDEMPOTENCY_KEY",
+        )
+    return value
+
+
+def _shown(key: str) -> str:
+    return repr(key if len(key) <= 40 else key[:40] + "...")
+
+
+def check_metadata(values: dict[str, str], field: str = "metadata") -> dict[str, str]:
+    """At most 50 keys of at most 40 characters, values of at most 500 (the catalog's LIMITS)."""
+    if len(values) > MAX_METADATA_KEYS:
+        raise InvalidArgument(
+            field, f"{field} has {len(values)} keys; at most {MAX_METADATA_KEYS} are allowed", reason="TOO_MANY_METADATA_KEYS"
+        )
+    for key, value in values.items():
+        if len(key) > MAX_METADATA_KEY_LENGTH:
+            raise InvalidArgument(
+                field, f"{field} key {_shown(key)} is longer than {MAX_METADATA_KEY_LENGTH} characters", reason="KEY_TOO_LONG"
+            )
+        if len(value) > MAX_METADATA_VALUE_LENGTH:
+            here = f"{field}.{key}"
+            raise InvalidArgument(here, f"{here} is longer than {MAX_METADATA_VALUE_LENGTH} characters", reason="TOO_LONG")
+    return dict(values)
+
+
+def check_line_items(items: list[tuple[str, Decimal, int]], amount: Decimal, currency: str) -> None:
+    """A one-off payment's display lines (description, amount, quantity): each amount a
+    non-negative exact amount of the currency, at most 5000.00, each quantity 1-1000000;
+    together (amount x quantity) exactly the payment's amount."""
+    if len(items) > MAX_LINE_ITEMS:
+        raise InvalidArgument("lineItems", f"lineItems has at most {MAX_LINE_ITEMS} items", reason="TOO_MANY_ITEMS")
+    if not items:
+        return
+    total = 0
+    for i, (description, line_amount, quantity) in enumerate(items):
+        here = f"lineItems[{i}]"
+        if len(description) > MAX_LINE_DESCRIPTION_LENGTH:
+            raise InvalidArgument(
+                f"{here}.description", f"{here}.description is longer than {MAX_LINE_DESCRIPTION_LENGTH} characters", reason="TOO_LONG"
+            )
+        if line_amount < 0:
+            raise InvalidArgument(f"{here}.amount", f"{here}.amount must not be negative", reason="MUST_NOT_BE_NEGATIVE")
+        if line_amount > MAX_PAYMENT:
+            raise InvalidArgument(
+                f"{here}.amount", f"{here}.amount must be at most {MAX_PAYMENT}, got {format(line_amount, 'f')}", reason="AMOUNT_OUT_OF_RANGE"
+            )
+        minor = to_minor(line_amount, currency, f"{here}.amount")
+        if not 1 <= quantity <= MAX_LINE_QUANTITY:
+            raise InvalidArgument(
+                f"{here}.quantity", f"{here}.quantity must be between 1 and {MAX_LINE_QUANTITY}, got {quantity}", reason="OUT_OF_RANGE"
+            )
+        total += minor * quantity
+    expected = to_minor(amount, currency)
+    if total != expected:
+        places = currency_exponent(currency)
+        summed = amount_text(Decimal(total).scaleb(-places, context=exact_context()), currency)
+        raise InvalidArgument(
+            "lineItems",
+            f"lineItems add up to {summed} (amount x quantity) but amount is {amount_text(amount, currency)}",
+            reason="LINE_ITEMS_MISMATCH",
+        )
 
 
 def page_attempt_key(session_id: str, n: int) -> str:
@@ -460,13 +576,19 @@ class PaymentSession(Aggregate):
         self.failure_message = None
         self.update_time = now
 
-    def declined(self, code: str | None, message: str | None, now: datetime) -> None:
-        """The attempt failed: pending again, showing why (another card may be tried)."""
+    def declined(self, code: str | None, message: str | None, now: datetime, *, declines: int = 0) -> None:
+        """The attempt failed: pending again, showing why (another card may be tried), unless
+        it was the session's ``MAX_DECLINES_PER_SESSION``-th decline (card testing): then
+        the session is failed and takes no more cards."""
         if self.status in (SessionStatus.PENDING, SessionStatus.PROCESSING, SessionStatus.COMPLETED):
             self.status = SessionStatus.PENDING.value
         self.failure_code = code
         self.failure_message = message
         self.update_time = now
+        if declines >= MAX_DECLINES_PER_SESSION and self.status == SessionStatus.PENDING:
+            self.status = SessionStatus.FAILED.value
+            self.failure_code = TOO_MANY_DECLINES
+            self.failure_message = f"too many declined cards ({declines}): this page takes no more cards"
 
     def complete(self, now: datetime, *, provider_payment_ref: str | None = None, payment_method_id: str | None = None) -> bool:
         if self.status == SessionStatus.COMPLETED:

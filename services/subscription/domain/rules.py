@@ -5,10 +5,13 @@ cannot say."""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from libs.core.errors import InvalidArgument
 
@@ -19,6 +22,56 @@ PER_PERIOD_MAX_MONTHS: Final = 12
 LIVE_STATUSES: Final = ("pending_payment", "active")
 STATUSES: Final = ("pending_payment", "active", "terminated")
 CHANGE_REASONS: Final = ("commercial", "correction", "migration", "unspecified")
+# Invoice 0's checkout lifetime (sessionExpiryMinutes): whole minutes, at most 30 days
+SESSION_EXPIRY_DEFAULT_MINUTES: Final = 240
+SESSION_EXPIRY_MAX_MINUTES: Final = 43200
+# the redirect keys of redirectUrls (stored) and their REST spelling
+REDIRECT_FIELDS: Final = {"on_success": "redirectUrls.onSuccess", "on_failure": "redirectUrls.onFailure"}
+# what the payment service takes as a redirect (an absolute http or https URL)
+_HTTP_URL: Final = re.compile(r"https?://\S+")
+
+
+def session_expiry_minutes(value: float | None, field: str = "sessionExpiryMinutes") -> int:
+    """Invoice 0's checkout lifetime: a whole number of minutes from 1 to 43200 (30
+    days); absent: 240. A JSON number arrives as a double (1.5, 1e300, NaN are refused)."""
+    if value is None:
+        return SESSION_EXPIRY_DEFAULT_MINUTES
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != math.floor(value):
+        raise InvalidArgument(
+            field, f"{field} must be a whole number of minutes from 1 to {SESSION_EXPIRY_MAX_MINUTES}; got {value!r}", reason="INVALID_FIELD"
+        )
+    if not 1 <= value <= SESSION_EXPIRY_MAX_MINUTES:
+        raise InvalidArgument(
+            field,
+            f"{field} must be from 1 to {SESSION_EXPIRY_MAX_MINUTES} minutes (30 days); got {value:g}",
+            reason="OUT_OF_RANGE",
+        )
+    return int(value)
+
+
+def redirect_url(value: str, field: str) -> str:
+    """A checkout redirect: an absolute http or https URL with a host (no javascript:,
+    data: or relative URL: the payment service would refuse it, and Invoice 0 would get
+    no checkout)."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if _HTTP_URL.fullmatch(value) is None or parts is None or not parts.hostname:
+        raise InvalidArgument(field, f"{field} must be an absolute http or https URL; got {value!r}", reason="INVALID_URL")
+    return value
+
+
+def redirect_urls(values: Mapping[str, str]) -> dict[str, str]:
+    """redirectUrls: onSuccess and onFailure, each an absolute http(s) URL; an empty one
+    is no redirect."""
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        if key not in REDIRECT_FIELDS:
+            raise InvalidArgument(f"redirectUrls.{key}", f"redirectUrls has no field {key!r}", reason="INVALID_FIELD")
+        if value:
+            out[key] = redirect_url(value, REDIRECT_FIELDS[key])
+    return out
 
 
 def percent(value: Any, field: str) -> str:

@@ -162,6 +162,11 @@ async def create_subscription(
         raise InvalidArgument("planId", "planId is required", reason="REQUIRED")
     if command.started_at is None:
         raise InvalidArgument("startedAt", "startedAt is required", reason="REQUIRED")
+    # Invoice 0's checkout terms, before anything is asked or written (Subscription.create
+    # keeps the checked values): a value the payment service or invoicing would refuse
+    # would leave the subscription pending_payment with no checkout
+    rules.session_expiry_minutes(command.session_expiry_minutes)
+    rules.redirect_urls(command.redirect_urls)
     clock: TestClock | None = None
     if command.test_clock_id:
         clock = await uow.test_clocks.get(merchant_id, command.test_clock_id, field="testClockId")

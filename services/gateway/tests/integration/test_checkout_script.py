@@ -31,7 +31,7 @@ from services.gateway.tests.checkout_fakes import MERCHANT, FakeMerchants, FakeP
 CHROMIUM = "/usr/bin/chromium"
 SESSION = "ps_browser000000001"
 GOOD_CARD = "4242 4242 4242 4242"
-TOKENS = {"4242424242424242": "tok_visa", "4000000000000002": "tok_declined", "4000000000006975": "tok_slow"}
+TOKENS = {"4242424242424242": "tok_visacard", "4000000000000002": "tok_declined", "4000000000006975": "tok_slowcard"}
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -210,7 +210,7 @@ async def test_paying_tokenizes_at_the_processor_submits_the_token_and_follows_t
         {"publishableKey": "pk_test_sandbox", "number": "4242424242424242", "expMonth": 12, "expYear": 2034, "cvc": "123"}
     ]
     (completion,) = stage.payment.completions
-    assert completion.card_token == "tok_visa" and completion.merchant_id == MERCHANT
+    assert completion.card_token == "tok_visacard" and completion.merchant_id == MERCHANT
     _assert_card_went_to_the_tokenizer_only(watched, stage, "4242424242424242")
     await page.goto(url)  # the page of a paid session
     assert await page.locator("h1").first.inner_text() == "Paid"
@@ -238,7 +238,7 @@ async def test_a_decline_is_shown_and_another_card_pays_as_a_new_attempt(stage: 
     assert "Payment received" in await page.inner_text("#state-done")
     await _shot(page, "4-received")
     first, second = stage.payment.completions
-    assert (first.card_token, second.card_token) == ("tok_declined", "tok_visa")
+    assert (first.card_token, second.card_token) == ("tok_declined", "tok_visacard")
     assert first.submit_nonce == rendered_nonce and second.submit_nonce not in ("", rendered_nonce)
 
 

@@ -271,7 +271,7 @@ async def test_an_unknown_merchant_costs_no_payment_call(setup: Setup) -> None:
             setup.app,
             "POST",
             f"/checkout/org_nobody000000000/{SESSION}/submit",
-            body=b'{"token":"tok_1","nonce":"n"}',
+            body=b'{"token":"tok_00000001","nonce":"nonce-abc1"}',
             headers=JSON_HEADERS,
         )
     ).status == 404
@@ -289,7 +289,7 @@ async def test_the_payment_service_down_is_a_503_page(setup: Setup) -> None:
     try:
         answer = await call(app, "GET", PAGE)
         assert answer.status == 503 and "Checkout unavailable" in answer.text and "127.0.0.1" not in answer.text
-        submitted = await call(app, "POST", f"{PAGE}/submit", body=b'{"token":"tok_1","nonce":"n"}', headers=JSON_HEADERS)
+        submitted = await call(app, "POST", f"{PAGE}/submit", body=b'{"token":"tok_00000001","nonce":"nonce-abc1"}', headers=JSON_HEADERS)
         assert submitted.status == 503 and submitted.json()["code"] == "UNAVAILABLE"
         assert "127.0.0.1" not in submitted.text
     finally:
@@ -319,7 +319,7 @@ async def test_a_failure_inside_the_gateway_is_a_page_for_the_page_and_json_for_
         assert page.status == 500 and page.headers["content-type"] == "text/html; charset=utf-8"
         assert "Checkout unavailable" in page.text and "bug" not in page.text
         assert_secure_headers(page)
-        submitted = await call(app, "POST", f"{PAGE}/submit", body=b'{"token":"tok_1","nonce":"n"}', headers=JSON_HEADERS)
+        submitted = await call(app, "POST", f"{PAGE}/submit", body=b'{"token":"tok_00000001","nonce":"nonce-abc1"}', headers=JSON_HEADERS)
         assert submitted.status == 500 and submitted.json()["code"] == "INTERNAL"
         hook = await call(app, "POST", f"/webhooks/processors/sandbox/{MERCHANT}", body=b"{}")
         assert hook.status == 500 and hook.json()["code"] == "INTERNAL"  # the processor delivers it again later
@@ -382,7 +382,7 @@ async def test_a_decline_answers_the_failure_and_a_fresh_nonce_for_another_card(
 
 async def test_processing_is_answered_and_the_status_route_tells_when_it_is_decided(setup: Setup) -> None:
     found = setup.payment.add(checkout(SESSION))
-    assert (await _submit(setup, SLOW_TOKEN, "n1")).json() == {"status": "processing", "mode": "payment"}
+    assert (await _submit(setup, SLOW_TOKEN, "nonce-n1")).json() == {"status": "processing", "mode": "payment"}
     status = await call(setup.app, "GET", f"{PAGE}/status")
     assert status.status == 200 and status.json()["status"] == "processing"
     assert_secure_headers(status)
@@ -397,15 +397,20 @@ async def test_submit_takes_only_a_small_json_token_and_nonce(setup: Setup) -> N
     setup.payment.add(checkout(SESSION))
     submit = f"{PAGE}/submit"
     form = await call(
-        setup.app, "POST", submit, body=b"token=tok_1&nonce=n", headers=[("content-type", "application/x-www-form-urlencoded")]
+        setup.app, "POST", submit, body=b"token=tok_00000001&nonce=n", headers=[("content-type", "application/x-www-form-urlencoded")]
     )
     assert form.status == 415
-    bare = await call(setup.app, "POST", submit, body=b'{"token":"tok_1","nonce":"n"}')
+    bare = await call(setup.app, "POST", submit, body=b'{"token":"tok_00000001","nonce":"nonce-abc1"}')
     assert bare.status == 415  # no Content-Type: no cross-site "simple" request gets through
     for body, field in (
-        (b'{"nonce":"n"}', "token"),
-        (b'{"token":"tok 1","nonce":"n"}', "token"),
-        (b'{"token":"tok_1"}', "nonce"),
+        (b'{"nonce":"nonce-abc1"}', "token"),
+        (b'{"token":"tok 1","nonce":"nonce-abc1"}', "token"),
+        # a card number where the token or the nonce goes is refused and never sent on
+        (b'{"token":"4242424242424242","nonce":"nonce-abc1"}', "token"),
+        (b'{"token":"tok_4242424242424242","nonce":"nonce-abc1"}', "token"),
+        (b'{"token":"tok_00000001","nonce":"4242424242424242"}', "nonce"),
+        (b'{"token":"tok_00000001","nonce":"n"}', "nonce"),
+        (b'{"token":"tok_00000001"}', "nonce"),
         (b"[1]", "body"),
     ):
         refused = await call(setup.app, "POST", submit, body=body, headers=JSON_HEADERS)
@@ -424,7 +429,9 @@ async def test_a_card_number_never_reaches_the_gateway_as_a_field(setup: Setup) 
     setup.payment.add(checkout(SESSION))
     answer = await call(setup.app, "GET", PAGE)
     assert _csp(answer)["form-action"] == "'none'"
-    refused = await call(setup.app, "POST", f"{PAGE}/submit", body=b'{"token":"4242424242424242 ","nonce":"n"}', headers=JSON_HEADERS)
+    refused = await call(
+        setup.app, "POST", f"{PAGE}/submit", body=b'{"token":"4242424242424242 ","nonce":"nonce-abc1"}', headers=JSON_HEADERS
+    )
     assert refused.status == 400 and setup.payment.completions == []
 
 
@@ -507,6 +514,8 @@ async def test_hosted_routes_are_not_in_the_rest_api_document(setup: Setup) -> N
         ("-3.00", "AUD", "-A$3.00"),
         ("abc", "USD", "abc USD"),
         ("1.00", "usd", "1.00 usd"),
+        # more digits than the default decimal precision: shown, not a 500
+        ("999999999999999999999999999", "USD", "$999,999,999,999,999,999,999,999,999.00"),
     ],
 )
 def test_money_is_shown_exactly(amount: str, currency: str, shown: str) -> None:

@@ -1,6 +1,7 @@
 """Collection (issue 11): an invoice keeps its checkout session (payment_session_id,
-payment_url) and counts its retryPayment attempts; charge outcomes reported by the
-payment service are kept by attempt key; credit notes get a kind (balance: a final
+payment_url), counts its retryPayment attempts and names the charge attempt that paid
+it (paid_by_attempt_key); charge outcomes reported by the payment service are kept by
+attempt key; credit notes get a kind (balance: a final
 invoice below zero; refund: a PAID invoice refunded), a tax split, what they took off the
 rounding carry, the processor's refund and a void; at most one ISSUED refund per invoice.
 
@@ -27,6 +28,8 @@ def upgrade() -> None:
     op.add_column("invoices", sa.Column("payment_url", sa.Text))
     op.add_column("invoices", sa.Column("retry_attempts", sa.Integer, nullable=False, server_default="0"))
     op.alter_column("invoices", "retry_attempts", server_default=None)
+    # the charge attempt whose success paid it (unset: paid out of band, or unpaid)
+    op.add_column("invoices", sa.Column("paid_by_attempt_key", sa.Text))
 
     # every credit note so far is a final invoice's balance
     op.add_column("credit_notes", sa.Column("kind", sa.Text, nullable=False, server_default="balance"))
@@ -73,5 +76,5 @@ def downgrade() -> None:
     op.alter_column("credit_notes", "reason", nullable=False)
     for name in ("void_reason", "voided_at", "provider_refund_ref", "refunded", "carry_amount", "tax_amount", "kind"):
         op.drop_column("credit_notes", name)
-    for name in ("retry_attempts", "payment_url", "payment_session_id"):
+    for name in ("paid_by_attempt_key", "retry_attempts", "payment_url", "payment_session_id"):
         op.drop_column("invoices", name)
