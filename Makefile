@@ -57,7 +57,7 @@ run: $(GEN_STAMP)
 browser:
 	@command -v chromium >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 test: $(GEN_STAMP) $(PROTODEPS) browser
 	GRPC_ENABLE_FORK_SUPPORT=false $(PY) -m pytest
