@@ -276,9 +276,8 @@ def invoice(
         out.failure_reason = found.failure_reason
     # payment_in_flight stays unset: the payment service keeps the charge attempts, and
     # invoicing cannot tell whether one is in flight (claiming false would be a guess)
-    if found.status in (Status.ISSUED, Status.PAYMENT_FAILED):
-        if found.payment_url and found.unpaid_amount > 0:
-            out.payment_url = found.payment_url
+    if found.status in (Status.ISSUED, Status.PAYMENT_FAILED) and found.payment_url and found.unpaid_amount > 0:
+        out.payment_url = found.payment_url
     if found.payment_session_id:
         out.payment_session_id = found.payment_session_id
     if found.status == Status.PAID and found.paid_by_attempt_key:

@@ -21,7 +21,7 @@ from accrue.subscription.v1 import subscription_service_pb2, subscription_servic
 
 from libs.infra.service import Runtime, ServiceDefinition, Worker, main
 from services.subscription import events, store
-from services.subscription.clients import CatalogPlans, MeteringClocks
+from services.subscription.clients import CatalogPlans, InvoicingCheckouts, MeteringClocks
 from services.subscription.entitlements import EntitlementDelivery
 from services.subscription.server import SubscriptionServicer
 from services.subscription.settings import SubscriptionSettings
@@ -65,6 +65,7 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> None:
         catalog=CatalogPlans(settings.catalog_addr),
         metering=MeteringClocks(settings.metering_addr),
         timeline=timeline_of(runtime),
+        checkouts=InvoicingCheckouts(settings.invoicing_addr),
     )
     subscription_service_pb2_grpc.add_SubscriptionServiceServicer_to_server(servicer, server)
 

@@ -1,5 +1,6 @@
 """The services the subscription service calls, behind its domain ports: the catalog
-(a plan's default version, pinned at creation) and metering (a test clock's time).
+(a plan's default version, pinned at creation), metering (a test clock's time) and
+invoicing (Invoice 0's current checkout, read when a pending subscription is shown).
 Calls carry the current merchant token (libs/infra/grpc_client.py); another merchant's
 plan is simply not found."""
 
@@ -10,14 +11,20 @@ from decimal import Decimal
 
 from accrue.catalog.v1 import catalog_service_pb2 as catalog
 from accrue.catalog.v1 import catalog_service_pb2_grpc
+from accrue.invoicing.v1 import invoicing_service_pb2 as invoicing
+from accrue.invoicing.v1 import invoicing_service_pb2_grpc
 from accrue.metering.v1 import metering_service_pb2 as metering
 from accrue.metering.v1 import metering_service_pb2_grpc
 
 from libs.core.errors import FailedPrecondition, NotFound, Unavailable
 from libs.infra import grpc_client
 from libs.infra.context import acting_for, current_merchant_id
+from libs.infra.logging import get_logger
 from libs.infra.proto_time import from_timestamp, to_timestamp
 from services.subscription.domain.model import PlanTerms, TestClock
+from services.subscription.domain.ports import Checkout
+
+log = get_logger(__name__)
 
 _PAGE = 100
 
@@ -104,3 +111,33 @@ class MeteringClocks:
         # the caller's Idempotency-Key belongs to the caller's mutation, not to this call
         with acting_for(clock.merchant_id):
             await self._stub.SyncTestClock(request)
+
+
+# a read of a pending subscription waits this long for invoicing, then shows the recorded checkout
+CHECKOUT_TIMEOUT_SECONDS = 2.0
+_PAYABLE = ("ISSUED", "PAYMENT_FAILED")
+
+
+class InvoicingCheckouts:
+    """Checkouts over invoicing's GetInvoice: Invoice 0's session as it is now (a
+    hosted_link replaces the one the engine recorded at issue). Never fails: invoicing
+    down, slow or refusing answers None (the recorded checkout is shown)."""
+
+    def __init__(self, address: str | None, *, timeout: float = CHECKOUT_TIMEOUT_SECONDS) -> None:
+        self._address = address
+        self._timeout = timeout
+        self._stub: invoicing_service_pb2_grpc.InvoicingServiceStub | None = None
+
+    async def invoice_zero_checkout(self, invoice_id: str) -> Checkout | None:
+        if not self._address:
+            return None
+        if self._stub is None:  # the channel belongs to the running event loop
+            self._stub = invoicing_service_pb2_grpc.InvoicingServiceStub(grpc_client.shared_channel(self._address))
+        try:
+            found = await self._stub.GetInvoice(invoicing.GetInvoiceRequest(id=invoice_id), timeout=self._timeout)
+        except Exception as err:  # a read falls back to the recorded checkout
+            log.warning("invoice_zero_checkout_unread", invoice_id=invoice_id, error=repr(err))
+            return None
+        if found.status not in _PAYABLE or not found.HasField("payment_session_id") or not found.HasField("payment_url"):
+            return None
+        return Checkout(found.payment_session_id, found.payment_url)

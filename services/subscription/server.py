@@ -29,7 +29,7 @@ from libs.infra.service_layer import FieldMask, ServiceLayer, check_merchant, op
 from services.subscription import store, views
 from services.subscription.domain import commands, use_cases
 from services.subscription.domain.model import Subscription, TestClock
-from services.subscription.domain.ports import ClockSync, CustomerFilters, PlanCatalog, SubscriptionFilters, Timeline
+from services.subscription.domain.ports import Checkouts, ClockSync, CustomerFilters, PlanCatalog, SubscriptionFilters, Timeline
 from services.subscription.store import SqlSubscriptionUnitOfWork
 
 log = get_logger(__name__)
@@ -67,6 +67,7 @@ class SubscriptionServicer(subscription_service_pb2_grpc.SubscriptionServiceServ
         catalog: PlanCatalog,
         metering: ClockSync | None = None,
         timeline: Timeline | None = None,
+        checkouts: Checkouts | None = None,
     ) -> None:
         def unit_of_work() -> SqlSubscriptionUnitOfWork:
             return SqlSubscriptionUnitOfWork(db, clock=clock, translate=views.outbox_message)
@@ -76,6 +77,7 @@ class SubscriptionServicer(subscription_service_pb2_grpc.SubscriptionServiceServ
         self._catalog = catalog
         self._metering = metering
         self._timeline = timeline
+        self._checkouts = checkouts
         self._service: ServiceLayer[Uow, Uow] = ServiceLayer(clock, unit_of_work, unit_of_work)
 
     async def _mutate(
@@ -207,7 +209,9 @@ class SubscriptionServicer(subscription_service_pb2_grpc.SubscriptionServiceServ
         async def work(uow: Uow, merchant_id: str) -> svc.Subscription:
             return await views.subscription(uow, await uow.subscriptions.get(merchant_id, subscription_id))
 
-        return await self._service.read(work)
+        answer: svc.Subscription = await self._service.read(work)
+        await views.with_current_checkouts([answer], self._checkouts)
+        return answer
 
     async def CreateSubscription(self, request: svc.CreateSubscriptionRequest, context: Context) -> svc.Subscription:
         def command() -> commands.CreateSubscription:
@@ -271,7 +275,7 @@ class SubscriptionServicer(subscription_service_pb2_grpc.SubscriptionServiceServ
                         await store.record_invoice_zero(tx, subscription, invoice, now=self._clock.now())
         except DomainError as err:
             log.warning("invoice_zero_deferred", subscription_id=subscription_id, reason=err.reason, error=err.message)
-        except Exception as err:  # noqa: BLE001  # committed: answered all the same, the due work stays
+        except Exception as err:
             # the subscription is committed: a 500 would tell the caller it was not (and a
             # retry without an Idempotency-Key would create a second one); the due work
             # stays for the scheduler, as after a DomainError
@@ -294,7 +298,9 @@ class SubscriptionServicer(subscription_service_pb2_grpc.SubscriptionServiceServ
             data = await views.subscriptions(uow, found, include_customer=opt(request, "include") == "customer")
             return svc.ListSubscriptionsResponse(object="list", data=data, pagination=pagination(page, total))
 
-        return await self._service.read(work)
+        listed: svc.ListSubscriptionsResponse = await self._service.read(work)
+        await views.with_current_checkouts(list(listed.data), self._checkouts)
+        return listed
 
     async def UpdateSubscription(self, request: svc.UpdateSubscriptionRequest, context: Context) -> svc.Subscription:
         async def work(uow: Uow, merchant_id: str, now: datetime) -> svc.Subscription:

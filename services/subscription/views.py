@@ -4,6 +4,7 @@ a recorded event through them too, so an event carries exactly what a Get return
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from services.subscription.domain.model import (
     TestClock,
     TestClockChanged,
 )
+from services.subscription.domain.ports import Checkouts
 from services.subscription.store import SubscriptionReads
 
 
@@ -59,6 +61,23 @@ async def subscriptions(uow: HasReads, found: Sequence[Subscription], *, include
 
 async def subscription(uow: HasReads, found: Subscription) -> svc.Subscription:
     return (await subscriptions(uow, [found]))[0]
+
+
+async def with_current_checkouts(found: Sequence[svc.Subscription], checkouts: Checkouts | None) -> None:
+    """A pending_payment subscription's ``payment`` shows Invoice 0's checkout as invoicing
+    knows it now (hosted_link replaces the session the engine recorded at issue): one
+    GetInvoice per pending subscription, concurrently, outside any transaction. Invoicing
+    not answering leaves the recorded checkout."""
+    if checkouts is None:
+        return
+    pending = [s for s in found if s.status == "pending_payment" and s.payment.status == "pending" and s.payment.invoice_id]
+    if not pending:
+        return
+    current = await asyncio.gather(*(checkouts.invoice_zero_checkout(s.payment.invoice_id) for s in pending))
+    for shown, checkout in zip(pending, current, strict=True):
+        if checkout is not None:
+            shown.payment.checkout_url = checkout.url
+            shown.payment.payment_session_id = checkout.session_id
 
 
 async def outbox_message(uow: Any, event: DomainEvent) -> OutboxMessage:

@@ -84,16 +84,12 @@ def test_a_paid_invoice_is_refunded_once_listed_and_voided(merchant_a: MerchantC
     listed = merchant_a.sdk.invoices_v2.list_invoice_refunds(id=invoice_id)
     assert [(r.id, r.status, r.total) for r in listed.data] == [(refund.id, "ISSUED", "49.00")]
 
-    voided = merchant_a.sdk.invoices_v2.void_invoice_refund(id=invoice_id, refund_id=refund.id, reason="Issued by mistake")
-    assert (voided.id, voided.status) == (refund.id, "VOIDED")
-    assert voided.voided_at is not None
-    # voiding again answers it as it is
-    twice = rest(merchant_a, "POST", f"/v2/invoices/{invoice_id}/refunds/{refund.id}/void", json={})
-    assert twice.status_code == 200, twice.text
-    assert (twice.json()["status"], unmarshal_json_response(models.InvoiceRefund, twice).voided_at) == ("VOIDED", voided.voided_at)
+    # the money went back through the processor: a void would not bring it back, so it is refused
+    refused = rest(merchant_a, "POST", f"/v2/invoices/{invoice_id}/refunds/{refund.id}/void", json={"reason": "Issued by mistake"})
+    assert problem(refused)[:2] == (409, "REFUND_SETTLED"), refused.text
     listed = merchant_a.sdk.invoices_v2.list_invoice_refunds(id=invoice_id)
-    assert [(r.id, r.status) for r in listed.data] == [(refund.id, "VOIDED")]
-    # a void is Accrue's record only: the processor's refund stands, nothing new was sent
+    assert [(r.id, r.status) for r in listed.data] == [(refund.id, "ISSUED")]
+    assert problem(_refund(merchant_a, invoice_id))[:2] == (409, "INVOICE_ALREADY_REFUNDED")
     assert sandbox.refunds_of_charge(charge["id"]) == [processor_refund]
     assert invoice_state(merchant_a, invoice_id) == ("PAID", "49.00", "0.00")
 
@@ -130,6 +126,17 @@ def test_an_out_of_band_invoice_gets_a_credit_note_and_no_processor_refund(merch
     assert sandbox.refunds() == refunds_before
     assert not [r for r in sandbox.refunds() if r.get("idempotencyKey") == refund.id]
     assert problem(_refund(merchant_a, invoice_id))[:2] == (409, "INVOICE_ALREADY_REFUNDED")
+
+    # no money moved, so the credit note is voidable (and voiding again answers it as it is)
+    voided = merchant_a.sdk.invoices_v2.void_invoice_refund(id=invoice_id, refund_id=refund.id, reason="Issued by mistake")
+    assert (voided.id, voided.status) == (refund.id, "VOIDED")
+    assert voided.voided_at is not None
+    twice = rest(merchant_a, "POST", f"/v2/invoices/{invoice_id}/refunds/{refund.id}/void", json={})
+    assert twice.status_code == 200, twice.text
+    assert (twice.json()["status"], unmarshal_json_response(models.InvoiceRefund, twice).voided_at) == ("VOIDED", voided.voided_at)
+    listed = merchant_a.sdk.invoices_v2.list_invoice_refunds(id=invoice_id)
+    assert [(r.id, r.status) for r in listed.data] == [(refund.id, "VOIDED")]
+    assert sandbox.refunds() == refunds_before
 
 
 def test_an_unpaid_invoice_is_not_refunded(merchant_a: MerchantClient, sandbox: Sandbox) -> None:

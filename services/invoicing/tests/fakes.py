@@ -371,8 +371,8 @@ class FakePayments:
     """The payment service: sessions per entity (idempotent, ``replace`` renews), every
     OpenSessions call recorded (one list per call); ChargeInvoice answers ``charge`` (a
     function of the request, default succeeded) or raises ``charge_error``; RefundInvoice
-    records (invoice, credit note, amount) and answers ``refunded``; ``fail`` makes every
-    call UNAVAILABLE."""
+    records (invoice, credit note, amount) and answers ``refunded`` (or raises
+    ``refund_error``); ``fail`` makes every call UNAVAILABLE."""
 
     def __init__(self) -> None:
         self.calls: list[list[SessionRequest]] = []
@@ -382,6 +382,7 @@ class FakePayments:
         self.charge_error: Exception | None = None
         self.refunds: list[tuple[str, str, int]] = []
         self.refunded = True
+        self.refund_error: Exception | None = None
         self.fail = False
         self.merchants: list[str] = []
 
@@ -415,6 +416,8 @@ class FakePayments:
         if self.fail:
             raise Unavailable("PAYMENT_DOWN", "the payment service is down")
         self.merchants.append(merchant_id)
+        if self.refund_error is not None:
+            raise self.refund_error
         self.refunds.append((invoice_id, credit_note_id, amount))
         if not self.refunded:
             return RefundResult(False, None, "succeeded")

@@ -145,3 +145,19 @@ class Timeline(Protocol):
     async def run_subscription(self, merchant_id: str, subscription_id: str, until: datetime) -> Sequence[Any] | None: ...
 
     async def advance_clock(self, merchant_id: str, clock_id: str, until: datetime) -> None: ...
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """Invoice 0's open checkout session, as invoicing knows it now."""
+
+    session_id: str
+    url: str
+
+
+class Checkouts(Protocol):
+    """Invoice 0's current checkout (hosted_link may have replaced the session the engine
+    recorded at issue). None: no open checkout, or invoicing did not answer (the reader
+    shows the recorded one)."""
+
+    async def invoice_zero_checkout(self, invoice_id: str) -> Checkout | None: ...

@@ -38,7 +38,9 @@ def session_expiry_minutes(value: float | None, field: str = "sessionExpiryMinut
         return SESSION_EXPIRY_DEFAULT_MINUTES
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != math.floor(value):
         raise InvalidArgument(
-            field, f"{field} must be a whole number of minutes from 1 to {SESSION_EXPIRY_MAX_MINUTES}; got {value!r}", reason="INVALID_FIELD"
+            field,
+            f"{field} must be a whole number of minutes from 1 to {SESSION_EXPIRY_MAX_MINUTES}; got {value!r}",
+            reason="INVALID_FIELD",
         )
     if not 1 <= value <= SESSION_EXPIRY_MAX_MINUTES:
         raise InvalidArgument(

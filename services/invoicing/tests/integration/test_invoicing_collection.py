@@ -73,6 +73,8 @@ class FakePaymentService(payment_service_pb2_grpc.PaymentServiceServicer):
             status="succeeded", attempt_key=r.attempt_key, provider_payment_ref="ch_" + r.attempt_key.rsplit(":", 1)[1]
         )
         self.report: Callable[[pay.ChargeInvoiceRequest, pay.ChargeOutcome, str], Any] | None = None
+        # RefundInvoice: money back through the processor (a charge paid it) or not (out of band)
+        self.refunded = True
 
     def _token(self, context: Context) -> str:
         found = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
@@ -114,6 +116,8 @@ class FakePaymentService(payment_service_pb2_grpc.PaymentServiceServicer):
     async def RefundInvoice(self, request: pay.RefundInvoiceRequest, context: Context) -> pay.RefundInvoiceResponse:
         self._token(context)
         self.refunds.append(request)
+        if not self.refunded:
+            return pay.RefundInvoiceResponse(refunded=False, status="succeeded")
         return pay.RefundInvoiceResponse(refunded=True, provider_refund_ref="re_" + request.credit_note_id, status="succeeded")
 
 
@@ -297,6 +301,7 @@ async def test_a_refund_happens_once_is_listed_voided_and_the_carry_comes_back(s
     service.meter.set(METRIC, "cus_1", MONTHS[0], MONTHS[1], "0.4")  # a sub-cent usage: a carry row with a fraction
     issued = await _issued(service, "sub_refund")
     await service.call("RecordInvoicePayment", svc.RecordInvoicePaymentRequest(id=issued.id, method="out_of_band"))
+    service.payment.refunded = False  # paid out of band: no processor refund, the credit note is voidable
     carry = "SELECT exact_total, billed_total FROM customer_carry WHERE customer_id = 'cus_1'"
     async with service.runtime.db.engine.connect() as conn:
         before = tuple((await conn.execute(sa.text(carry))).one())
@@ -315,7 +320,7 @@ async def test_a_refund_happens_once_is_listed_voided_and_the_carry_comes_back(s
         "4.90",
         "53.90",
     )
-    assert refund.id.startswith("crn_") and refund.provider_refund_ref == "re_" + refund.id
+    assert refund.id.startswith("crn_") and not refund.HasField("provider_refund_ref")
     (asked,) = service.payment.refunds
     assert (asked.invoice_id, asked.credit_note_id, asked.amount, asked.currency, asked.reason) == (
         issued.id,
@@ -343,3 +348,45 @@ async def test_a_refund_happens_once_is_listed_voided_and_the_carry_comes_back(s
     with pytest.raises(DomainError) as other:
         await service.call("ListInvoiceRefunds", svc.ListInvoiceRefundsRequest(id=issued.id), merchant=B)
     assert other.value.code is ErrorCode.NOT_FOUND
+
+
+async def test_a_charge_that_paid_is_named_and_its_refund_cannot_be_voided(service: Service) -> None:
+    """paid_by_attempt_key is stored (the payment service compares it with a late charge's
+    key); a refund whose money went back through the processor is not voidable
+    (REFUND_SETTLED, 409, naming refundId), and a second refund stays
+    INVOICE_ALREADY_REFUNDED."""
+    issued = await _issued(service, "sub_settled")
+    key = f"{issued.id}:auto:0"
+    outcome = svc.RecordChargeOutcomeRequest(invoice_id=issued.id, status="succeeded", attempt_key=key, amount="53.90")
+    paid = await service.call("RecordChargeOutcome", outcome)
+    assert (paid.status, paid.paid_by_attempt_key) == ("PAID", key)
+    assert await service.scalar(f"SELECT paid_by_attempt_key FROM invoices WHERE id = '{issued.id}'") == key
+    late = svc.RecordChargeOutcomeRequest(invoice_id=issued.id, status="succeeded", attempt_key=f"{issued.id}:retry:1", amount="53.90")
+    assert (await service.call("RecordChargeOutcome", late)).paid_by_attempt_key == key  # a duplicate sees another key
+    got = await service.call("GetInvoice", svc.GetInvoiceRequest(id=issued.id))
+    assert got.paid_by_attempt_key == key and not got.HasField("payment_in_flight")
+
+    refund = await service.call("CreateInvoiceRefund", svc.CreateInvoiceRefundRequest(id=issued.id))
+    assert refund.provider_refund_ref == "re_" + refund.id
+    with pytest.raises(DomainError) as refused:
+        await service.call("VoidInvoiceRefund", svc.VoidInvoiceRefundRequest(id=issued.id, refund_id=refund.id))
+    err = refused.value
+    assert (err.reason, http_status(err.code, err.reason), err.field) == ("REFUND_SETTLED", 409, "refundId")
+    assert "would not bring it back" in err.message
+    listed = await service.call("ListInvoiceRefunds", svc.ListInvoiceRefundsRequest(id=issued.id))
+    assert [(r.id, r.status) for r in listed.data] == [(refund.id, "ISSUED")]
+    with pytest.raises(DomainError) as twice:
+        await service.call("CreateInvoiceRefund", svc.CreateInvoiceRefundRequest(id=issued.id))
+    assert (twice.value.reason, http_status(twice.value.code, twice.value.reason)) == ("INVOICE_ALREADY_REFUNDED", 409)
+    assert len(service.payment.refunds) == 1
+    assert await service.scalar("SELECT count(*) FROM outbox WHERE subject = 'accrue.invoicing.v1.invoice.refund_voided'") == 0
+
+
+async def test_an_out_of_band_payment_is_stored_with_no_attempt(service: Service) -> None:
+    issued = await _issued(service, "sub_oob")
+    answer = await service.call("RecordInvoicePayment", svc.RecordInvoicePaymentRequest(id=issued.id, method="out_of_band"))
+    assert answer.invoice.status == "PAID" and not answer.invoice.HasField("paid_by_attempt_key")
+    late = svc.RecordChargeOutcomeRequest(invoice_id=issued.id, status="succeeded", attempt_key=f"{issued.id}:auto:0", amount="53.90")
+    after = await service.call("RecordChargeOutcome", late)
+    assert after.status == "PAID" and not after.HasField("paid_by_attempt_key")  # the late charge is the duplicate
+    assert await service.scalar(f"SELECT paid_by_attempt_key FROM invoices WHERE id = '{issued.id}'") is None

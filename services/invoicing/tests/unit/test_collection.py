@@ -240,6 +240,47 @@ async def test_a_succeeded_outcome_pays_once_and_activates_invoice_zero() -> Non
     assert {key for key, _ in world.store.outcomes} == {f"{issued.id}:auto:0", "ps_x:1", f"{issued.id}:retry:1"}
 
 
+async def test_the_invoice_names_the_attempt_that_paid_it_and_a_duplicate_success_sees_another() -> None:
+    """paid_by_attempt_key: the payment service refunds a charge that succeeds for an
+    invoice some other attempt (or an out-of-band payment) paid."""
+    world = World()
+    issued = await world.run(1)
+    assert message_to_json(mapping.invoice(issued)).get("paidByAttemptKey") is None  # unpaid
+    key = f"{issued.id}:auto:0"
+    paid = await _outcome(world, issued.id, "succeeded", key, amount=mapping.money(issued.grand_total, "USD"))
+    assert paid.paid_by_attempt_key == key == world.store.invoices[issued.id].paid_by_attempt_key
+    assert mapping.invoice(paid).paid_by_attempt_key == key
+    assert (await _outcome(world, issued.id, "succeeded", key)).paid_by_attempt_key == key  # a repeat: the same
+    duplicate = await _outcome(world, issued.id, "succeeded", f"{issued.id}:retry:1")  # a second charge succeeded
+    assert duplicate.paid_by_attempt_key == key and mapping.invoice(duplicate).paid_by_attempt_key == key
+
+
+async def test_an_out_of_band_payment_names_no_attempt_so_a_late_charge_is_seen_as_a_duplicate() -> None:
+    """The double-money race: the invoice is paid out of band while a charge attempt is in
+    flight; that charge's success, reported after, answers the invoice with no
+    paid_by_attempt_key (the payment service refunds it)."""
+    world = World()
+    issued = await world.run(1)
+    paid = await _pay_out_of_band(world, issued.id)
+    assert paid.paid_by_attempt_key is None
+    assert not mapping.invoice(paid).HasField("paid_by_attempt_key")
+    late = await _outcome(world, issued.id, "succeeded", f"{issued.id}:auto:0")
+    assert (late.status, late.paid_by_attempt_key) == (Status.PAID, None)
+    assert not mapping.invoice(late).HasField("paid_by_attempt_key")
+    assert _events(world, issued.id) == [ChangeKind.ISSUED, ChangeKind.PAID]  # paid once
+
+
+async def test_payment_in_flight_is_not_claimed_false() -> None:
+    """Invoicing keeps no charge attempts: whether one is in flight is unknown, so
+    paymentInFlight is omitted rather than false."""
+    world = World()
+    issued = await world.run(1)
+    assert not mapping.invoice(issued).HasField("payment_in_flight")
+    failed = await _outcome(world, issued.id, "failed", f"{issued.id}:auto:0", failure_code="card_declined")
+    assert not mapping.invoice(failed).HasField("payment_in_flight")
+    assert message_to_json(mapping.invoice(failed)).get("paymentInFlight") is None
+
+
 async def test_a_failed_outcome_marks_payment_failed_and_a_later_success_pays() -> None:
     world = World()
     issued = await world.run(1)
@@ -436,11 +477,21 @@ async def test_a_paid_invoice_is_refunded_once_and_a_second_refund_is_refused() 
     assert _events(world, paid.id)[-1] == ChangeKind.REFUNDED
 
 
+async def _paid_out_of_band_invoice(world: World) -> Invoice:
+    world.meter.set(METRIC, "cus_1", MONTHS[0], MONTHS[1], "0.4")  # a rounding carry, as _paid_invoice
+    t = terms(default_tax_rate="10")
+    await world.run(0, t)
+    issued = await world.run(1, t)
+    world.payments.refunded = False  # no charge to refund: the payment service answers refunded false
+    return await _pay_out_of_band(world, issued.id)
+
+
 async def test_voiding_restores_the_carry_is_idempotent_and_allows_a_new_refund() -> None:
     world = World()
-    paid = await _paid_invoice(world)
+    paid = await _paid_out_of_band_invoice(world)
     before = _carry(world)
     note = await _refund(world, paid.id)
+    assert (note.refunded, note.provider_refund_ref) == (False, None)  # a credit note only: voidable
     world.clock.advance(timedelta(minutes=5))
     voided = await _void(world, paid.id, note.id)
     assert (voided.status, voided.voided_at, voided.void_reason) == ("VOIDED", world.clock.now(), "issued by mistake")
@@ -457,6 +508,41 @@ async def test_voiding_restores_the_carry_is_idempotent_and_allows_a_new_refund(
     with pytest.raises(NotFound) as unknown:
         await _void(world, paid.id, "crn_nope")
     assert unknown.value.field == "refundId"
+
+
+async def test_a_refund_returned_through_the_processor_cannot_be_voided() -> None:
+    """Voiding it would not bring the processor's refund back: the books would say PAID,
+    unrefunded, while the money went back (REFUND_SETTLED, 409). A second refund stays
+    INVOICE_ALREADY_REFUNDED."""
+    world = World()
+    paid = await _paid_invoice(world)
+    note = await _refund(world, paid.id)
+    assert note.refunded and note.provider_refund_ref
+    during = _carry(world)
+    with pytest.raises(FailedPrecondition) as refused:
+        await _void(world, paid.id, note.id)
+    err = refused.value
+    assert (err.reason, http_status(err.code, err.reason), err.field) == ("REFUND_SETTLED", 409, "refundId")
+    assert "returned through the processor" in err.message and "would not bring it back" in err.message
+    stored = next(n for n in world.store.credit_notes if n.id == note.id)
+    assert (stored.status, stored.voided_at) == ("ISSUED", None) and _carry(world) == during
+    assert _events(world, paid.id)[-1] == ChangeKind.REFUNDED  # no REFUND_VOIDED
+    with pytest.raises(FailedPrecondition) as twice:
+        await _refund(world, paid.id)
+    assert (twice.value.reason, http_status(twice.value.code, twice.value.reason)) == ("INVOICE_ALREADY_REFUNDED", 409)
+    assert len(world.payments.refunds) == 1  # never refunded twice
+
+
+async def test_a_payment_service_refusal_of_a_refund_names_the_invoice() -> None:
+    world = World()
+    paid = await _paid_invoice(world)
+    world.payments.refund_error = FailedPrecondition("REFUND_REJECTED", "the processor refused the refund: charge already refunded")
+    with pytest.raises(FailedPrecondition) as refused:
+        await _refund(world, paid.id)
+    err = refused.value
+    assert (err.reason, err.field, err.metadata["field"], err.metadata["invoice_id"]) == ("REFUND_REJECTED", "id", "id", paid.id)
+    assert paid.id in err.message and "charge already refunded" in err.message
+    assert world.store.credit_notes == []  # nothing kept
 
 
 async def test_later_invoices_round_the_same_after_a_refund() -> None:

@@ -277,6 +277,41 @@ async def test_invoice_zeros_session_gets_the_subscriptions_redirects_and_lifeti
     assert sub.payment.payment_session_id == mesh.payment.sessions[("subscription", sub.payment.invoice_id)].id
 
 
+async def test_a_hosted_link_replacing_invoice_zeros_session_shows_on_the_subscription(mesh: Mesh) -> None:
+    """GET and list show Invoice 0's checkout as invoicing knows it now: a hosted_link's
+    fresh session, not the cancelled one recorded at issue."""
+    plan_id = await mesh.plan(fee="49.00")
+    sub = await mesh.subscribe(plan_id)
+    first = sub.payment.payment_session_id
+    linked = await mesh.invoicing.RecordInvoicePayment(
+        inv.RecordInvoicePaymentRequest(id=sub.payment.invoice_id, method="hosted_link"), metadata=mesh.md
+    )
+    assert linked.payment_session_id != first
+    got = await mesh.subscriptions.GetSubscription(svc.GetSubscriptionRequest(id=sub.id), metadata=mesh.md)
+    assert (got.status, got.payment.status) == ("pending_payment", "pending")
+    assert (got.payment.payment_session_id, got.payment.checkout_url) == (linked.payment_session_id, linked.payment_url)
+    listed = await mesh.subscriptions.ListSubscriptions(svc.ListSubscriptionsRequest(customer_id=sub.customer_id), metadata=mesh.md)
+    assert [(s.id, s.payment.payment_session_id, s.payment.checkout_url) for s in listed.data] == [
+        (sub.id, linked.payment_session_id, linked.payment_url)
+    ]
+
+
+async def test_bad_checkout_terms_are_refused_before_anything_is_written(mesh: Mesh) -> None:
+    plan_id = await mesh.plan(fee="49.00")
+    for fields in (
+        {"session_expiry_minutes": 1e15},
+        {"session_expiry_minutes": 1.5},
+        {"redirect_urls": svc.RedirectUrls(on_success="javascript:alert(1)")},
+        {"redirect_urls": svc.RedirectUrls(on_failure="/relative")},
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await mesh.subscribe(plan_id, **fields)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, fields
+    listed = await mesh.subscriptions.ListSubscriptions(svc.ListSubscriptionsRequest(limit=100), metadata=mesh.md)
+    assert list(listed.data) == []  # nothing written
+    assert mesh.payment.opened == []  # no Invoice 0, no session
+
+
 async def test_nothing_due_in_advance_makes_the_subscription_active_at_once(mesh: Mesh) -> None:
     sub = await mesh.subscribe(await mesh.plan(fee=None))
     assert sub.status == "active"

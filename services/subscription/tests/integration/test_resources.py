@@ -284,6 +284,13 @@ async def test_subscription_validation_names_the_field(http_a: httpx.AsyncClient
     _error(
         await http_a.post("/v0/subscriptions", json=base | {"startedAt": old, "elapsedPeriodBilling": "per_period"}), 400, field="startedAt"
     )
+    # Invoice 0's checkout lifetime: whole minutes from 1 to 43200 (1e15 once answered 500
+    # after writing the subscription)
+    for minutes in (1e15, 1e300, 43201, 0, -5, 1.5):
+        _error(await http_a.post("/v0/subscriptions", json=base | {"sessionExpiryMinutes": minutes}), 400, field="sessionExpiryMinutes")
+    # its redirects: absolute http(s) URLs (a javascript: one once left the subscription without a checkout)
+    for field, url in (("onSuccess", "javascript:alert(1)"), ("onFailure", "data:text/html,x"), ("onSuccess", "/thanks")):
+        _error(await http_a.post("/v0/subscriptions", json=base | {"redirectUrls": {field: url}}), 400, field=f"redirectUrls.{field}")
     assert _ok(await http_a.get("/v0/subscriptions", params={"customerId": customer}))["data"] == []
 
 

@@ -13,13 +13,16 @@ from typing import Any, cast
 import pytest
 from accrue.invoicing.v1 import invoicing_service_pb2 as inv
 from accrue.payment.v1 import payment_service_pb2 as pay
+from accrue.subscription.v1 import subscription_service_pb2 as svc
 
 from libs.core.clock import FakeClock
 from libs.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from libs.infra.proto_time import from_timestamp, to_timestamp
-from services.subscription import mapping
+from services.subscription import mapping, views
+from services.subscription.clients import InvoicingCheckouts
 from services.subscription.domain import use_cases
 from services.subscription.domain.model import Subscription
+from services.subscription.domain.ports import Checkout
 from services.subscription.domain.timeline import COLLECT_RECHECK, AfterCharge, Due, Kind
 from services.subscription.engine import Timeline, _Outcome, billing_terms
 from services.subscription.engine_store import DueRow
@@ -166,12 +169,12 @@ async def test_an_outcome_status_the_engine_does_not_know_is_an_error_not_a_gues
 
 async def test_billing_terms_carry_auto_charge_and_invoice_zeros_checkout_settings() -> None:
     sub = await _subscription(
-        redirect_urls={"on_success": "https://shop.example/ok", "on_failure": "https://shop.example/no"}, session_expiry_minutes=30.5
+        redirect_urls={"on_success": "https://shop.example/ok", "on_failure": "https://shop.example/no"}, session_expiry_minutes=30.0
     )
     terms = billing_terms(sub)
     assert terms.auto_charge
     assert (terms.success_redirect_url, terms.failure_redirect_url, terms.session_expiry_minutes) == (
-        "https://shop.example/ok", "https://shop.example/no", 31,
+        "https://shop.example/ok", "https://shop.example/no", 30,
     )  # fmt: skip
     plain = billing_terms(await _subscription(auto_charge=False))
     assert not plain.auto_charge
@@ -203,3 +206,44 @@ async def test_invoice_zeros_checkout_is_what_invoicing_answered() -> None:
     paid = mapping.payment(sub)
     assert paid is not None and paid.status == "paid" and not paid.HasField("checkout_url")
     assert sub.status == "active"
+
+
+@dataclass
+class Checkouts:
+    """Invoice 0's current checkout per invoice id (absent: None, as invoicing down)."""
+
+    current: dict[str, Checkout] = field(default_factory=dict)
+    asked: list[str] = field(default_factory=list)
+
+    async def invoice_zero_checkout(self, invoice_id: str) -> Checkout | None:
+        self.asked.append(invoice_id)
+        return self.current.get(invoice_id)
+
+
+def _shown(status: str, payment: str, invoice_id: str = "inv_0") -> svc.Subscription:
+    return svc.Subscription(
+        id="sub_" + invoice_id,
+        status=status,
+        payment=svc.SubscriptionPayment(status=payment, invoice_id=invoice_id, checkout_url="https://old", payment_session_id="ps_old"),
+    )
+
+
+async def test_a_pending_subscription_shows_invoice_zeros_current_checkout_else_the_recorded_one() -> None:
+    checkouts = Checkouts({"inv_0": Checkout("ps_new", "https://new")})
+    pending, unknown, active = _shown("pending_payment", "pending"), _shown("pending_payment", "pending", "inv_9"), _shown("active", "paid")
+    await views.with_current_checkouts([pending, unknown, active], checkouts)
+    assert (pending.payment.payment_session_id, pending.payment.checkout_url) == ("ps_new", "https://new")
+    # invoicing not answering (or no open session): the recorded checkout stays
+    assert (unknown.payment.payment_session_id, unknown.payment.checkout_url) == ("ps_old", "https://old")
+    assert checkouts.asked == ["inv_0", "inv_9"]  # a paid one is not asked
+    await views.with_current_checkouts([pending], None)  # no invoicing configured: nothing asked
+
+
+async def test_invoicing_down_reads_as_no_current_checkout() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    assert await InvoicingCheckouts(address, timeout=1.0).invoice_zero_checkout("inv_0") is None
+    assert await InvoicingCheckouts(None).invoice_zero_checkout("inv_0") is None

@@ -148,6 +148,22 @@ async def test_a_customer_lives_on_one_clock() -> None:
         ({"test_clock_id": "tc_unknown"}, "testClockId", NotFound),
         ({"customer_id": "cus_unknown"}, "customerId", NotFound),
         ({"metadata": {"nested": {"no": 1}}}, "metadata.nested", InvalidArgument),
+        # Invoice 0's checkout: whole minutes from 1 to 43200 (30 days)
+        ({"session_expiry_minutes": 1e15}, "sessionExpiryMinutes", InvalidArgument),
+        ({"session_expiry_minutes": 1e300}, "sessionExpiryMinutes", InvalidArgument),
+        ({"session_expiry_minutes": 43201.0}, "sessionExpiryMinutes", InvalidArgument),
+        ({"session_expiry_minutes": 0.0}, "sessionExpiryMinutes", InvalidArgument),
+        ({"session_expiry_minutes": -5.0}, "sessionExpiryMinutes", InvalidArgument),
+        ({"session_expiry_minutes": 1.5}, "sessionExpiryMinutes", InvalidArgument),
+        ({"session_expiry_minutes": float("nan")}, "sessionExpiryMinutes", InvalidArgument),
+        ({"session_expiry_minutes": float("inf")}, "sessionExpiryMinutes", InvalidArgument),
+        # its redirects: absolute http(s) URLs only (the payment service refuses the rest)
+        ({"redirect_urls": {"on_success": "javascript:alert(1)"}}, "redirectUrls.onSuccess", InvalidArgument),
+        ({"redirect_urls": {"on_failure": "data:text/html,<b>x</b>"}}, "redirectUrls.onFailure", InvalidArgument),
+        ({"redirect_urls": {"on_success": "/thanks"}}, "redirectUrls.onSuccess", InvalidArgument),
+        ({"redirect_urls": {"on_success": "https://"}}, "redirectUrls.onSuccess", InvalidArgument),
+        ({"redirect_urls": {"on_failure": "ftp://shop.example/x"}}, "redirectUrls.onFailure", InvalidArgument),
+        ({"redirect_urls": {"on_success": "https://shop.example/ ok"}}, "redirectUrls.onSuccess", InvalidArgument),
     ],
 )
 async def test_bad_input_names_the_field_and_stores_nothing(changes: dict[str, object], field: str, error: type[Exception]) -> None:
@@ -159,6 +175,21 @@ async def test_bad_input_names_the_field_and_stores_nothing(changes: dict[str, o
     assert getattr(err.value, "field", None) == field
     assert w.uow.subscriptions.rows == {}
     assert w.timeline.calls == []
+
+
+async def test_invoice_zeros_checkout_terms_are_kept_as_checked() -> None:
+    w = World()
+    customer = await w.customer()
+    sub = await _create(
+        w,
+        w.subscribe(
+            customer.id, session_expiry_minutes=43200.0, redirect_urls={"on_success": "https://shop.example/ok?x=1", "on_failure": ""}
+        ),
+    )
+    # an empty redirect is none
+    assert (sub.session_expiry_minutes, sub.redirect_urls) == (43200.0, {"on_success": "https://shop.example/ok?x=1"})
+    assert (await _create(w, w.subscribe(customer.id, session_expiry_minutes=1.0))).session_expiry_minutes == 1.0
+    assert (await _create(w, w.subscribe(customer.id))).session_expiry_minutes == 240.0  # the default
 
 
 async def test_another_merchants_customer_plan_or_clock_cannot_be_used() -> None:
