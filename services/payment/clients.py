@@ -22,7 +22,7 @@ from libs.core.errors import NotFound, Unavailable
 from libs.infra import grpc_client
 from libs.infra.context import acting_for, current_merchant_id
 from libs.infra.proto_time import to_timestamp
-from services.payment.domain.ports import ChargeReport, InvoiceState
+from services.payment.domain.ports import ChargeReport, InvoiceState, RecordedOutcome
 
 CALLER = "the payment service"
 RECORD_TIMEOUT_SECONDS = 15.0
@@ -67,7 +67,7 @@ class InvoicingClient:
             raise Unavailable("INVOICE_UNREADABLE", f"invoicing answered unpaidAmount {invoice.unpaid_amount!r}") from None
         return InvoiceState(status=invoice.status, unpaid_amount=unpaid, currency=invoice.currency)
 
-    async def record_charge_outcome(self, report: ChargeReport) -> None:
+    async def record_charge_outcome(self, report: ChargeReport) -> RecordedOutcome:
         request = invoicing_svc.RecordChargeOutcomeRequest(
             invoice_id=report.invoice_id,
             status=report.status,
@@ -84,4 +84,6 @@ class InvoicingClient:
             request.payment_session_id = report.payment_session_id
         with acting_for(current_merchant_id()):
             # paying Invoice 0 activates the subscription and its entitlements before it answers
-            await self._stub().RecordChargeOutcome(request, timeout=RECORD_TIMEOUT_SECONDS)
+            invoice = await self._stub().RecordChargeOutcome(request, timeout=RECORD_TIMEOUT_SECONDS)
+        paid_by = invoice.paid_by_attempt_key if invoice.HasField("paid_by_attempt_key") else None
+        return RecordedOutcome(status=invoice.status, paid_by_attempt_key=paid_by or None)

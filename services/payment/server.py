@@ -33,7 +33,7 @@ from libs.infra.proto_time import from_timestamp
 from libs.infra.service_layer import ServiceLayer, check_merchant, opt, page_of, pagination
 from services.payment import views
 from services.payment.domain import commands
-from services.payment.domain.model import MAX_LINE_ITEMS
+from services.payment.domain.model import MAX_LINE_ITEMS, check_idempotency_key
 from services.payment.domain.use_cases import Payments
 from services.payment.store import SqlPaymentUnitOfWork
 
@@ -59,7 +59,10 @@ def _create_payment(request: svc.CreatePaymentRequest) -> commands.CreatePayment
         for i, item in enumerate(request.line_items)
     ]
     expires_in = parse_duration(request.expires_in, "expiresIn") if request.HasField("expires_in") else None
-    key = opt(request, "idempotency_key") or current_idempotency_key() or None
+    body_key = opt(request, "idempotency_key")
+    if body_key is not None:  # the header's rule (the gateway checks the header itself)
+        check_idempotency_key(body_key)
+    key = body_key or current_idempotency_key() or None
     given: dict[str, Any] = {
         "amount": format(amount.normalize(), "f"),
         "currency": request.currency,

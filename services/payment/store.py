@@ -371,6 +371,10 @@ class MethodRepository(TableRepository[PaymentMethod]):
         )
         return [self._load(row) for row in (await self._conn.execute(query)).all()]
 
+    async def delete(self, merchant_id: str, method_id: str) -> None:
+        t = payment_methods
+        await self._conn.execute(t.delete().where(t.c.merchant_id == merchant_id, t.c.id == method_id))
+
 
 class AttemptRepository(TableRepository[ChargeAttempt]):
     resource = "charge_attempt"
@@ -407,6 +411,14 @@ class AttemptRepository(TableRepository[ChargeAttempt]):
         )
         row = (await self._conn.execute(query)).first()
         return None if row is None else self._load(row)
+
+    async def failed_of_session(self, merchant_id: str, session_id: str, *, excluding: str | None = None) -> int:
+        t = charge_attempts
+        query = sa.select(sa.func.count()).where(t.c.merchant_id == merchant_id, t.c.session_id == session_id, t.c.status == "failed")
+        if excluding is not None:
+            query = query.where(t.c.id != excluding)
+        count: int = (await self._conn.execute(query)).scalar_one()
+        return count
 
     async def first_automatic_at(self, merchant_id: str, invoice_id: str) -> datetime | None:
         t = charge_attempts

@@ -144,6 +144,7 @@ class Sandbox:
         except _KeyTaken:
             found = await self.find_by_key(request.account, request.idempotency_key)
             assert found is not None
+            _check_same_charge(found, request)
             return found, True
         if replayed or row["status"] != "processing":
             return row, replayed
@@ -162,6 +163,7 @@ class Sandbox:
             await store.lock_key(conn, "charge", request.account, request.idempotency_key)
             existing = await store.charge_by_key(conn, request.account, request.idempotency_key)
             if existing is not None:
+                _check_same_charge(existing, request)
                 return existing, True
             charge_id = new_id("ch")
             if request.token is not None:
@@ -475,6 +477,23 @@ def _card_values(details: CardDetails) -> dict[str, Any]:
 
 def _card_of(row: Row) -> dict[str, Any]:
     return {name: row[name] for name in ("brand", "last4", "exp_month", "exp_year", "behaviour")}
+
+
+def _check_same_charge(existing: Row, request: ChargeRequest) -> None:
+    """A key answers its charge only to the same request (as Stripe's keys): another amount,
+    currency or source with a used key is refused (409), never answered with that charge."""
+    same_source = (
+        existing["token_id"] == request.token
+        if request.token is not None
+        else existing["token_id"] is None and existing["payment_method_id"] == request.payment_method
+    )
+    if existing["amount"] != request.amount or existing["currency"] != request.currency or not same_source:
+        raise SandboxError(
+            409,
+            "idempotency_key_in_use",
+            "this Idempotency-Key was used for another charge (a different amount, currency or source)",
+            "Idempotency-Key",
+        )
 
 
 async def _token_exists(conn: AsyncConnection, token_id: str) -> bool:

@@ -186,7 +186,7 @@ class PageView:
     merchant_name: str
     merchant_initial: str
     mode: str  # payment | setup
-    # form (takes a card) | processing | completed | expired | cancelled | closed
+    # form (takes a card) | processing | completed | expired | cancelled | failed | closed
     state: str
     what: str
     amount: str
@@ -214,9 +214,10 @@ class PageView:
 
 
 def _state(status: str) -> str:
-    if status in ("pending", "failed"):
+    if status == "pending":
         return "form"  # a declined card on the page leaves the session payable with another
-    if status in ("processing", "completed", "expired", "cancelled"):
+    # failed: too many declined cards (card testing); the session takes no more
+    if status in ("processing", "completed", "expired", "cancelled", "failed"):
         return status
     return "closed"
 

@@ -283,8 +283,7 @@ def check_card_token(value: str, field: str = "cardToken") -> str:
     if _CARD_TOKEN.fullmatch(value) is None or _DIGIT_RUN.search(value) is not None:
         raise InvalidArgument(
             field,
-            f"{field} must be the processor's card token (a lowercase prefix, '_', then 8-64 letters or digits; "
-            "never card data)",
+            f"{field} must be the processor's card token (a lowercase prefix, '_', then 8-64 letters or digits; never card data)",
             reason="INVALID_CARD_TOKEN",
         )
     return value
@@ -293,9 +292,7 @@ def check_card_token(value: str, field: str = "cardToken") -> str:
 def check_submit_nonce(value: str, field: str = "submitNonce") -> str:
     """The page render's nonce: 8-128 URL-safe characters, no run of 12 or more digits."""
     if _SUBMIT_NONCE.fullmatch(value) is None or _DIGIT_RUN.search(value) is not None:
-        raise InvalidArgument(
-            field, f"{field} must be 8-128 letters, digits, '_' or '-' (and no card data)", reason="INVALID_SUBMIT_NONCE"
-        )
+        raise InvalidArgument(field, f"{field} must be 8-128 letters, digits, '_' or '-' (and no card data)", reason="INVALID_SUBMIT_NONCE")
     return value
 
 
@@ -349,9 +346,9 @@ def check_line_items(items: list[tuple[str, Decimal, int]], amount: Decimal, cur
         if line_amount < 0:
             raise InvalidArgument(f"{here}.amount", f"{here}.amount must not be negative", reason="MUST_NOT_BE_NEGATIVE")
         if line_amount > MAX_PAYMENT:
-            raise InvalidArgument(
-                f"{here}.amount", f"{here}.amount must be at most {MAX_PAYMENT}, got {format(line_amount, 'f')}", reason="AMOUNT_OUT_OF_RANGE"
-            )
+            shown = format(line_amount, "f")
+            message = f"{here}.amount must be at most {MAX_PAYMENT}, got {shown}"
+            raise InvalidArgument(f"{here}.amount", message, reason="AMOUNT_OUT_OF_RANGE")
         minor = to_minor(line_amount, currency, f"{here}.amount")
         if not 1 <= quantity <= MAX_LINE_QUANTITY:
             raise InvalidArgument(

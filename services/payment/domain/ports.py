@@ -80,6 +80,10 @@ class MethodRepository(Protocol):
         """Newest first: the first one is what off-session charges draw on."""
         ...
 
+    async def delete(self, merchant_id: str, method_id: str) -> None:
+        """The method is no longer the customer's (a card saved to be charged, then declined)."""
+        ...
+
 
 class AttemptRepository(Protocol):
     async def get(self, merchant_id: str, resource_id: str, *, field: str | None = None, lock: bool = False) -> ChargeAttempt: ...
@@ -101,6 +105,10 @@ class AttemptRepository(Protocol):
     async def by_nonce(self, merchant_id: str, session_id: str, nonce: str) -> ChargeAttempt | None: ...
 
     async def succeeded_of(self, merchant_id: str, payable_type: str, payable_id: str) -> ChargeAttempt | None: ...
+
+    async def failed_of_session(self, merchant_id: str, session_id: str, *, excluding: str | None = None) -> int:
+        """How many of a session's attempts failed (declines), not counting ``excluding``."""
+        ...
 
     async def first_automatic_at(self, merchant_id: str, invoice_id: str) -> datetime | None:
         """When the invoice's first automatic attempt was (the dunning schedule counts from it)."""
@@ -192,11 +200,24 @@ class ChargeReport:
     effective_time: datetime | None
 
 
+@dataclass(frozen=True)
+class RecordedOutcome:
+    """Invoicing's answer to RecordChargeOutcome: the invoice's status and which attempt
+    paid it (None: unpaid, or paid out of band)."""
+
+    status: str
+    paid_by_attempt_key: str | None = None
+
+    def paid_by_other(self, attempt_key: str) -> bool:
+        """Paid, and not by ``attempt_key``: a success of that attempt is a second payment."""
+        return self.status == "PAID" and self.paid_by_attempt_key != attempt_key
+
+
 class Invoicing(Protocol):
     async def invoice_state(self, invoice_id: str) -> InvoiceState: ...
 
-    async def record_charge_outcome(self, report: ChargeReport) -> None:
-        """Idempotent by attempt key at invoicing."""
+    async def record_charge_outcome(self, report: ChargeReport) -> RecordedOutcome | None:
+        """Idempotent by attempt key at invoicing; answers the invoice as it then is."""
         ...
 
 

@@ -39,8 +39,10 @@ from libs.core.errors import AlreadyExists, DomainError, FailedPrecondition, Inv
 from libs.core.money import currency_exponent
 from services.payment.domain import commands
 from services.payment.domain.model import (
+    DUPLICATE_REFUND_REASON,
     INVOICE_ENTITY_TYPES,
     NOT_SENT,
+    PROCESSOR_MISMATCH,
     PROCESSOR_TIMEOUT,
     AttemptStatus,
     Change,
@@ -59,8 +61,12 @@ from services.payment.domain.model import (
     SessionStatus,
     Trigger,
     amount_text,
+    check_card_token,
+    check_line_items,
+    check_metadata,
     check_payment_amount,
     check_payment_currency,
+    check_submit_nonce,
     payment_expiry,
     redirect_url,
     request_hash,
@@ -73,6 +79,7 @@ from services.payment.processors.base import (
     ChargeSource,
     ChargeStatus,
     InvalidWebhook,
+    InvalidWebhookBody,
     Processor,
     ProcessorError,
     ProcessorRejected,
@@ -197,6 +204,34 @@ def observation_of(charge: Charge, *, authoritative: bool, sequence: int | None 
     )
 
 
+def observation_for(attempt: ChargeAttempt, charge: Charge, *, authoritative: bool, sequence: int | None = None) -> Observation:
+    """What the processor's charge for ``attempt``'s key says of the attempt. A charge of
+    another amount or currency is not the attempt's (someone used its key at the processor
+    for another charge): the attempt failed (``processor_mismatch``) and pays nothing."""
+    if charge.amount_minor != attempt.amount_minor or charge.currency.upper() != attempt.currency.upper():
+        log.error(
+            "processor_charge_mismatch",
+            attempt_key=attempt.attempt_key,
+            charge_ref=charge.ref,
+            expected=(attempt.amount_minor, attempt.currency),
+            answered=(charge.amount_minor, charge.currency),
+        )
+        return Observation(
+            status=AttemptStatus.FAILED,
+            failure_code=PROCESSOR_MISMATCH,
+            failure_message="the processor's charge for this attempt's key is not this attempt's (another amount or currency)",
+            sequence=sequence,
+            authoritative=True,
+        )
+    return observation_of(charge, authoritative=authoritative, sequence=sequence)
+
+
+def duplicate_refund_key(attempt_key: str) -> str:
+    """The processor's Idempotency-Key (and the refund row's key) of the automatic refund of
+    a charge that paid an invoice already paid another way."""
+    return f"duplicate:{attempt_key}"
+
+
 def check_money(amount: Decimal, currency: str, field: str = "amount") -> None:
     currency_exponent(currency)  # names `currency` when it is no ISO 4217 code
     if amount <= 0:
@@ -244,6 +279,8 @@ class Payments:
         check_payment_amount(command.amount)
         check_payment_currency(command.currency)
         to_minor(command.amount, command.currency)
+        check_line_items([(i.description, i.amount, i.quantity) for i in command.line_items], command.amount, command.currency)
+        check_metadata(command.metadata)
         success = redirect_url(command.success_redirect_url, "successRedirectUrl")
         failure = redirect_url(command.failure_redirect_url, "failureRedirectUrl")
         later = grid.add(now, command.expires_in, field="expiresIn") if command.expires_in is not None else None
@@ -540,7 +577,7 @@ class Payments:
             return attempt
         now = self._now()
         if found is not None:
-            recorded, _ = await self._record(attempt, observation_of(found, authoritative=True))
+            recorded, _ = await self._record(attempt, observation_for(attempt, found, authoritative=True))
             return await self._report(recorded)
         # not found: the processor never received it (a timeout may have been the request's)
         if now - attempt.sent_at >= self.config.not_sent_after:
@@ -592,7 +629,7 @@ class Payments:
         else:
             if self.config.after_charge_sent is not None:
                 self.config.after_charge_sent()
-            seen = observation_of(charge, authoritative=True)
+            seen = observation_for(attempt, charge, authoritative=True)
         recorded, _ = await self._record(attempt, seen)
         return await self._report(recorded)
 
@@ -639,10 +676,17 @@ class Payments:
             if state == AttemptStatus.SUCCEEDED:
                 session.complete(now, provider_payment_ref=attempt.provider_ref)
             elif state == AttemptStatus.FAILED:
-                session.declined(attempt.failure_code, attempt.failure_message, now)
+                declines = await uow.attempts.failed_of_session(attempt.merchant_id, attempt.session_id, excluding=attempt.id) + 1
+                session.declined(attempt.failure_code, attempt.failure_message, now, declines=declines)
+                if session.status == SessionStatus.FAILED:
+                    log.warning("checkout_failed_too_many_declines", session_id=session.id, declines=declines)
             else:
                 session.provider_payment_ref = attempt.provider_ref or session.provider_payment_ref
             await uow.sessions.save(session)
+            if state == AttemptStatus.FAILED and attempt.trigger == Trigger.PAGE and attempt.payment_method_id:
+                # the page saved the card to charge it, and the charge declined: the card is
+                # not the customer's method (no off-session charge may draw on it)
+                await uow.methods.delete(attempt.merchant_id, attempt.payment_method_id)
         if attempt.payable_type == PayableType.PAYMENT:
             payment = await uow.payments.get(attempt.merchant_id, attempt.payable_id, lock=True)
             if state == AttemptStatus.SUCCEEDED:
@@ -676,16 +720,62 @@ class Payments:
             effective_time=attempt.effective_time,
         )
         try:
-            await self._invoicing.record_charge_outcome(report)
+            answer = await self._invoicing.record_charge_outcome(report)
         except DomainError as exc:
             log.warning("charge_outcome_not_reported", attempt_key=attempt.attempt_key, reason=exc.reason, error=exc.message)
             return attempt
+        if attempt.state == AttemptStatus.SUCCEEDED and answer is not None and answer.paid_by_other(attempt.attempt_key):
+            # the invoice was paid by something else (out of band while this charge was in
+            # flight, another attempt): this charge took the money twice, so it goes back
+            try:
+                await self._refund_duplicate(attempt, answer.paid_by_attempt_key)
+            except Unavailable:
+                return attempt  # told again (and refunded then) by the janitor
+            except DomainError as exc:
+                log.error("duplicate_charge_refund_refused", attempt_key=attempt.attempt_key, reason=exc.reason, error=exc.message)
         async with self._uow() as uow:
             current = await uow.attempts.get(attempt.merchant_id, attempt.id, lock=True)
             if current.status == report.status and current.reported_at is None:
                 current.mark_reported(self._now())
                 await uow.attempts.save(current)
             return current
+
+    async def _refund_duplicate(self, attempt: ChargeAttempt, paid_by: str | None) -> None:
+        """Refund (once: its key is ``duplicate:{attempt_key}``) a succeeded charge of an
+        invoice something else had paid; the refund row says why (DUPLICATE_REFUND_REASON)."""
+        key = duplicate_refund_key(attempt.attempt_key)
+        async with self._uow() as uow:
+            refund = await uow.refunds.by_credit_note(attempt.merchant_id, key, lock=True)
+            if refund is None:
+                current = await uow.attempts.get(attempt.merchant_id, attempt.id)
+                if current.provider_ref is None:
+                    log.error("duplicate_charge_without_ref", attempt_key=attempt.attempt_key)
+                    return
+                refund = Refund.begin(
+                    merchant_id=current.merchant_id,
+                    credit_note_id=key,
+                    attempt=current,
+                    amount=current.amount,
+                    currency=current.currency,
+                    reason=DUPLICATE_REFUND_REASON,
+                    now=self._now(),
+                )
+                if not await uow.refunds.add_new(refund):
+                    raced = await uow.refunds.by_credit_note(attempt.merchant_id, key)
+                    assert raced is not None
+                    refund = raced
+            if refund.status in (RefundStatus.SUCCEEDED, RefundStatus.PENDING):
+                return
+        result = await self._send_refund(refund)
+        log.warning(
+            "duplicate_charge_refunded",
+            attempt_key=attempt.attempt_key,
+            invoice_id=attempt.payable_id,
+            paid_by_attempt_key=paid_by,
+            charge_ref=refund.charge_ref,
+            refund_ref=result.provider_refund_ref,
+            status=result.status,
+        )
 
     # --- the hosted page ------------------------------------------------------------------
 
@@ -718,7 +808,10 @@ class Payments:
         session is done, charges nothing and answers the session as it is."""
         if not command.card_token:
             raise InvalidArgument("cardToken", "cardToken is required", reason="REQUIRED")
+        check_card_token(command.card_token)
         nonce = command.submit_nonce or None
+        if nonce is not None:
+            check_submit_nonce(nonce)
         async with self._uow() as uow:
             session = await uow.sessions.get(merchant_id, command.session_id, field="sessionId")
         if session.mode == SessionMode.SETUP:
@@ -853,7 +946,7 @@ class Payments:
         except ProcessorTimeout:
             return await self._setup_failed(current, PROCESSOR_TIMEOUT, "the card could not be saved in time")
         except ProcessorUnavailable:
-            await self._setup_failed(current, "provider_unavailable", "the card processor could not be reached")
+            await self._setup_failed(current, "provider_unavailable", "the card processor could not be reached", decline=False)
             raise _provider_unavailable() from None
         async with self._uow() as uow:
             await uow.methods.add(method)
@@ -862,10 +955,12 @@ class Payments:
             await uow.sessions.save(done)
         return await self._view(done)
 
-    async def _setup_failed(self, session: PaymentSession, code: str, message: str) -> CheckoutView:
+    async def _setup_failed(self, session: PaymentSession, code: str, message: str, *, decline: bool = True) -> CheckoutView:
         async with self._uow() as uow:
             current = await uow.sessions.get(session.merchant_id, session.id, lock=True)
-            current.declined(code, message, self._now())
+            if decline:  # a setup session counts its refused cards in attempt_count
+                current.attempt_count += 1
+            current.declined(code, message, self._now(), declines=current.attempt_count if decline else 0)
             await uow.sessions.save(current)
         return await self._view(current)
 
@@ -907,6 +1002,8 @@ class Payments:
             raise NotFound("processor", processor_name, field="processor")
         try:
             event = self.processor.parse_webhook(headers, body)
+        except InvalidWebhookBody as exc:  # signed, but not an event
+            raise InvalidArgument("body", f"the webhook's body is not a valid event: {exc}", reason="INVALID_WEBHOOK_BODY") from None
         except InvalidWebhook as exc:
             raise InvalidArgument("body", f"the webhook does not verify: {exc}", reason="INVALID_WEBHOOK_SIGNATURE") from None
         now = self._now()
@@ -926,7 +1023,8 @@ class Payments:
             attempt = await uow.attempts.by_key(merchant_id, event.charge.idempotency_key, lock=True)
             if attempt is None:
                 return "ignored"
-            change = await self._apply(uow, attempt, observation_of(event.charge, authoritative=False, sequence=event.sequence), now)
+            seen = observation_for(attempt, event.charge, authoritative=False, sequence=event.sequence)
+            change = await self._apply(uow, attempt, seen, now)
             if change == Change.CONFLICT:
                 conflict = attempt
         if conflict is not None:
@@ -934,7 +1032,7 @@ class Payments:
             found = await self.processor.find_charge(merchant_id=merchant_id, idempotency_key=conflict.attempt_key)
             if found is None:
                 return "stale"
-            attempt, change = await self._record(conflict, observation_of(found, authoritative=True))
+            attempt, change = await self._record(conflict, observation_for(conflict, found, authoritative=True))
             if change != Change.APPLIED:
                 change = Change.STALE
         if change == Change.APPLIED:  # whoever decided it tells invoicing (the janitor, if that fails)
@@ -955,6 +1053,8 @@ class Payments:
                 raise AlreadyExists("CREDIT_NOTE_REUSED", "this credit note refunds another invoice", field="creditNoteId")
             if refund is None:
                 paid = await uow.attempts.succeeded_of(merchant_id, PayableType.INVOICE, command.invoice_id)
+                if paid is not None and await uow.refunds.by_credit_note(merchant_id, duplicate_refund_key(paid.attempt_key)) is not None:
+                    paid = None  # that charge was a duplicate, given back already: the invoice was paid another way
                 if paid is None:
                     return RefundResult(refunded=False, provider_refund_ref=None, status=RefundStatus.SUCCEEDED.value)
                 refund = Refund.begin(

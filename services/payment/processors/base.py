@@ -64,6 +64,11 @@ class InvalidWebhook(ProcessorError):
     """A webhook whose signature or timestamp does not verify, or whose body is not one."""
 
 
+class InvalidWebhookBody(InvalidWebhook):
+    """A webhook that verifies (signed) but whose body is not an event of the processor
+    (not JSON, nested too deeply, fields missing or of the wrong type)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Card:
     """What Accrue may keep of a card."""
@@ -172,7 +177,8 @@ class Processor(Protocol):
     async def refund(self, *, merchant_id: str, idempotency_key: str, charge_ref: str, amount_minor: int) -> Refund: ...
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
-        """Verifies and parses a webhook; raises InvalidWebhook."""
+        """Verifies and parses a webhook; raises InvalidWebhook (a bad signature) or
+        InvalidWebhookBody (signed, but not an event), never anything else."""
         ...
 
     async def aclose(self) -> None: ...

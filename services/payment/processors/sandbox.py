@@ -41,6 +41,7 @@ from services.payment.processors.base import (
     ChargeSource,
     ChargeStatus,
     InvalidWebhook,
+    InvalidWebhookBody,
     ProcessorRejected,
     ProcessorTimeout,
     ProcessorUnavailable,
@@ -159,14 +160,29 @@ class SandboxProcessor:
         return _answer(parse_refund, body)
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        """Verified first (InvalidWebhook), then parsed (InvalidWebhookBody): a signed body
+        that is not an event (not JSON, nested too deeply, a field missing or of the wrong
+        type) is refused with a plain reason, never an exception of Python's own."""
         try:
-            event = self._verifier.verify(body, {str(k): str(v) for k, v in headers.items()})
-        except (WebhookVerificationError, ValueError, binascii.Error, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidWebhook(f"the webhook does not verify: {exc}") from None
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidWebhookBody("the body is not UTF-8 text") from None
         try:
-            return parse_event(event)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidWebhook(f"the webhook is not a sandbox event: {exc}") from None
+            self._verifier.verify(text, {str(k): str(v) for k, v in headers.items()}, json_parse=False)
+        except (WebhookVerificationError, ValueError, binascii.Error) as exc:
+            raise InvalidWebhook(_verification_reason(exc)) from None
+        try:
+            return parse_event(json.loads(text))
+        except RecursionError:
+            raise InvalidWebhookBody("the body is nested too deeply") from None
+        except json.JSONDecodeError:
+            raise InvalidWebhookBody("the body is not JSON") from None
+        except KeyError as exc:
+            raise InvalidWebhookBody(f"the body is not a sandbox event: {_field_name(exc)} is missing") from None
+        except _Malformed as exc:
+            raise InvalidWebhookBody(f"the body is not a sandbox event: {exc}") from None
+        except (TypeError, ValueError, AttributeError, IndexError, OverflowError):
+            raise InvalidWebhookBody("the body is not a sandbox event") from None
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -207,10 +223,13 @@ class SandboxProcessor:
 
 
 def parse_charge(body: Mapping[str, Any]) -> Charge:
-    status = ChargeStatus(_text(body, "status"))
+    status_text = _text(body, "status")
+    if status_text not in set(ChargeStatus):
+        raise _Malformed("status is not processing, succeeded or failed")
+    status = ChargeStatus(status_text)
     amount = body["amount"]
     if isinstance(amount, bool) or not isinstance(amount, int):
-        raise ValueError("amount is not an integer")
+        raise _Malformed("amount is not an integer")
     return Charge(
         ref=_text(body, "id"),
         idempotency_key=_text(body, "idempotencyKey"),
@@ -228,7 +247,7 @@ def parse_charge(body: Mapping[str, Any]) -> Charge:
 def parse_refund(body: Mapping[str, Any]) -> Refund:
     amount = body["amount"]
     if isinstance(amount, bool) or not isinstance(amount, int):
-        raise ValueError("amount is not an integer")
+        raise _Malformed("amount is not an integer")
     return Refund(
         ref=_text(body, "id"),
         idempotency_key=_text(body, "idempotencyKey"),
@@ -238,16 +257,23 @@ def parse_refund(body: Mapping[str, Any]) -> Refund:
     )
 
 
+class _Malformed(ValueError):
+    """A field of an answer or an event that is not what it should be (a plain message)."""
+
+
 def parse_event(event: Any) -> WebhookEvent:
     if not isinstance(event, dict):
-        raise TypeError("the body is not an object")
+        raise _Malformed("the body is not an object")
     event_type = _text(event, "type")
     sequence = event["sequence"]
     if isinstance(sequence, bool) or not isinstance(sequence, int):
-        raise ValueError("sequence is not an integer")
-    obj = event["data"]["object"]
+        raise _Malformed("sequence is not an integer")
+    data = event["data"]
+    if not isinstance(data, dict):
+        raise _Malformed("data is not an object")
+    obj = data["object"]
     if not isinstance(obj, dict):
-        raise TypeError("data.object is not an object")
+        raise _Malformed("data.object is not an object")
     return WebhookEvent(
         id=_text(event, "id"),
         type=event_type,
@@ -256,6 +282,18 @@ def parse_event(event: Any) -> WebhookEvent:
         charge=parse_charge(obj) if event_type.startswith("charge.") else None,
         refund=parse_refund(obj) if event_type.startswith("refund.") else None,
     )
+
+
+def _verification_reason(exc: Exception) -> str:
+    if isinstance(exc, WebhookVerificationError):
+        reason = str(exc).strip() or "no signature matches"
+        return reason[0].lower() + reason[1:]
+    return "the signature headers are malformed"
+
+
+def _field_name(exc: KeyError) -> str:
+    name = str(exc.args[0]) if exc.args else "a field"
+    return name if len(name) <= 40 else name[:40] + "..."
 
 
 def _answer(parse: Callable[[Mapping[str, Any]], T], body: Any) -> T:
@@ -270,14 +308,14 @@ def _answer(parse: Callable[[Mapping[str, Any]], T], body: Any) -> T:
 
 def _card(value: Any) -> Card:
     if not isinstance(value, dict):
-        raise TypeError("card is not an object")
+        raise _Malformed("card is not an object")
     return Card(brand=str(value["brand"]), last4=str(value["last4"]), exp_month=int(value["expMonth"]), exp_year=int(value["expYear"]))
 
 
 def _text(body: Mapping[str, Any], name: str) -> str:
     value = body[name]
     if not isinstance(value, str):
-        raise ValueError(f"{name} is not a string")
+        raise _Malformed(f"{name} is not a string")
     return value
 
 
@@ -288,8 +326,11 @@ def _optional(body: Mapping[str, Any], name: str) -> str | None:
 
 def _instant(value: Any) -> datetime:
     if not isinstance(value, str):
-        raise ValueError("an instant is not a string")
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        raise _Malformed("an instant is not a string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise _Malformed("an instant is not ISO 8601") from None
     if parsed.tzinfo is None:
-        raise ValueError("an instant has no offset")
+        raise _Malformed("an instant has no offset")
     return parsed

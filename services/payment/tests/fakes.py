@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -54,10 +55,17 @@ UNREACHABLE = "unreachable"  # a charge is refused before it reaches the process
 
 
 def token(behaviour: str = OK) -> str:
-    return f"tok_{behaviour}_{next(_tokens)}"
+    """A token of the processor's shape (``tok_`` then letters and digits), its behaviour
+    before the ``X``: ``tok_declineX00000007``."""
+    return f"tok_{behaviour}X{next(_tokens):08d}"
 
 
 _tokens = itertools.count(1)
+
+
+def render_nonce() -> str:
+    """A page render's nonce as the gateway makes them (URL-safe, no long digit runs)."""
+    return f"render-{secrets.token_urlsafe(12)}"
 
 
 @dataclass
@@ -80,8 +88,8 @@ class FakeProcessor:
 
     @staticmethod
     def behaviour_of(token: str) -> str:
-        parts = token.split("_")
-        return parts[1] if len(parts) > 2 else OK
+        body = token.partition("_")[2]
+        return body.partition("X")[0] if "X" in body else OK
 
     async def save_payment_method(self, *, merchant_id: str, customer_ref: str, token: str) -> SavedMethod:
         if token in self.used_tokens:
@@ -238,6 +246,8 @@ class FakeInvoice:
     status: str = "ISSUED"
     unpaid_amount: str = "49.00"
     currency: str = "USD"
+    # the attempt whose success paid it (None: unpaid, or paid out of band)
+    paid_by_attempt_key: str | None = None
 
 
 class FakeInvoicing(invoicing_service_pb2_grpc.InvoicingServiceServicer):
@@ -265,10 +275,15 @@ class FakeInvoicing(invoicing_service_pb2_grpc.InvoicingServiceServicer):
         self.reports.append(request)
         found = self.invoices.setdefault(request.invoice_id, FakeInvoice())
         if request.status == "succeeded":
-            found.status, found.unpaid_amount = "PAID", "0.00"
+            if found.status != "PAID":  # paid once: by the first success (a PAID invoice stays as it was paid)
+                found.status, found.unpaid_amount = "PAID", "0.00"
+                found.paid_by_attempt_key = request.attempt_key
         elif found.status != "PAID":
             found.status = "PAYMENT_FAILED"
-        return inv.Invoice(id=request.invoice_id, status=found.status, unpaid_amount=found.unpaid_amount)
+        answer = inv.Invoice(id=request.invoice_id, status=found.status, unpaid_amount=found.unpaid_amount)
+        if found.status == "PAID" and found.paid_by_attempt_key:
+            answer.paid_by_attempt_key = found.paid_by_attempt_key
+        return answer
 
 
 def money(text: str) -> Decimal:

@@ -213,6 +213,7 @@ async def test_setup_mode_saves_a_card_and_charges_nothing(setup: Setup) -> None
         ("completed", "setup", ["Card saved", "Visa ending in 4242"]),
         ("expired", "payment", ["This checkout has expired", "https://merchant.example/sorry"]),
         ("cancelled", "payment", ["This checkout was cancelled"]),
+        ("failed", "payment", ["This checkout is closed", "Too many cards were declined"]),
         ("processing", "payment", ["Processing your payment", f'data-poll-url="{PAGE}/status"']),
     ],
 )

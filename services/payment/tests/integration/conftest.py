@@ -26,7 +26,7 @@ from libs.testing.tokens import merchant_metadata
 from services.payment import app as payment_app
 from services.payment import store
 from services.payment.processors.factory import register_processor
-from services.payment.tests.fakes import OK, FakeInvoice, FakeInvoicing, FakeProcessor, token
+from services.payment.tests.fakes import OK, FakeInvoice, FakeInvoicing, FakeProcessor, render_nonce, token
 from services.subscription import app as subscription_app
 
 PUBLIC_URL = "http://gateway.test"
@@ -58,7 +58,7 @@ class World:
 
     async def save_card(self, customer_id: str, behaviour: str = OK) -> pay.Checkout:
         setup = await self.payments.CreateCustomerPaymentMethod(pay.CreateCustomerPaymentMethodRequest(id=customer_id), metadata=self.md())
-        request = pay.CompleteCheckoutRequest(session_id=setup.id, card_token=token(behaviour), submit_nonce=uuid.uuid4().hex)
+        request = pay.CompleteCheckoutRequest(session_id=setup.id, card_token=token(behaviour), submit_nonce=render_nonce())
         checkout: pay.Checkout = await self.payments.CompleteCheckout(request, metadata=self.md())
         return checkout
 

@@ -16,12 +16,12 @@ from accrue.payment.v1 import payment_service_pb2 as pay
 from libs.core.errors import InvalidArgument, NotFound
 from libs.infra.proto_time import to_timestamp
 from libs.testing.waiting import eventually_async
-from services.payment.tests.fakes import DECLINE, OK, SLOW, token
+from services.payment.tests.fakes import DECLINE, OK, SLOW, render_nonce, token
 from services.payment.tests.integration.conftest import PUBLIC_URL, World
 
 
 def submit(session_id: str, behaviour: str = OK, nonce: str | None = None) -> pay.CompleteCheckoutRequest:
-    return pay.CompleteCheckoutRequest(session_id=session_id, card_token=token(behaviour), submit_nonce=nonce or uuid.uuid4().hex)
+    return pay.CompleteCheckoutRequest(session_id=session_id, card_token=token(behaviour), submit_nonce=nonce or render_nonce())
 
 
 async def test_a_page_pays_its_invoice_once_and_invoicing_hears_it(world: World) -> None:
@@ -72,7 +72,7 @@ async def test_a_double_submit_of_one_render_is_one_attempt(world: World) -> Non
     invoice = world.invoice()
     session = await world.open_session(invoice, customer)
     world.processor.gate = asyncio.Event()
-    nonce = uuid.uuid4().hex
+    nonce = render_nonce()
     first = asyncio.ensure_future(world.payments.CompleteCheckout(submit(session.id, nonce=nonce), metadata=world.md()))
     await asyncio.wait_for(world.processor.arrived.wait(), 10)
     second = asyncio.ensure_future(world.payments.CompleteCheckout(submit(session.id, nonce=nonce), metadata=world.md()))
@@ -85,7 +85,7 @@ async def test_a_double_submit_of_one_render_is_one_attempt(world: World) -> Non
     assert world.processor.charge_calls == [f"{session.id}:1"]
     # the same render again after the decline of its attempt charges nothing either
     declined_session = await world.open_session(world.invoice(), customer)
-    nonce = uuid.uuid4().hex
+    nonce = render_nonce()
     await world.payments.CompleteCheckout(submit(declined_session.id, DECLINE, nonce), metadata=world.md())
     late = await world.payments.CompleteCheckout(submit(declined_session.id, OK, nonce), metadata=world.md())
     assert (late.session.status, late.failure_code) == ("pending", "card_declined")
@@ -195,7 +195,7 @@ async def test_a_setup_session_saves_the_card_and_lists_it_newest_first(world: W
     )
     assert (setup.object, setup.mode, setup.status) == ("paymentSession", "setup", "pending")
     assert setup.url == f"{PUBLIC_URL}/checkout/{world.merchant}/{setup.id}"
-    nonce = uuid.uuid4().hex
+    nonce = render_nonce()
     saved = await world.payments.CompleteCheckout(submit(setup.id, nonce=nonce), metadata=world.md())
     assert saved.session.status == "completed" and saved.mode == "setup"
     assert (saved.saved_method.brand, saved.saved_method.last4, saved.saved_method.exp_month) == ("visa", "4242", 12)

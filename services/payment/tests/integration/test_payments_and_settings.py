@@ -64,7 +64,7 @@ async def test_a_payment_link_is_idempotent_by_its_key_and_paid_on_its_page(worl
     assert (reused.value.reason, reused.value.field) == ("IDEMPOTENCY_KEY_REUSED", "idempotencyKey")
 
     paid = await world.payments.CompleteCheckout(
-        pay.CompleteCheckoutRequest(session_id=first.payment_session_id, card_token=token(), submit_nonce="n1"), metadata=world.md()
+        pay.CompleteCheckoutRequest(session_id=first.payment_session_id, card_token=token(), submit_nonce="nonce-001"), metadata=world.md()
     )
     assert paid.session.status == "completed" and paid.session.entity_type == "payment"
     got = await world.payments.GetPayment(pay.GetPaymentRequest(id=first.id), metadata=world.md())

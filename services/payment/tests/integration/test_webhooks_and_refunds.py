@@ -12,7 +12,7 @@ from accrue.payment.v1 import payment_service_pb2 as pay
 
 from libs.core.errors import InvalidArgument, NotFound
 from services.payment.processors.base import ChargeStatus
-from services.payment.tests.fakes import SLOW, token
+from services.payment.tests.fakes import SLOW, render_nonce, token
 from services.payment.tests.integration.conftest import World
 
 
@@ -25,7 +25,7 @@ async def test_duplicate_and_out_of_order_webhooks_apply_once(world: World) -> N
     invoice = world.invoice()
     session = await world.open_session(invoice, customer)
     answer = await world.payments.CompleteCheckout(
-        pay.CompleteCheckoutRequest(session_id=session.id, card_token=token(SLOW), submit_nonce=uuid.uuid4().hex), metadata=world.md()
+        pay.CompleteCheckoutRequest(session_id=session.id, card_token=token(SLOW), submit_nonce=render_nonce()), metadata=world.md()
     )
     assert answer.session.status == "processing"
     key = f"{session.id}:1"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from libs.testing.fixtures import StartHost
 from libs.testing.waiting import eventually_async
 from services.payment.processors.factory import register_processor
 from services.payment.processors.sandbox import SandboxProcessor, SandboxProcessorSettings
+from services.payment.tests.fakes import render_nonce
 from services.payment.tests.integration.conftest import InvoicingServer, World, start_world
 from services.sandbox.app import DEFINITION as SANDBOX
 
@@ -101,7 +101,7 @@ class SandboxWorld:
         return token
 
     async def pay(self, session_id: str, card: str) -> pay.Checkout:
-        request = pay.CompleteCheckoutRequest(session_id=session_id, card_token=await self.token(card), submit_nonce=uuid.uuid4().hex)
+        request = pay.CompleteCheckoutRequest(session_id=session_id, card_token=await self.token(card), submit_nonce=render_nonce())
         checkout: pay.Checkout = await self.world.payments.CompleteCheckout(request, metadata=self.world.md())
         return checkout
 

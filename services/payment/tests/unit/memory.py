@@ -127,6 +127,11 @@ class Methods(_Table):
     async def of_customer(self, merchant_id: str, customer_id: str) -> list[PaymentMethod]:
         return [self._load(m) for m in self._mine(merchant_id) if m.customer_id == customer_id]
 
+    async def delete(self, merchant_id: str, method_id: str) -> None:
+        found = self._rows.get(method_id)
+        if found is not None and found.merchant_id == merchant_id:
+            del self._rows[method_id]
+
 
 class Attempts(_Table):
     async def add_new(self, attempt: ChargeAttempt) -> bool:
@@ -169,6 +174,13 @@ class Attempts(_Table):
                 loaded: ChargeAttempt = self._load(found)
                 return loaded
         return None
+
+    async def failed_of_session(self, merchant_id: str, session_id: str, *, excluding: str | None = None) -> int:
+        return sum(
+            1
+            for a in self._rows.values()
+            if (a.merchant_id, a.session_id, a.status) == (merchant_id, session_id, "failed") and a.id != excluding
+        )
 
     async def first_automatic_at(self, merchant_id: str, invoice_id: str) -> datetime | None:
         times = [

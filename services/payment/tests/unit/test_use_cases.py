@@ -15,7 +15,7 @@ from libs.core.clock import FakeClock
 from libs.core.errors import FailedPrecondition, NotFound
 from services.payment.domain import commands
 from services.payment.domain.model import ChargeDecided, PaymentMethod, SessionChanged, SessionChangeKind
-from services.payment.domain.ports import ChargeReport, InvoiceState
+from services.payment.domain.ports import ChargeReport, InvoiceState, RecordedOutcome
 from services.payment.domain.use_cases import Config, Payments
 from services.payment.tests.fakes import DECLINE, INSUFFICIENT, OK, SLOW, VANISH, FakeProcessor, token
 from services.payment.tests.unit.memory import Memory, MemoryUnitOfWork
@@ -28,12 +28,15 @@ class Invoicing:
     def __init__(self) -> None:
         self.states: dict[str, InvoiceState] = {}
         self.reports: list[ChargeReport] = []
+        # what RecordChargeOutcome answers per invoice (unset: no answer read)
+        self.answers: dict[str, RecordedOutcome] = {}
 
     async def invoice_state(self, invoice_id: str) -> InvoiceState:
         return self.states.get(invoice_id, InvoiceState("ISSUED", Decimal("49.00"), "USD"))
 
-    async def record_charge_outcome(self, report: ChargeReport) -> None:
+    async def record_charge_outcome(self, report: ChargeReport) -> RecordedOutcome | None:
         self.reports.append(report)
+        return self.answers.get(report.invoice_id)
 
 
 class Customers:
@@ -163,7 +166,7 @@ async def test_a_webhook_decides_a_processing_page_once(world: World) -> None:
         MERCHANT,
         [commands.OpenSession(entity_type="invoice", entity_id="inv_1", customer_id="cus_1", amount=Decimal("49.00"), currency="USD")],
     )
-    await world.payments.complete_checkout(MERCHANT, commands.CompleteCheckout(session.id, token(SLOW), "r"))
+    await world.payments.complete_checkout(MERCHANT, commands.CompleteCheckout(session.id, token(SLOW), "render-1"))
     done = world.processor.finish(MERCHANT, f"{session.id}:1")
     headers, body = world.processor.webhook(done, event_type="charge.succeeded", sequence=2)
     assert await world.payments.handle_webhook(MERCHANT, "fake", headers, body) == "applied"
@@ -179,7 +182,7 @@ async def test_an_invoice_that_no_longer_takes_payment_closes_its_page(world: Wo
         [commands.OpenSession(entity_type="invoice", entity_id="inv_1", customer_id="cus_1", amount=Decimal("49.00"), currency="USD")],
     )
     world.invoicing.states["inv_1"] = InvoiceState("PAID", Decimal("0"), "USD")
-    closed = await world.payments.complete_checkout(MERCHANT, commands.CompleteCheckout(session.id, token(), "r"))
+    closed = await world.payments.complete_checkout(MERCHANT, commands.CompleteCheckout(session.id, token(), "render-1"))
     assert closed.session.status == "cancelled" and world.processor.charge_calls == []
 
 

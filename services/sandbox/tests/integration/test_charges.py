@@ -80,7 +80,7 @@ async def test_the_same_key_answers_the_same_charge_and_a_token_is_used_once(san
     token = await sandbox.token()
     assert await adapter.find_charge(merchant_id=MERCHANT, idempotency_key="inv_1:auto:0") is None
     first = await _charge(adapter, "inv_1:auto:0", ChargeSource(token=token), invoice="inv_1")
-    again = await _charge(adapter, "inv_1:auto:0", ChargeSource(token=token), amount=1, invoice="other")  # other parameters too
+    again = await _charge(adapter, "inv_1:auto:0", ChargeSource(token=token), invoice="other")  # other metadata: the same charge
     assert first == again
     found = await adapter.find_charge(merchant_id=MERCHANT, idempotency_key="inv_1:auto:0")
     assert found == first
@@ -250,4 +250,36 @@ async def test_an_answer_that_does_not_come_in_time_is_a_timeout_and_the_charge_
     done = await adapter.find_charge(merchant_id=MERCHANT, idempotency_key="inv_slow:auto:0")
     assert done is not None and done.ref == pending.ref and done.status is ChargeStatus.SUCCEEDED
     assert len(await sandbox.records("charges")) == 1
+    await adapter.aclose()
+
+
+async def test_a_key_reused_with_another_amount_currency_or_source_is_refused_409(sandbox: Sandbox) -> None:
+    adapter = sandbox.adapter()
+    token = await sandbox.token()
+    first = await _charge(adapter, "inv_9:auto:0", ChargeSource(token=token), invoice="inv_9")
+    other_token = await sandbox.token()
+    saved = await adapter.save_payment_method(merchant_id=MERCHANT, customer_ref="cus_9", token=await sandbox.token())
+    reuses: list[tuple[int, str, ChargeSource]] = [
+        (1, "USD", ChargeSource(token=token)),
+        (4900, "EUR", ChargeSource(token=token)),
+        (4900, "USD", ChargeSource(token=other_token)),
+        (4900, "USD", ChargeSource(method_ref=saved.ref)),
+    ]
+    for amount, currency, source in reuses:
+        with pytest.raises(ProcessorRejected) as refused:
+            await adapter.charge(
+                merchant_id=MERCHANT, idempotency_key="inv_9:auto:0", amount_minor=amount, currency=currency, source=source,
+                off_session=False, metadata={}, webhook_url=None,
+            )  # fmt: skip
+        assert refused.value.code == "idempotency_key_in_use", (amount, currency, source)
+    raw = await sandbox.client.post(
+        "/v1/charges",
+        json={"amount": 2, "currency": "USD", "token": token},
+        headers={"idempotency-key": "inv_9:auto:0", "sandbox-account": MERCHANT},
+    )
+    assert raw.status_code == 409 and raw.json()["error"]["code"] == "idempotency_key_in_use"
+    # nothing else was charged, the other token is still usable, the key still answers its charge
+    assert [c["id"] for c in await sandbox.records("charges", metadataKey="invoice", metadataValue="inv_9")] == [first.ref]
+    assert (await _charge(adapter, "inv_9:auto:1", ChargeSource(token=other_token))).status is ChargeStatus.SUCCEEDED
+    assert await adapter.find_charge(merchant_id=MERCHANT, idempotency_key="inv_9:auto:0") == first
     await adapter.aclose()
