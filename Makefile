@@ -13,10 +13,10 @@ GEN_STAMP := gen/.stamp
 PROTODEPS := .build/protodeps/.stamp
 DESCRIPTORS := .build/accrue.binpb
 
-.PHONY: run test browser gen protos-deps descriptors lint fmt bench bench-ingest bench-advance bench-entitlements clean help
+.PHONY: run test browser gen protos-deps descriptors lint fmt bench bench-ingest bench-advance bench-entitlements bench-payments clean help
 
 help:
-	@echo "make run | make test | make browser | make gen | make protos-deps | make descriptors | make lint | make bench | make bench-ingest | make bench-advance | make bench-entitlements | make clean"
+	@echo "make run | make test | make browser | make gen | make protos-deps | make descriptors | make lint | make bench | make bench-ingest | make bench-advance | make bench-entitlements | make bench-payments | make clean"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -86,6 +86,9 @@ bench-advance: $(GEN_STAMP)
 # and the delay from an event's 202 to the balance; about 1 minute
 bench-entitlements: $(GEN_STAMP)
 	$(PY) -m bench.entitlements --seconds $${BENCH_SECONDS:-10}
+
+bench-payments: $(GEN_STAMP)
+	$(PY) -m bench.payments --payments $${BENCH_PAYMENTS:-50}
 
 clean:
 	rm -rf gen .build .accrue .pytest_cache .mypy_cache

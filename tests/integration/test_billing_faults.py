@@ -87,15 +87,16 @@ def billing_mesh(infra_mesh: Mesh, tmp_path: Path) -> Iterator[Mesh]:
     # subscription and invoicing call each other: both ports are fixed before either
     # starts (each learns the other's address whatever the start order), and a restart
     # binds the same port again
-    for name in ("subscription", "invoicing"):
+    # (payment too: invoicing opens each issued invoice's checkout session there)
+    for name in ("subscription", "invoicing", "payment"):
         mesh.grpc_ports[name] = free_port()
         mesh.extra_env[f"ACCRUE_{name.upper()}_ADDR"] = f"127.0.0.1:{mesh.grpc_ports[name]}"
     mesh.extra_env["ACCRUE_SUBSCRIPTION_GRACE_PERIOD_SECONDS"] = "0"
     mesh.extra_env["ACCRUE_AGGREGATOR_ENABLED"] = "false"  # the aggregator runs as its own process
     try:
-        for name in ("catalog", "metering"):
+        for name in ("catalog", "metering", "payment"):
             mesh.start_service(name)
-        for name in ("catalog", "metering"):
+        for name in ("catalog", "metering", "payment"):
             mesh.wait_healthy(name)
         for name in ("invoicing", "subscription"):
             mesh.start_service(name)
