@@ -55,7 +55,7 @@ def _refund(client: MerchantClient, invoice_id: str, reason: str | None = "Custo
     return rest(client, "POST", f"/v2/invoices/{invoice_id}/refunds", json={} if reason is None else {"reason": reason})
 
 
-def test_a_paid_invoice_is_refunded_once_listed_and_voided(merchant_a: MerchantClient, sandbox: Sandbox) -> None:
+def test_a_paid_invoice_is_refunded_once_listed_and_not_voidable(merchant_a: MerchantClient, sandbox: Sandbox) -> None:
     invoice_id, charge = _paid_through_the_processor(merchant_a, sandbox, "Refund once", "49.00")
 
     created = _refund(merchant_a, invoice_id)
