@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -28,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from libs.core.errors import DomainError, ErrorCode, http_status
+from libs.core.request_rules import is_idempotency_key
 from libs.infra import grpc_client
 from libs.infra.context import IDEMPOTENCY_METADATA_KEY
 from libs.infra.grpc_errors import carried_error, decode_rpc_error
@@ -75,8 +75,6 @@ TOKENS_PATH = "/v0/internal/tokens"
 # what a request's headers may hold (nginx's default buffers are 4 x 8 KiB)
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 32 * 1024
-# gRPC metadata values are printable ASCII; Stripe caps idempotency keys at 255 characters
-_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 # what a gRPC status without one of our reasons means to a REST caller (its own text names
 # addresses and library internals, so it goes to the log, not to the client)
 _PLAIN_STATUS: dict[ErrorCode, str] = {
@@ -308,7 +306,7 @@ class Gateway:
         if merchant_id is None:
             return error_reply(401, "UNAUTHENTICATED", "a valid API key is required: Authorization: Bearer <key>")
         idempotency_key = headers.get("idempotency-key")
-        if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        if idempotency_key is not None and not is_idempotency_key(idempotency_key):
             return error_reply(
                 400,
                 "INVALID_IDEMPOTENCY_KEY",

@@ -37,6 +37,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from libs.core.errors import DomainError, ErrorCode, InvalidArgument, http_status
 from libs.core.money import currency_exponent
+from libs.core.request_rules import is_card_token, is_page_nonce
 from libs.infra.logging import get_logger
 from services.gateway.directory import MerchantDirectory
 from services.gateway.payments import PaymentBackend
@@ -65,13 +66,6 @@ SUBMIT_MAX_BYTES: Final = 4096
 _HERE = Path(__file__).parent
 _PAGE_PATH = re.compile(r"/checkout/(?P<merchant>[A-Za-z0-9_-]{1,128})/(?P<session>ps_[A-Za-z0-9]{1,64})(?:/(?P<action>submit|status))?")
 _ASSET_PATH = re.compile(r"/checkout/assets/(?P<name>[a-z0-9_-]{1,64}\.(?:js|css))")
-# what a processor's card token looks like: a lower-case prefix and an id (tok_...); a
-# card number pasted in its place never passes, so it is never sent on, stored or logged
-_TOKEN = re.compile(r"[a-z]+_[A-Za-z0-9]{8,64}")
-_NONCE = re.compile(r"[A-Za-z0-9_-]{8,128}")
-# a run of digits as long as a card number's shortest: refused in any submitted text
-_DIGIT_RUN = re.compile(r"[0-9]{12,}")
-
 _SYMBOLS: Final = {"USD": "$", "EUR": "€", "GBP": "£", "AUD": "A$", "CAD": "CA$", "JPY": "¥"}
 _WHAT: Final = {"subscription": "Subscription", "invoice": "Invoice", "payment": "Payment", "topup": "Credits"}
 _SECURITY_HEADERS: Final = [
@@ -447,10 +441,10 @@ def _session_not_found(session_id: str) -> DomainError:
 def _submission(raw: bytes) -> tuple[str, str]:
     body = parse_json_object(raw) if raw else {}
     token, nonce = body.get("token"), body.get("nonce")
-    if not isinstance(token, str) or not _TOKEN.fullmatch(token) or _DIGIT_RUN.search(token):
+    if not isinstance(token, str) or not is_card_token(token):
         raise InvalidArgument(
             "token", "token must be the processor's card token (tok_...), never card details", reason="INVALID_CARD_TOKEN"
         )
-    if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce) or _DIGIT_RUN.search(nonce):
+    if not isinstance(nonce, str) or not is_page_nonce(nonce):
         raise InvalidArgument("nonce", "nonce must be the page's nonce (8 to 128 URL-safe characters)", reason="INVALID_NONCE")
     return token, nonce

@@ -31,6 +31,7 @@ from libs.core.domain import Aggregate, DomainEvent
 from libs.core.errors import InvalidArgument
 from libs.core.ids import PREFIXES, new_id
 from libs.core.money import currency_exponent, exact_context
+from libs.core.request_rules import is_card_token, is_idempotency_key, is_page_nonce
 
 SESSION_PREFIX = PREFIXES["payment_session"]
 PAYMENT_PREFIX = PREFIXES["payment"]
@@ -268,19 +269,10 @@ def request_hash(parameters: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-# what the page hands over: the processor's token reference (tok_...) and the render's nonce;
-# never a card number (no run of 12 or more digits), so neither is a PAN stored by mistake
-_CARD_TOKEN = re.compile(r"[a-z]+_[A-Za-z0-9]{8,64}", re.ASCII)
-_SUBMIT_NONCE = re.compile(r"[A-Za-z0-9_-]{8,128}", re.ASCII)
-_DIGIT_RUN = re.compile(r"[0-9]{12,}", re.ASCII)
-# as the gateway's Idempotency-Key header rule: 1-255 printable ASCII characters
-_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}", re.ASCII)
-
-
 def check_card_token(value: str, field: str = "cardToken") -> str:
     """A processor's token reference (``tok_...``), never card data. The value is not quoted
     back: a refused one may be a card number."""
-    if _CARD_TOKEN.fullmatch(value) is None or _DIGIT_RUN.search(value) is not None:
+    if not is_card_token(value):
         raise InvalidArgument(
             field,
             f"{field} must be the processor's card token (a lowercase prefix, '_', then 8-64 letters or digits; never card data)",
@@ -291,14 +283,14 @@ def check_card_token(value: str, field: str = "cardToken") -> str:
 
 def check_submit_nonce(value: str, field: str = "submitNonce") -> str:
     """The page render's nonce: 8-128 URL-safe characters, no run of 12 or more digits."""
-    if _SUBMIT_NONCE.fullmatch(value) is None or _DIGIT_RUN.search(value) is not None:
+    if not is_page_nonce(value):
         raise InvalidArgument(field, f"{field} must be 8-128 letters, digits, '_' or '-' (and no card data)", reason="INVALID_SUBMIT_NONCE")
     return value
 
 
 def check_idempotency_key(value: str, field: str = "idempotencyKey") -> str:
     """The Idempotency-Key header's rule (the gateway's): 1 to 255 printable ASCII characters."""
-    if _IDEMPOTENCY_KEY.fullmatch(value) is None:
+    if not is_idempotency_key(value):
         raise InvalidArgument(
             field,
             f"{field} must be 1 to 255 printable ASCII characters (no tabs, no control or non-ASCII characters)",
