@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from libs.core.errors import InvalidArgument
 from libs.core.json_limits import check_json
 from libs.infra.declared import integer_bounds, is_map
+from services.gateway.codecs import Codec, Slow
 
 # Descriptor parameters are typed Any: protobuf hands out either the pure-Python or the
 # upb descriptor classes, which the stubs model as unrelated types.
@@ -54,6 +55,13 @@ def _fill_nulls(message: Message, out: dict[str, Any]) -> None:
 
 
 def message_to_json(message: Message) -> dict[str, Any]:
+    try:  # the precomputed mapping (codecs.py); json_format for what it leaves
+        return Codec.of(message.DESCRIPTOR).print(message)
+    except Slow:
+        return print_with_json_format(message)
+
+
+def print_with_json_format(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
     _fill_nulls(message, out)
     return out
@@ -195,6 +203,15 @@ def _parse_error(descriptor: Any, text: str) -> InvalidArgument:
 def parse_into(message: Message, value: dict[str, Any]) -> None:
     """Fill ``message`` from a JSON object, turning parse errors into field-named 400s."""
     check_json(value)  # no NUL, bounded nesting: libs/core/json_limits.py
+    try:  # the precomputed mapping (codecs.py); json_format for anything it leaves
+        Codec.of(message.DESCRIPTOR).parse(message, value)
+        return
+    except Slow:
+        message.Clear()
+    parse_with_json_format(message, value)
+
+
+def parse_with_json_format(message: Message, value: dict[str, Any]) -> None:
     normalize_timestamps(message.DESCRIPTOR, value)
     try:
         json_format.ParseDict(value, message, ignore_unknown_fields=False)
