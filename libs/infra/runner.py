@@ -26,6 +26,9 @@ would: one that exits is restarted with exponential backoff on the port it had (
 gateway and the printed URLs hold that address), and after too many restarts in a row
 the runner stops everything and exits non-zero. See ``Supervisor``.
 
+With ACCRUE_EDGE=1 main() also starts one edge (``Mesh.start_edge``: a NATS leaf node, an
+ingest-only metering and a gateway of its own; ACCRUE_EDGE_GATEWAY_URL in run.env).
+
 main() reads ACCRUE_STATE_DIR (default .accrue: data, logs/, pids/, run.env),
 ACCRUE_HTTP_PORT (the gateway's; 0 for any free one), ACCRUE_RESTART_MAX (default 5) and
 the port pins (``pinned_ports``).
@@ -55,7 +58,7 @@ from libs.infra.tokens import SIGNING_KEY_ENV, mesh_token_env
 
 ROOT = Path(__file__).resolve().parents[2]
 # what main() reads for itself: not handed on to the processes
-RUNNER_ONLY = frozenset({"ACCRUE_STATE_DIR", "ACCRUE_HTTP_PORT", "ACCRUE_RESTART_MAX", "ACCRUE_GRPC_BASE_PORT"})
+RUNNER_ONLY = frozenset({"ACCRUE_STATE_DIR", "ACCRUE_HTTP_PORT", "ACCRUE_RESTART_MAX", "ACCRUE_GRPC_BASE_PORT", "ACCRUE_EDGE"})
 
 
 def env_name(name: str) -> str:
@@ -131,6 +134,35 @@ class External:
         return int(self.definition.settings.model_fields["http_port"].default)
 
 
+def _no_hub_env(domains: Sequence[str]) -> dict[str, str]:
+    return {}
+
+
+@dataclass(frozen=True)
+class EdgePlan:
+    """Edge ingestion (README "Edge ingestion"): an edge is a NATS leaf node of the mesh's
+    NATS with its own JetStream domain, an ingest process connected to it, and a gateway
+    whose ``stands_in_for`` backend is that ingest process (every other backend stays the
+    central one). ``hub_env`` is what the central processes are told of the edge domains
+    (the central meter stream sources each edge's stream)."""
+
+    ingest: ServiceDefinition
+    stands_in_for: str
+    hub_env: Callable[[Sequence[str]], dict[str, str]] = _no_hub_env
+
+
+@dataclass
+class Edge:
+    """One running edge (Mesh.start_edge)."""
+
+    name: str
+    domain: str
+    nats: EmbeddedNats
+    ingest: Process
+    gateway: Process
+    gateway_url: str
+
+
 @dataclass(frozen=True)
 class Topology:
     """What a mesh runs: externals (HTTP stand-ins for outside systems, started first),
@@ -144,6 +176,8 @@ class Topology:
     # (the gateway's database URL, a name) -> (merchant id, API key)
     create_merchant: Callable[[str, str], tuple[str, str]]
     externals: Sequence[External] = ()
+    # what an edge runs (Mesh.start_edge); None: this topology has no edge ingestion
+    edge: EdgePlan | None = None
 
     def definition(self, name: str) -> ServiceDefinition:
         for found in (*(e.definition for e in self.externals), *self.services, *self.workers, self.gateway):
@@ -204,6 +238,8 @@ class Mesh:
     # with the gateway's port before anything starts (start()); "" until then
     public_url: str = ""
     _gateway_port: int | None = field(default=None, init=False, repr=False)
+    # the edges started (start_edge), by name
+    edges: dict[str, Edge] = field(default_factory=dict)
 
     @property
     def plan(self) -> Topology:
@@ -459,6 +495,74 @@ class Mesh:
             os.killpg(process.popen.pid, sig)
         process.popen.wait(30)
 
+    # --- edge ingestion (README "Edge ingestion") ------------------------------------
+
+    @property
+    def edge_plan(self) -> EdgePlan:
+        if self.plan.edge is None:
+            raise RuntimeError("this mesh's topology has no edge plan")
+        return self.plan.edge
+
+    def prepare_edges(self, domains: Sequence[str], leafnode_port: int = 0) -> None:
+        """Before start(): the embedded NATS becomes a hub that accepts leaf nodes (on
+        ``leafnode_port``, 0 any free one), and the central processes are told the edge
+        domains (EdgePlan.hub_env). A NATS of the environment's (ACCRUE_NATS_URL) must
+        accept leaf nodes itself: start_edge is then given its leaf-node URL."""
+        self.extra_env.update(self.edge_plan.hub_env(domains))
+        self.nats_url = self.nats_url or os.environ.get("ACCRUE_NATS_URL", "")
+        if self.nats_url or self.nats is not None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.nats = EmbeddedNats(self.state_dir / "nats", leafnode_port=leafnode_port)
+        self.nats.start()
+        self.nats_url = self.nats.url
+
+    def start_edge(self, domain: str = "edge", name: str | None = None, hub: str | None = None, wait_for_link: bool = True) -> Edge:
+        """One edge, after start(): a leaf-node nats-server (JetStream domain ``domain``, its
+        store in <state>/<name>/nats) connected to ``hub`` (a nats-leaf:// URL; default
+        ACCRUE_EDGE_HUB_URL, else the embedded hub's), the ingest process on it
+        (``<name>-ingest``, its own gRPC port) and a gateway (``<name>-gateway``, its own
+        HTTP port) whose ``stands_in_for`` backend is that process. Both are supervised and
+        restarted like the others; the leaf nats-server is not (it is infrastructure)."""
+        plan = self.edge_plan
+        name = name or domain
+        if name in self.edges:
+            raise ValueError(f"an edge named {name!r} is already running")
+        hub = hub or os.environ.get("ACCRUE_EDGE_HUB_URL", "")
+        if not hub:
+            if self.nats is None or self.nats.leafnode_port is None:
+                raise RuntimeError("the hub accepts no leaf nodes: call prepare_edges() before start(), or give the hub's leaf-node URL")
+            hub = self.nats.leafnode_url
+        leaf = EmbeddedNats(self.state_dir / name / "nats", domain=domain, hub=hub)
+        leaf.start()
+        if leaf.pid is not None:
+            (self.state_dir / "pids" / f"{name}-nats-server").write_text(str(leaf.pid))
+        try:
+            if wait_for_link:
+                leaf.wait_leaf_connections(1)
+            ingest_name = f"{name}-ingest"
+            env = self.definition_env(plan.ingest, ingest_name)
+            env["ACCRUE_NATS_URL"] = leaf.url
+            ingest = self.spawn(ingest_name, self.plan.entry, env, args=(plan.ingest.name,))
+            self.wait_healthy(ingest_name)
+            gateway_name = f"{name}-gateway"
+            gateway_env = self.definition_env(self.plan.gateway, gateway_name)
+            # it mints merchant tokens as the central gateway does (with the same key)
+            signing_key = self.service_env(self.plan.gateway.name).get(SIGNING_KEY_ENV) or os.environ.get(SIGNING_KEY_ENV, "")
+            gateway_env[SIGNING_KEY_ENV] = signing_key
+            gateway_env[f"ACCRUE_{env_name(plan.stands_in_for)}_ADDR"] = f"127.0.0.1:{ingest.port}"
+            gateway_env["ACCRUE_HTTP_PORT"] = "0"
+            gateway = self.spawn(gateway_name, self.plan.entry, gateway_env, port_env="ACCRUE_HTTP_PORT", args=(self.plan.gateway.name,))
+            self.wait_port(gateway)
+            url = f"http://127.0.0.1:{gateway.port}"
+            self._wait_http_healthy(gateway_name, url)
+        except BaseException:
+            leaf.stop()
+            raise
+        edge = Edge(name=name, domain=domain, nats=leaf, ingest=ingest, gateway=gateway, gateway_url=url)
+        self.edges[name] = edge
+        return edge
+
     def stop(self) -> None:
         for process in self.processes.values():
             if process.popen.poll() is None:
@@ -471,6 +575,8 @@ class Mesh:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.popen.pid, signal.SIGKILL)
             (self.state_dir / "pids" / process.name).unlink(missing_ok=True)
+        for edge in self.edges.values():
+            edge.nats.stop()
         if self.nats is not None:
             self.nats.stop()
         if self.pg is not None:
@@ -620,8 +726,17 @@ def main(topology: Topology) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     gave_up: GaveUp | None = None
+    # ACCRUE_EDGE=1: one edge too (domain "edge"; ACCRUE_EDGE=<domain> names it)
+    edge_wanted = os.environ.get("ACCRUE_EDGE", "").strip()
+    edge_domain = "edge" if edge_wanted.lower() in ("1", "true", "yes") else edge_wanted
     try:
+        if edge_domain:
+            mesh.prepare_edges([edge_domain])
         mesh.start()
+        edge = mesh.start_edge(edge_domain) if edge_domain else None
+        if edge is not None:
+            with open(mesh.state_dir / "run.env", "a") as run_env:
+                run_env.write(f"ACCRUE_EDGE_GATEWAY_URL={edge.gateway_url}\n")
         elapsed = time.monotonic() - started
         print(f"\nAccrue is up in {elapsed:.1f}s", flush=True)
         print(f"  gateway      {mesh.gateway_url}   (OpenAPI: {mesh.gateway_url}/openapi.json)")
@@ -633,6 +748,9 @@ def main(topology: Topology) -> None:
         for worker in topology.workers:
             role = worker.name.removeprefix(f"{worker.database_name}-")
             print(f"  {role:<12} {worker.database_name}'s {role} worker (python -m {topology.entry} {worker.name})")
+        if edge is not None:
+            where = f"ingest on NATS leaf node {edge.nats.url}, JetStream domain {edge.domain!r}"
+            print(f"  edge         {edge.gateway_url}   (edge {edge.name!r}'s gateway: {where})")
         print(f"  postgres     {mesh.postgres_url}")
         print(f"  nats         {mesh.nats_url}")
         print(f"  logs         {mesh.state_dir / 'logs'}   (pids in {mesh.state_dir / 'pids'})")
@@ -640,6 +758,8 @@ def main(topology: Topology) -> None:
         print(f"ACCRUE_MERCHANT_ID={mesh.merchant_id}")
         print(f"ACCRUE_API_KEY={mesh.api_key}")
         print(f"ACCRUE_PUBLIC_URL={mesh.public_url}")
+        if edge is not None:
+            print(f"ACCRUE_EDGE_GATEWAY_URL={edge.gateway_url}")
         for key, value in sorted(mesh.external_env.items()):
             if key.endswith("_URL"):  # its keys are in run.env only
                 print(f"{key}={value}")

@@ -24,3 +24,11 @@ class MeteringSettings(ServiceSettings):
     # the backdating window: events whose timestamp is older than this many days are
     # refused (400 TIMESTAMP_TOO_OLD); ACCRUE_METERING_MAX_EVENT_AGE_DAYS
     metering_max_event_age_days: int = Field(default=DEFAULT_MAX_AGE_DAYS, ge=1, le=3660)
+    # edge ingestion (README "Edge ingestion"): the JetStream domains of the edge leaf nodes
+    # whose ACCRUE_METER_EDGE streams the central meter stream sources, comma-separated
+    # (ACCRUE_METER_EDGE_DOMAINS=edge,eu-edge). Unset: the stream's sources are left alone.
+    meter_edge_domains: str = ""
+
+    @property
+    def edge_domains(self) -> tuple[str, ...]:
+        return tuple(domain.strip() for domain in self.meter_edge_domains.split(",") if domain.strip())
