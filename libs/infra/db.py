@@ -262,6 +262,7 @@ class Database:
         self.metadata = metadata
         self.events_committed = asyncio.Event()
         self._commit_listeners: list[CommitListener] = []
+        self._on_dispose: list[Callable[[], Awaitable[None]]] = []
 
     def uow(self, *, translate: EventTranslator | None = None, clock: Clock | None = None) -> UnitOfWork:
         """A unit of work; ``translate`` turns the events its aggregates record into outbox messages."""
@@ -275,5 +276,15 @@ class Database:
         if listener not in self._commit_listeners:
             self._commit_listeners.append(listener)
 
+    def on_dispose(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Await ``close`` when the database is disposed, before the engine: for connections
+        a service opens beside the engine's pool (the catalog's single-row reads)."""
+        self._on_dispose.append(close)
+
     async def dispose(self) -> None:
+        for close in self._on_dispose:
+            try:
+                await close()
+            except Exception as exc:  # stopping: the engine is disposed whatever happened
+                log.warning("dispose_callback_failed", callback=getattr(close, "__qualname__", repr(close)), error=repr(exc))
         await self.engine.dispose()

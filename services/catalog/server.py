@@ -21,14 +21,15 @@ from google.protobuf.message import Message
 
 from libs.core.clock import Clock
 from libs.core.errors import InvalidArgument
+from libs.infra.context import current_merchant_id
 from libs.infra.db import Database
 from libs.infra.proto_time import from_timestamp
 from libs.infra.service_layer import FieldMask, ServiceLayer, check_merchant, opt, page_of, pagination
 from services.catalog import mapping, views
 from services.catalog.domain import commands, use_cases
 from services.catalog.domain.commands import FeatureAttachment, PriceTax
-from services.catalog.domain.model import CatalogAggregate
-from services.catalog.store import SqlCatalogUnitOfWork
+from services.catalog.domain.model import BillableMetric, CatalogAggregate, Feature, Fee, Product
+from services.catalog.store import LiveRows, SqlCatalogUnitOfWork
 
 M = TypeVar("M", bound=Message)
 C = TypeVar("C")
@@ -70,11 +71,13 @@ async def _each(uow: Uow, found: list[Any]) -> list[Any]:
 
 
 class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, rows: LiveRows) -> None:
         def unit_of_work() -> SqlCatalogUnitOfWork:
             return SqlCatalogUnitOfWork(db, clock=clock, translate=views.outbox_message)
 
         self._service: ServiceLayer[Uow, Uow] = ServiceLayer(clock, unit_of_work, unit_of_work)
+        # Gets of what renders from its own row: one statement, no unit of work (store.LiveRows)
+        self._rows = rows
 
     async def _mutation(
         self,
@@ -129,7 +132,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         )
 
     async def GetProduct(self, request: svc.GetProductRequest, context: Context) -> res.Product:
-        return await self._get(res.Product, lambda uow: uow.products, request.id)
+        return mapping.product(await self._rows.get(Product, current_merchant_id(), request.id))
 
     async def ListProducts(self, request: svc.ListProductsRequest, context: Context) -> svc.ListProductsResponse:
         return await self._list(request, svc.ListProductsResponse, lambda uow: uow.products, {})
@@ -168,7 +171,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         )
 
     async def GetBillableMetric(self, request: svc.GetBillableMetricRequest, context: Context) -> res.BillableMetric:
-        return await self._get(res.BillableMetric, lambda uow: uow.billable_metrics, request.id)
+        return mapping.billable_metric(await self._rows.get(BillableMetric, current_merchant_id(), request.id))
 
     async def ListBillableMetrics(self, request: svc.ListBillableMetricsRequest, context: Context) -> svc.ListBillableMetricsResponse:
         filters = {name: getattr(request, name) for name in ("product_id", "item_id") if request.HasField(name)}
@@ -200,7 +203,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         )
 
     async def GetFeature(self, request: svc.GetFeatureRequest, context: Context) -> res.Feature:
-        return await self._get(res.Feature, lambda uow: uow.features, request.id)
+        return mapping.feature(await self._rows.get(Feature, current_merchant_id(), request.id))
 
     async def ListFeatures(self, request: svc.ListFeaturesRequest, context: Context) -> svc.ListFeaturesResponse:
         async def work(uow: Uow, merchant_id: str) -> svc.ListFeaturesResponse:
@@ -234,7 +237,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         return await self._mutation("CreateFee", request, res.Fee, use_cases.create_fee, command, _plain, merchant=request.merchant_id)
 
     async def GetFee(self, request: svc.GetFeeRequest, context: Context) -> res.Fee:
-        return await self._get(res.Fee, lambda uow: uow.fees, request.id)
+        return mapping.fee(await self._rows.get(Fee, current_merchant_id(), request.id))
 
     async def ListFees(self, request: svc.ListFeesRequest, context: Context) -> svc.ListFeesResponse:
         filters = {name: getattr(request, name) for name in ("product_id", "item_id") if request.HasField(name)}

@@ -8,15 +8,29 @@ aggregate a repository returns or adds is registered in the unit of work's ``see
 the unit of work writes their recorded events to the outbox at commit.
 
 Deletion is one convention: ``delete_time`` is set, nothing is removed.
+
+Gets of the resources that render from their own row alone (products, billable metrics,
+features, fees) skip the unit of work: ``LiveRows`` reads the row with one prepared
+statement on an autocommit psycopg connection of ``ReadConnections``, with the same
+scoping (merchant, live rows only) and the same NotFound. A single statement sees what
+committed before it started, as the one-statement transaction it replaces did, so a
+caller reads its own committed writes. (bench/get_product.py: the SQLAlchemy unit of
+work cost about 0.6-0.8 ms of CPU per Get, BEGIN + SELECT + COMMIT three round trips;
+this path about 0.1 ms and one round trip.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import psycopg
 import sqlalchemy as sa
+from psycopg import pq
 from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.core.domain import EventCollector
@@ -370,3 +384,86 @@ class SqlCatalogUnitOfWork(RepositoryUnitOfWork):
         self.plans = Repository(conn, seen, plans, Plan)
         self.plan_versions = PlanVersionRepository(conn, seen)
         self.reads = CatalogReads(conn)
+
+
+class ReadConnections:
+    """At most ``size`` autocommit psycopg connections for the catalog's single-statement
+    reads, beside the engine's pool (which the units of work keep). Opened on first use;
+    one that failed, was cancelled mid-query or is not idle after a read is closed, never
+    reused. ``close`` (Database.dispose, through app.py) closes the idle ones."""
+
+    def __init__(self, database_url: str, size: int) -> None:
+        self._conninfo = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[psycopg.AsyncConnection[tuple[Any, ...]]] = []
+        self._closed = False
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[tuple[psycopg.AsyncConnection[tuple[Any, ...]], bool]]:
+        """A connection and whether it was reused (a reused one may have been closed by the server since)."""
+        async with self._slots:
+            if self._closed:
+                raise RuntimeError("the catalog's read connections are closed")
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            try:
+                yield conn, reused
+            except BaseException:
+                await conn.close()  # its state is unknown (a query may be in flight): never reuse it
+                raise
+            if self._closed or conn.closed or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                await conn.close()
+            else:
+                self._idle.append(conn)
+
+    async def fetch_one(self, query: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+        """The first row of ``query`` (a read: on a reused connection that turns out to be
+        dead, it runs once more on a new one)."""
+        while True:
+            async with self._connection() as (conn, reused):
+                try:
+                    cursor = await conn.execute(query, params, prepare=True)
+                    return await cursor.fetchone()
+                except psycopg.OperationalError:
+                    if not reused or not conn.broken:
+                        raise
+            # it was a dead one from the idle list (now closed): again, on the next or a new one
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+
+
+class LiveRows:
+    """``get`` of the aggregates that render from their own row (products, billable
+    metrics, features, fees), outside a unit of work: TableRepository.get's query (the
+    merchant's, live rows only) and its NotFound. Nothing it returns is tracked: a read
+    records no events."""
+
+    KINDS: Mapping[type[CatalogAggregate], sa.Table] = {
+        Product: products,
+        BillableMetric: billable_metrics,
+        Feature: features,
+        Fee: fees,
+    }
+
+    def __init__(self, connections: ReadConnections) -> None:
+        self._connections = connections
+        self._queries = {kind: self._query(table) for kind, table in self.KINDS.items()}
+
+    @staticmethod
+    def _query(table: sa.Table) -> tuple[str, tuple[str, ...]]:
+        # rendered once from the table, so the columns and the scoping follow store.py's definition
+        names = tuple(column.name for column in table.c)
+        live = " AND delete_time IS NULL" if "delete_time" in table.c else ""
+        columns = ", ".join(f'"{name}"' for name in names)
+        return f'SELECT {columns} FROM "{table.name}" WHERE id = %s AND merchant_id = %s{live}', names
+
+    async def get(self, kind: type[A], merchant_id: str, resource_id: str) -> A:
+        query, names = self._queries[kind]
+        row = await self._connections.fetch_one(query, (resource_id, merchant_id))
+        if row is None:
+            raise NotFound(str(kind.resource.value), resource_id)
+        return kind(**dict(zip(names, row, strict=True)))
