@@ -13,7 +13,7 @@ GEN_STAMP := gen/.stamp
 PROTODEPS := .build/protodeps/.stamp
 DESCRIPTORS := .build/accrue.binpb
 
-.PHONY: run test browser gen protos-deps descriptors lint fmt bench bench-ingest bench-advance bench-entitlements bench-payments clean help
+.PHONY: run test browser gen protos-deps descriptors lint fmt bench bench-ingest bench-advance bench-entitlements bench-payments bench-edge clean help
 
 help:
 	@echo "make run | make test | make browser | make gen | make protos-deps | make descriptors | make lint | make bench | make bench-ingest | make bench-advance | make bench-entitlements | make bench-payments | make clean"
@@ -89,6 +89,10 @@ bench-entitlements: $(GEN_STAMP)
 
 bench-payments: $(GEN_STAMP)
 	$(PY) -m bench.payments --payments $${BENCH_PAYMENTS:-50}
+
+# single-event 202 latency at an edge (NATS leaf node) beside the central gateway, same run
+bench-edge: $(GEN_STAMP)
+	$(PY) -m bench.edge --events $${BENCH_EVENTS:-1000}
 
 clean:
 	rm -rf gen .build .accrue .pytest_cache .mypy_cache

