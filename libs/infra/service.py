@@ -186,6 +186,8 @@ class Host:
         """uvicorn on a socket bound here (http_port 0: any free port, known at once)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.settings.http_reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((self.settings.http_host, self.settings.http_port))
         except OSError:

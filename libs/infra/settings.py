@@ -20,6 +20,10 @@ class ServiceSettings(BaseSettings):
     # a process with an HTTP part (the gateway) listens here instead; 0: any free port
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # SO_REUSEPORT on the HTTP socket: several processes of one kind (the gateway) share
+    # the port and the kernel spreads connections over them; off by default, so that a
+    # second copy started by mistake fails to bind instead of silently sharing
+    http_reuse_port: bool = False
     # When set, the bound port (HTTP's for an HTTP process) is written here once serving
     # (used by the local runner).
     port_file: str | None = None

@@ -79,6 +79,7 @@ class ApiKeys:
         self._generation = 0
         self._listening = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._resolving: dict[tuple[str, int], asyncio.Future[str | None]] = {}
 
     @property
     def listening(self) -> bool:
@@ -118,6 +119,18 @@ class ApiKeys:
             if entry.expires_at > now:
                 return entry.merchant_id
             self._forget_hash(key_hash)
+        # one look-up per key at a time: when an entry expires under load, the requests
+        # that find it gone wait for the same query instead of each sending one
+        # (a revocation bumps the generation: a request after it never joins a query sent before it)
+        flight = (key_hash, self._generation)
+        pending = self._resolving.get(flight)
+        if pending is None:
+            pending = asyncio.ensure_future(self._resolve(key_hash, now))
+            self._resolving[flight] = pending
+            pending.add_done_callback(lambda _: self._resolving.pop(flight, None))
+        return await asyncio.shield(pending)
+
+    async def _resolve(self, key_hash: str, now: float) -> str | None:
         generation = self._generation
         resolved = await store.resolve_key(self._engine, key_hash)
         if resolved is None:

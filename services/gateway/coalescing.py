@@ -19,7 +19,7 @@ import grpc
 from accrue.api.v1 import annotations_pb2 as accrue_annotations
 from google.protobuf.message import Message
 
-MAX_IN_FLIGHT = 4
+MAX_IN_FLIGHT = 2
 
 
 @dataclass
@@ -48,11 +48,13 @@ class Coalescer:
         call: Callable[..., Any],
         *,
         timeout: float,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._options = options
         self._batch_class = batch_class
         self._call = call
         self._timeout = timeout
+        self._max_in_flight = max(1, max_in_flight)
         self._max_batch = options.max_batch or 500
         self._queues: dict[str, _Queue] = {}
 
@@ -61,16 +63,16 @@ class Coalescer:
         future: asyncio.Future[Outcome] = loop.create_future()
         queue = self._queues.setdefault(merchant_id, _Queue())
         queue.items.append((request, future))
-        if len(queue.items) >= self._max_batch and queue.in_flight < MAX_IN_FLIGHT:
+        if len(queue.items) >= self._max_batch and queue.in_flight < self._max_in_flight:
             self._flush(merchant_metadata, merchant_id, queue)
-        elif queue.in_flight < MAX_IN_FLIGHT and not queue.scheduled:
+        elif queue.in_flight < self._max_in_flight and not queue.scheduled:
             queue.scheduled = True
             loop.call_soon(self._flush, merchant_metadata, merchant_id, queue)
         return await future
 
     def _flush(self, metadata: Sequence[tuple[str, str]], merchant_id: str, queue: _Queue) -> None:
         queue.scheduled = False
-        if not queue.items or queue.in_flight >= MAX_IN_FLIGHT:
+        if not queue.items or queue.in_flight >= self._max_in_flight:
             return
         taken, queue.items = queue.items[: self._max_batch], queue.items[self._max_batch :]
         queue.in_flight += 1

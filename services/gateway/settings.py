@@ -30,6 +30,9 @@ class GatewaySettings(ServiceSettings):
     # reach every gateway at once (LISTEN/NOTIFY, services/gateway/auth.py); this is the
     # bound if a notification is lost, so it stays short. 0 looks every key up every time.
     api_key_cache_seconds: float = 1.0
+    # coalesced batch calls in flight per merchant and method (services/gateway/coalescing.py):
+    # fewer in flight makes bigger batches, so fewer calls for the same events
+    coalesce_max_in_flight: int = 2
 
     @model_validator(mode="before")
     @classmethod

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.infra.db import Database
 from libs.infra.logging import get_logger
 from libs.infra.messaging import BatchConsumer, PullSpec, ReceivedEvent
-from libs.infra.proto_struct import to_python
+from libs.infra.proto_struct import struct_to_dict
 from libs.infra.proto_time import to_timestamp
 from libs.infra.telemetry import extract_context, tracer
 from services.metering import events, store
@@ -69,7 +69,18 @@ ROWS_PER_STATEMENT = 5000
 HINT_SUBJECTS_PER_MESSAGE = 2000
 
 
-def row_of(event: resources.MeterEvent) -> dict[str, Any]:
+def row_of(event: resources.MeterEvent, times: dict[tuple[int, int], datetime] | None = None) -> dict[str, Any]:
+    """One event as the insert's JSON row. ``times`` caches Timestamp -> datetime over a
+    batch: the events of one publish share their ingest time (and mostly their time)."""
+    cache = times if times is not None else {}
+    time_ts, ingest_ts = event.time, event.ingest_time
+    time_key, ingest_key = (time_ts.seconds, time_ts.nanos), (ingest_ts.seconds, ingest_ts.nanos)
+    when = cache.get(time_key)
+    if when is None:
+        when = cache[time_key] = time_ts.ToDatetime(tzinfo=UTC)
+    ingested = cache.get(ingest_key)
+    if ingested is None:
+        ingested = cache[ingest_key] = ingest_ts.ToDatetime(tzinfo=UTC)
     return {
         "merchant_id": event.merchant_id,
         "idempotency_key": event.idempotency_key,
@@ -79,9 +90,9 @@ def row_of(event: resources.MeterEvent) -> dict[str, Any]:
         "subject": event.subject,
         "external_subject": event.external_subject if event.HasField("external_subject") else None,
         "external_id": event.external_id if event.HasField("external_id") else None,
-        "time": event.time.ToDatetime(tzinfo=UTC),
-        "data": {k: to_python(v) for k, v in event.data.fields.items()},
-        "ingested_at": event.ingest_time.ToDatetime(tzinfo=UTC),
+        "time": when,
+        "data": struct_to_dict(event.data),
+        "ingested_at": ingested,
     }
 
 
@@ -224,7 +235,8 @@ class Aggregator(BatchConsumer):
             await self._mark_drained(fetch_started)
 
     async def _store(self, batch: list[resources.MeterEvent]) -> None:
-        rows = [row_of(e) for e in batch]
+        times: dict[tuple[int, int], datetime] = {}
+        rows = [row_of(e, times) for e in batch]
         stored: set[StoredKey] = set()
         async with self._db.engine.begin() as conn:
             # externalSubject-only events: attributed at once if their customer is known

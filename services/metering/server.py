@@ -230,9 +230,13 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             receipt.status = "accepted"
             fresh.append((index, event))
         by_partition: dict[int, list[resources.MeterEvent]] = defaultdict(list)
+        partition_of: dict[str, int] = {}  # a call's events mostly share a few subjects
         for _, event in fresh:
             key = event.subject or (event.external_subject if event.HasField("external_subject") else "")
-            by_partition[rules.partition_of(merchant_id, key, self._partitions)].append(event)
+            partition = partition_of.get(key)
+            if partition is None:
+                partition = partition_of[key] = rules.partition_of(merchant_id, key, self._partitions)
+            by_partition[partition].append(event)
         await asyncio.gather(*(self._publish(partition, events) for partition, events in by_partition.items()))
         return receipts, errors
 

@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from libs.core.errors import InvalidArgument
-from libs.core.json_limits import check_json, check_no_nul
+from libs.core.json_limits import MAX_EXACT_INTEGER, check_json, check_no_nul
 
 MAX_FUTURE = timedelta(minutes=5)
 # The backdating window's default (Stripe takes 35 days): older usage is refused, so a
@@ -131,7 +131,13 @@ def check_data(data: Mapping[str, Any]) -> None:
     """``data`` as plain Python (libs/infra/proto_struct.py): no NUL text, bounded depth,
     and no number beyond a double's exact range (large or fractional-precision quantities
     belong in decimal strings)."""
-    check_json(data, "data", exact_numbers=True)
+    for key, value in data.items():  # the common flat object of short values: no walk
+        kind = type(value)
+        if "\x00" in key or not (
+            (kind is str and "\x00" not in value) or kind is bool or ((kind is int or kind is float) and abs(value) < MAX_EXACT_INTEGER)
+        ):
+            check_json(data, "data", exact_numbers=True)
+            return
 
 
 def check_data_size(data: struct_pb2.Struct) -> None:
