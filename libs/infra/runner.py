@@ -58,7 +58,9 @@ from libs.infra.tokens import SIGNING_KEY_ENV, mesh_token_env
 
 ROOT = Path(__file__).resolve().parents[2]
 # what main() reads for itself: not handed on to the processes
-RUNNER_ONLY = frozenset({"ACCRUE_STATE_DIR", "ACCRUE_HTTP_PORT", "ACCRUE_RESTART_MAX", "ACCRUE_GRPC_BASE_PORT", "ACCRUE_EDGE"})
+RUNNER_ONLY = frozenset(
+    {"ACCRUE_STATE_DIR", "ACCRUE_HTTP_PORT", "ACCRUE_RESTART_MAX", "ACCRUE_GRPC_BASE_PORT", "ACCRUE_EDGE", "ACCRUE_GATEWAY_PROCESSES"}
+)
 
 
 def env_name(name: str) -> str:
@@ -207,6 +209,8 @@ class Mesh:
     # fsync off for tests; make run keeps PostgreSQL durable
     durable: bool = True
     gateway_port: int | None = None
+    # gateway processes sharing its port (0: ACCRUE_GATEWAY_PROCESSES, else 1)
+    gateway_processes: int = 0
     # services' gRPC ports (name -> port, pinned_ports); the others take any free port
     grpc_ports: dict[str, int] = field(default_factory=dict)
     # every service's port once the first one starts (_decide_ports); pinned ones included
@@ -417,13 +421,27 @@ class Mesh:
         return self._gateway_port
 
     def start_gateway(self) -> None:
+        """The gateway: ``gateway_processes`` processes (default ACCRUE_GATEWAY_PROCESSES, else
+        1) sharing one port with SO_REUSEPORT, the kernel spreading connections over them
+        (the gateway is stateless). The first is ``gateway``, the others ``gateway-2`` ..."""
+        count = self.gateway_processes or int(os.environ.get("ACCRUE_GATEWAY_PROCESSES", "1") or 1)
+        for index in range(1, max(1, count) + 1):
+            self.start_gateway_process(index)
+
+    def start_gateway_process(self, index: int) -> Process:
+        """Gateway process number ``index`` (1: ``gateway``) on the gateway's port, which
+        every one binds with SO_REUSEPORT: more can join a running mesh (a port already
+        taken by something else was ruled out when the port was decided)."""
         gateway = self.plan.gateway
+        name = gateway.name if index == 1 else f"{gateway.name}-{index}"
         env = self.definition_env(gateway)
-        env.update(ACCRUE_HTTP_PORT=str(self.decide_gateway_port()))
-        process = self.spawn(gateway.name, self.plan.entry, env, port_env="ACCRUE_HTTP_PORT", args=(gateway.name,))
+        env.update(ACCRUE_HTTP_PORT=str(self.decide_gateway_port()), ACCRUE_HTTP_REUSE_PORT="true")
+        process = self.spawn(name, self.plan.entry, env, port_env="ACCRUE_HTTP_PORT", args=(gateway.name,))
         self.wait_port(process)
-        self.gateway_url = f"http://127.0.0.1:{process.port}"
-        self._wait_http_healthy(gateway.name, self.gateway_url)
+        if index == 1:
+            self.gateway_url = f"http://127.0.0.1:{process.port}"
+        self._wait_http_healthy(name, f"http://127.0.0.1:{process.port}")
+        return process
 
     def _wait_http_healthy(self, name: str, url: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
