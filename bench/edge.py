@@ -41,6 +41,8 @@ class EdgeLatency:
 
     central: list[float]
     edge: list[float]
+    # events sent in all (both sides, warm-up included), each counted once centrally
+    sent: int = 0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -83,7 +85,7 @@ def measure(mesh: Mesh, edge_url: str, events: int) -> EdgeLatency:
         counted = eventually(total, expected, timeout=60)
         if counted != expected:
             raise RuntimeError(f"central total {counted}, expected {expected}: an event was lost or counted twice")
-    return EdgeLatency(central=timings["central"], edge=timings["edge"])
+    return EdgeLatency(central=timings["central"], edge=timings["edge"], sent=int(expected))
 
 
 def report(latency: EdgeLatency) -> None:

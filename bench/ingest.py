@@ -1,13 +1,20 @@
-"""Meter-event ingestion, measured end to end on this machine, in one run.
+"""Meter-event ingestion, measured end to end on this machine, in one run, each figure
+beside the raw ceiling of its hop measured in the same run (bench/ceilings.py):
 
-  (a) the raw ceiling: nats-py publishing the same event bytes to JetStream
-  (b) single-event POST /v0/events: requests/s and latency p50/p99, 64 connections
+  (a) raw ceilings: a trivial ASGI app on uvicorn (requests/s), nats-py publishing the
+      same event bytes to JetStream (msgs/s), PostgreSQL primary-key reads (reads/s)
+  (b) single-event POST /v0/events: requests/s and latency p50/p99, 64 connections, with
+      1 gateway process and then 2 sharing the port (SO_REUSEPORT): the scaling
   (c) batch REST (POST /accrue/v1/events:batchIngest, 1,000 events a request) and the
-      gRPC stream (StreamIngestEvents, 1,000-event batches): events/s accepted
+      gRPC stream (StreamIngestEvents, 1,000-event batches): events/s accepted, and the
+      events/s the aggregator stored while the run was ingesting
   (d) the delay from 202 to visible in the usage query, p50 and p99
-  (e) the aggregator: events/s from a backlog on the meter stream into PostgreSQL
-and the ratio of (c) to (a). At the end every accepted event is counted and the total is
-checked exactly: zero lost, zero double-counted.
+  (e) the aggregator: events/s from a backlog on the meter stream into PostgreSQL, with
+      1 and 2 worker processes: the scaling
+  (f) the 202 latency at an edge (NATS leaf node, bench/edge.py) beside the central one
+and a summary: each figure, its ceiling, the ratio, the issue's target and whether it is
+met. At the end every accepted event is counted and the total is checked exactly: zero
+lost, zero double-counted.
 
     .venv/bin/python -m bench.ingest                # about 3 minutes
     .venv/bin/python -m bench.ingest --seconds 60   # the 60-second sustained runs
@@ -23,6 +30,7 @@ import platform
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +42,9 @@ from accrue.metering.v1 import metering_service_pb2 as svc
 from accrue.metering.v1 import metering_service_pb2_grpc
 from sqlalchemy.engine import make_url
 
-from bench.httpload import encode_request, run_load
+from bench import edge as edge_bench
+from bench.ceilings import raw_asgi, raw_pg_reads
+from bench.httpload import LoadResult, encode_request, run_load
 from libs.infra import messaging
 from services.run import Mesh
 
@@ -152,6 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each throughput run")
     parser.add_argument("--backlog", type=int, default=200_000, help="events queued for the aggregator run (e)")
+    parser.add_argument("--edge-events", type=int, default=500, help="single events per side for the edge latency (f)")
     args = parser.parse_args()
     try:
         import uvloop
@@ -164,10 +175,43 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="accrue-bench-") as state:
         mesh = Mesh(Path(state), durable=True, gateway_port=0, log_level="WARNING")
         try:
+            mesh.prepare_edges(["edge"])
             mesh.start()
             run(mesh, args)
         finally:
             mesh.stop()
+
+
+BATCH_TARGET = ">= 100,000/s"
+STORED_TARGET = ">= 30,000/s"
+
+
+@dataclass
+class Figure:
+    """One line of the summary: what was measured, beside its ceiling and the target."""
+
+    what: str
+    value: float
+    unit: str
+    ceiling: float | None = None
+    ceiling_name: str = ""
+    target: str = ""
+    met: bool | None = None
+
+
+def _summary(figures: list[Figure]) -> None:
+    print("summary (every figure of this run; ceilings from this run)", flush=True)
+    for f in figures:
+        ratio = f"{f.value / f.ceiling:.2f} of {f.ceiling_name} {f.ceiling:,.0f}" if f.ceiling else ""
+        verdict = "" if f.met is None else ("met" if f.met else "NOT met")
+        target = f"target {f.target}: {verdict}" if f.target else ""
+        print(f"  {f.what:<44} {f.value:>10,.0f} {f.unit:<10} {ratio:<34} {target}", flush=True)
+
+
+def _single(url: str, request: bytes, seconds: float) -> tuple[LoadResult, int]:
+    """The run, and the 202s of its warm-up (accepted too: the final count includes them)."""
+    warm = asyncio.run(run_load(url, request, seconds=3, concurrency=64))
+    return asyncio.run(run_load(url, request, seconds=seconds, concurrency=64)), warm.statuses.get(202, 0)
 
 
 def run(mesh: Mesh, args: argparse.Namespace) -> None:
@@ -187,47 +231,84 @@ def run(mesh: Mesh, args: argparse.Namespace) -> None:
     single = {"type": event_type, "source": "bench", "subject": "cus_bench0001", "data": {"tokens": 1, "model": "m1"}}
     single_bytes = json.dumps(single).encode()
     expected = 0
+    figures: list[Figure] = []
 
-    # (a) raw ceiling ------------------------------------------------------------------
+    # (a) raw ceilings ------------------------------------------------------------------
+    print("(a) raw ceilings, this run", flush=True)
+    asgi = raw_asgi(args.seconds / 2, 64)
+    _line("trivial ASGI app on uvicorn (gateway settings), 64 connections", f"{asgi.rate:,.0f} requests/s")
     event = resources.MeterEvent(id="evt_x", merchant_id=mesh.merchant_id, type=event_type, source="bench", subject="cus_bench0001")
     event.data.update({"tokens": 1, "model": "m1"})
     payload = resources.MeterEventBatch(events=[event]).SerializeToString()
     raw = asyncio.run(raw_ceiling(mesh.nats_url, payload, args.seconds / 2))
-    print("(a) raw ceiling", flush=True)
     _line("nats-py -> JetStream, one event per message, 256 in flight", f"{raw:,.0f} msgs/s")
+    pg_reads = raw_pg_reads(metering_db, args.seconds / 2, 16)
+    _line("PostgreSQL primary-key reads, psycopg async, 16 connections", f"{pg_reads:,.0f} reads/s")
 
-    # (b) single-event REST ------------------------------------------------------------
+    # (b) single-event REST, 1 then 2 gateway processes ---------------------------------
     url = f"{base}/v0/events"
     request = encode_request("POST", url, headers, single_bytes)
-    warm = asyncio.run(run_load(url, request, seconds=3, concurrency=64))
-    result = asyncio.run(run_load(url, request, seconds=args.seconds, concurrency=64))
-    expected += warm.statuses.get(202, 0) + result.statuses.get(202, 0)
-    print("(b) single-event POST /v0/events, 64 connections", flush=True)
-    _line("requests/s (202)", f"{result.statuses.get(202, 0) / result.seconds:,.0f}")
-    _line("latency p50 / p99", f"{result.percentile_ms(0.5):.1f} ms / {result.percentile_ms(0.99):.1f} ms")
-    _line("non-202 answers", str(sum(n for s, n in result.statuses.items() if s != 202)))
+    rates: dict[int, float] = {}
+    for processes in (1, 2):
+        if processes == 2:
+            mesh.start_gateway_process(2)
+        result, warmed = _single(url, request, args.seconds)
+        expected += result.statuses.get(202, 0) + warmed
+        rates[processes] = result.statuses.get(202, 0) / result.seconds
+        print(f"(b) single-event POST /v0/events, 64 connections, {processes} gateway process(es)", flush=True)
+        _line("requests/s (202)", f"{rates[processes]:,.0f}  ({rates[processes] / asgi.rate:.2f} of raw ASGI)")
+        _line("latency p50 / p99", f"{result.percentile_ms(0.5):.1f} ms / {result.percentile_ms(0.99):.1f} ms")
+        _line("non-202 answers", str(sum(n for s, n in result.statuses.items() if s != 202)))
+        p99 = result.percentile_ms(0.99)
+        figures.append(
+            Figure(
+                f"single events/s, {processes} gateway(s) (p99 {p99:.0f} ms)", rates[processes], "events/s", asgi.rate, "raw ASGI",
+                ">= 10,000/s, p99 < 50 ms", rates[processes] >= 10_000 and p99 < 50,
+            )
+        )  # fmt: skip
+    _line("scaling, 2 gateway processes / 1", f"{rates[2] / max(rates[1], 1e-9):.2f}x")
+    mesh.kill("gateway-2", 15)
 
     # (c) batch REST and gRPC stream ---------------------------------------------------
     batch_body = json.dumps({"events": [single] * 1000}).encode()
     url = f"{base}/accrue/v1/events:batchIngest"
     request = encode_request("POST", url, headers, batch_body)
+    before, _ = _count_events(metering_db, mesh.merchant_id)
     batch = asyncio.run(run_load(url, request, seconds=args.seconds, concurrency=4))
+    stored_during = (_count_events(metering_db, mesh.merchant_id)[0] - before) / batch.seconds
     batch_rate = batch.statuses.get(202, 0) * 1000 / batch.seconds
     expected += batch.statuses.get(202, 0) * 1000
     print("(c) batches of 1,000 events", flush=True)
     _line("REST batch, 4 connections: events/s accepted", f"{batch_rate:,.0f}  (p99 {batch.percentile_ms(0.99):.0f} ms/request)")
+    _line("  stored by the aggregator meanwhile: events/s", f"{stored_during:,.0f}")
+    figures.append(
+        Figure("REST batch events/s accepted", batch_rate, "events/s", raw, "raw JetStream", ">= 100,000/s", batch_rate >= 100_000)
+    )
+    figures.append(
+        Figure("  stored while ingesting (REST batch)", stored_during, "events/s", target=">= 30,000/s", met=stored_during >= 30_000)
+    )
     grpc_body = svc.BatchIngestEventsRequest(
         events=[svc.IngestEventRequest(type=event_type, source="bench", subject="cus_bench0001")] * 1000
     )
     for item in grpc_body.events:
         item.data.update({"tokens": 1, "model": "m1"})
+    before, _ = _count_events(metering_db, mesh.merchant_id)
+    started = time.perf_counter()
     stream_rate, streamed = asyncio.run(
         grpc_stream(f"127.0.0.1:{mesh.processes['metering'].port}", merchant_token(base, mesh.api_key), grpc_body, args.seconds)
     )
+    stored_during = (_count_events(metering_db, mesh.merchant_id)[0] - before) / (time.perf_counter() - started)
     expected += streamed
     _line("gRPC StreamIngestEvents, 4 streams x 2 batches in flight: events/s", f"{stream_rate:,.0f}")
+    _line("  stored by the aggregator meanwhile: events/s", f"{stored_during:,.0f}")
+    figures.append(
+        Figure("gRPC stream events/s accepted", stream_rate, "events/s", raw, "raw JetStream", ">= 100,000/s", stream_rate >= 100_000)
+    )
+    figures.append(
+        Figure("  stored while ingesting (gRPC stream)", stored_during, "events/s", target=">= 30,000/s", met=stored_during >= 30_000)
+    )
     best = max(batch_rate, stream_rate)
-    _line("ratio of (c) to (a)", f"{best / raw:.2f}")
+    _line("ratio of (c) to raw JetStream (a)", f"{best / raw:.2f}")
 
     # drain, then count everything accepted so far -------------------------------------
     print("(waiting for the aggregator to drain the backlog...)", flush=True)
@@ -246,6 +327,7 @@ def run(mesh: Mesh, args: argparse.Namespace) -> None:
 
     # (e) aggregator from a backlog: one worker, then two sharing the consumer -----------
     mesh.kill("metering-aggregator", 15)
+    drained: dict[int, float] = {}
     for workers in (1, 2):
         before, _ = _count_events(metering_db, mesh.merchant_id)
         queued = 0
@@ -271,18 +353,35 @@ def run(mesh: Mesh, args: argparse.Namespace) -> None:
         elapsed = done - started
         for name in names:
             mesh.kill(name, 15)
+        drained[workers] = (before + queued - first_count) / max(done - first_row, 1e-9)
         print(f"(e) aggregator: {queued:,} queued events, {workers} worker process(es)", flush=True)
-        _line(
-            "events/s into PostgreSQL, from the first stored row", f"{(before + queued - first_count) / max(done - first_row, 1e-9):,.0f}"
-        )
+        _line("events/s into PostgreSQL, from the first stored row", f"{drained[workers]:,.0f}")
         _line("events/s including the workers' process start", f"{queued / elapsed:,.0f}")
+        figures.append(
+            Figure(
+                f"aggregator from a backlog, {workers} worker(s)",
+                drained[workers],
+                "events/s",
+                target=">= 30,000/s",
+                met=drained[workers] >= 30_000,
+            )
+        )
+    _line("scaling, 2 workers / 1", f"{drained[2] / max(drained[1], 1e-9):.2f}x")
     mesh.start_aggregator()
+
+    # (f) the edge ----------------------------------------------------------------------
+    edge = mesh.start_edge("edge")
+    latency = edge_bench.measure(mesh, edge.gateway_url, args.edge_events)
+    expected += latency.sent
+    print(f"(f) 202 latency, single events one at a time, {args.edge_events} per side, alternating", flush=True)
+    edge_bench.report(latency)
 
     count, total = _count_events(metering_db, mesh.merchant_id)
     print("exactly once", flush=True)
     _line("stored events / SUM(tokens) (every event has tokens=1)", f"{count:,} / {total:,}")
     _line("events answered 202 / accepted", f"{expected:,}")
     _line("zero lost and zero double-counted", str(count == total == expected))
+    _summary(figures)
 
 
 if __name__ == "__main__":
