@@ -15,7 +15,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import propagate
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from libs.core.errors import DomainError
@@ -32,6 +32,7 @@ from libs.infra.grpc_handlers import Inner, each_response, rewrap
 from libs.infra.logging import get_logger
 from libs.infra.metrics import MetricsInterceptor
 from libs.infra.settings import ServiceSettings
+from libs.infra.telemetry import records_spans
 from libs.infra.tls import server_credentials
 from libs.infra.tokens import VERIFY_KEYS_ENV, TokenVerifier
 
@@ -185,7 +186,7 @@ class _Traced(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = handler_call_details.method
         if method.startswith(_OPEN_PREFIXES):
             return await continuation(handler_call_details)
-        if _records_spans():
+        if records_spans():
             return await self._inner.intercept_service(continuation, handler_call_details)
         # No tracer provider (tracing off, libs/infra/telemetry.py): OpenTelemetry's
         # interceptor would start a no-op span, which is the caller's span context as the
@@ -196,11 +197,6 @@ class _Traced(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return handler
         return self._wrapped.get(method, handler, _in_callers_trace)
-
-
-def _records_spans() -> bool:
-    """Whether a tracer provider that records spans is installed (the SDK's, or a test's)."""
-    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
 def _callers_context(context: grpc.aio.ServicerContext) -> otel_context.Context:

@@ -95,6 +95,13 @@ def _traces_url(endpoint: str) -> str:
     return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
 
 
+def records_spans() -> bool:
+    """Whether a tracer provider that records spans is installed (the SDK's, or a test's).
+    When none is, the hot paths skip OpenTelemetry's no-op spans and only carry the
+    caller's W3C context on (libs/infra/grpc_server.py, grpc_client.py, the gateway)."""
+    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 

@@ -22,7 +22,6 @@ import grpc
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -34,7 +33,7 @@ from libs.infra.context import IDEMPOTENCY_METADATA_KEY
 from libs.infra.grpc_errors import carried_error, decode_rpc_error
 from libs.infra.logging import get_logger
 from libs.infra.metrics import NO_ROUTE, ROUTE_SCOPE_KEY
-from libs.infra.telemetry import extract_context
+from libs.infra.telemetry import extract_context, records_spans
 from libs.infra.tls import channel_credentials
 from libs.infra.tokens import SIGNING_KEY_ENV, TokenSigner
 from services.gateway import restjson, webhooks
@@ -223,7 +222,7 @@ class Gateway:
             await respond(send, error_reply(431, "HEADERS_TOO_LARGE", f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all"))
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
-        if "traceparent" not in headers and not isinstance(trace.get_tracer_provider(), TracerProvider):
+        if "traceparent" not in headers and not records_spans():
             # nothing records spans and no caller's trace is to be continued: a no-op span
             # would cost about a tenth of a meter event's CPU here for nothing
             reply = await self._serve(scope, receive, method, path, headers)

@@ -47,7 +47,7 @@ async def _streamed(request: Any, context: Any) -> AsyncIterator[tuple[str, str]
 
 @pytest.fixture
 def tracing_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(grpc_server, "_records_spans", lambda: False)
+    monkeypatch.setattr(grpc_server, "records_spans", lambda: False)
 
 
 async def _intercepted(handler: grpc.RpcMethodHandler, method: str = "/accrue.catalog.v1.CatalogService/GetProduct") -> Any:
@@ -85,4 +85,4 @@ def test_the_full_interceptor_runs_only_when_a_provider_records_spans(monkeypatc
 
     for provider, records in ((trace.ProxyTracerProvider(), False), (trace.NoOpTracerProvider(), False), (TracerProvider(), True)):
         monkeypatch.setattr(trace, "get_tracer_provider", lambda provider=provider: provider)
-        assert grpc_server._records_spans() is records, type(provider).__name__
+        assert grpc_server.records_spans() is records, type(provider).__name__
