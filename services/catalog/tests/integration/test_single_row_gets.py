@@ -7,6 +7,7 @@ behind when the service stops."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from libs.infra.service import Host
 from libs.testing.fixtures import StartHost
 from libs.testing.tokens import merchant_metadata
 from services.catalog import app, views
-from services.catalog.store import SqlCatalogUnitOfWork
+from services.catalog.store import ReadConnections, SqlCatalogUnitOfWork
 
 pytestmark = pytest.mark.integration
 
@@ -158,3 +159,19 @@ async def test_stopping_the_service_closes_its_read_connections(catalog: Catalog
     finally:
         await engine.dispose()
     assert others == 0
+
+
+async def test_a_read_cancelled_mid_query_closes_its_connection(catalog: Catalog) -> None:
+    reads = ReadConnections(catalog.host.settings.database_url, 1)
+    try:
+        assert await reads.fetch_one("SELECT 1", ()) == (1,)
+        (first,) = reads._idle
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reads.fetch_one("SELECT pg_sleep(5)", ()), 0.2)
+        # the one slot is free again, and its next read runs on a new connection, not on the cancelled one
+        assert await asyncio.wait_for(reads.fetch_one("SELECT 2", ()), 2) == (2,)
+        (now,) = reads._idle
+        assert now is not first and first.closed
+    finally:
+        await reads.close()
+    assert reads._idle == []
