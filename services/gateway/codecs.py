@@ -7,7 +7,7 @@ codecs here are built once per message type from its descriptor and do the same 
 with one dict lookup and one type check per field.
 
 They cover strings, bools, integers, doubles, enums by name, Timestamps, Structs, nested
-and repeated messages and repeated strings. Anything else, and any input the fast path
+and repeated messages, repeated strings and maps of string to scalar. Anything else, and any input the fast path
 is not sure about (a null, a wrong type, a field given twice, an out-of-range value, two
 members of one oneof), raises ``Slow``: restjson then runs json_format on the original
 input, which gives the answer, or the field-named error, it always gave. So the fast path
@@ -123,11 +123,37 @@ def _scalar_setter(field: Any) -> Setter | None:
     return None
 
 
+def _map_value_check(field: Any) -> Callable[[Any], bool] | None:
+    """For a map<string, scalar>: whether a JSON value is one its values take as is."""
+    key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+    if key.type != FieldDescriptor.TYPE_STRING or value.message_type is not None:
+        return None
+    if value.type == FieldDescriptor.TYPE_STRING:
+        return lambda item: type(item) is str
+    if value.type == FieldDescriptor.TYPE_BOOL:
+        return lambda item: type(item) is bool
+    if value.type in _INT_RANGES:
+        low, high = _INT_RANGES[value.type]
+        return lambda item: type(item) is int and low <= item <= high
+    if value.type == FieldDescriptor.TYPE_DOUBLE:
+        return lambda item: type(item) is float
+    return None
+
+
 def _setter(field: Any) -> Setter | None:
     """How one JSON value lands in ``field``, or None when only json_format can do it."""
     name = field.name
     if field.message_type is not None and is_map(field):
-        return None
+        takes = _map_value_check(field)
+        if takes is None:
+            return None
+
+        def set_map(message: Message, value: Any) -> None:
+            if type(value) is not dict or not all(takes(item) for item in value.values()):
+                raise Slow
+            getattr(message, name).update(value)
+
+        return set_map
     if field.is_repeated:
         if field.message_type is not None:
             full_name = field.message_type.full_name
@@ -193,7 +219,21 @@ def _getter(field: Any) -> Getter | None:
     """How ``field`` prints (json_format's mapping plus restjson's nulls), or None."""
     name = field.name
     if field.message_type is not None and is_map(field):
-        return None
+        if _map_value_check(field) is None:
+            return None
+        value_field = field.message_type.fields_by_name["value"]
+        if value_field.type in _INT64:
+            return lambda message: {key: str(item) for key, item in getattr(message, name).items()}
+        if value_field.type == FieldDescriptor.TYPE_DOUBLE:
+
+            def finite_values(message: Message) -> Any:
+                out = dict(getattr(message, name))
+                if any(math.isinf(item) or math.isnan(item) for item in out.values()):
+                    raise Slow
+                return out
+
+            return finite_values
+        return lambda message: dict(getattr(message, name))
     if field.is_repeated:
         if field.message_type is not None:
             if field.message_type.full_name.startswith("google.protobuf."):

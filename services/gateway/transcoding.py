@@ -128,6 +128,16 @@ def _specificity(route: Route) -> tuple[int, ...]:
     return tuple(1 if "{" in segment else 0 for segment in route.template.split("/"))
 
 
+def _could_match(template: list[str], key: tuple[int, str, str]) -> bool:
+    count, first, second = key
+    if len(template) != count:
+        return False
+    for index, segment in ((1, first), (2, second)):
+        if index < count and "{" not in template[index] and template[index] != segment:
+            return False
+    return True
+
+
 class Router:
     """Routes by path, the most specific template first: a path that a literal template
     matches belongs to that template alone (`GET .../grants/purchase` is 405, never
@@ -135,12 +145,27 @@ class Router:
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = sorted(routes, key=_specificity)  # stable: equal keys keep the protos' order
+        # the routes a path could match, by (segment count, first two segments): a variable
+        # matches exactly one segment, so no other route can; in the same order
+        self._candidates: dict[tuple[int, str, str], list[Route]] = {}
+
+    def _candidates_for(self, path: str) -> list[Route]:
+        segments = path.split("/")
+        key = (len(segments), segments[1] if len(segments) > 1 else "", segments[2] if len(segments) > 2 else "")
+        found = self._candidates.get(key)
+        if found is None:
+            found = [route for route in self.routes if _could_match(route.template.split("/"), key)]
+            if found:  # what no route can match is not remembered: random paths must not grow this
+                if len(self._candidates) > 4096:
+                    self._candidates.clear()
+                self._candidates[key] = found
+        return found
 
     def match(self, http_method: str, path: str) -> tuple[Route | None, dict[str, str], tuple[str, ...]]:
         """(route, path variables, the methods the path answers: for 405's Allow header)."""
         allowed: list[str] = []
         template: str | None = None
-        for route in self.routes:
+        for route in self._candidates_for(path):
             if template is not None and route.template != template:
                 continue
             found = route.pattern.match(path)

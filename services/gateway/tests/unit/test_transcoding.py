@@ -65,3 +65,44 @@ def test_openapi_document_has_every_route_in_rest_spelling() -> None:
     assert product["name"] == {"type": "string"}
     operations = sum(len(methods) for methods in doc["paths"].values())
     assert operations == len(routes)
+
+
+def test_the_candidate_index_answers_as_a_scan_of_every_route() -> None:
+    """Router.match looks only at the routes a path's segment count and first two segments
+    allow; on every template filled in (and bent: a segment more, one less, another
+    method), it answers what trying every route in order answers."""
+    import re as regex
+
+    router = Router(build_routes())
+
+    def scan(method: str, path: str) -> tuple[object, dict[str, str], tuple[str, ...]]:
+        allowed: list[str] = []
+        template = None
+        for route in router.routes:
+            if template is not None and route.template != template:
+                continue
+            found = route.pattern.match(path)
+            if found is None:
+                continue
+            template = route.template
+            if route.http_method != method:
+                allowed.append(route.http_method)
+                continue
+            return route, {k.replace("__", "."): v for k, v in found.groupdict().items()}, ()
+        return None, {}, tuple(sorted(set(allowed)))
+
+    paths = set()
+    for route in router.routes:
+        filled = regex.sub(r"\{[^}]+\}", "x_1", route.template)
+        paths |= {
+            filled,
+            filled + "/more",
+            filled.rsplit("/", 1)[0],
+            filled.replace("/v0/", "/v9/"),
+            route.template.replace("{", "").replace("}", ""),
+        }
+    paths |= {"/", "", "/v0", "/v0/", "//v0/products", "/v0/products/"}
+    methods = ("GET", "POST", "PATCH", "DELETE", "PUT")
+    for path in sorted(paths):
+        for method in methods:
+            assert router.match(method, path) == scan(method, path), (method, path)
