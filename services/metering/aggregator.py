@@ -69,9 +69,11 @@ ROWS_PER_STATEMENT = 5000
 HINT_SUBJECTS_PER_MESSAGE = 2000
 
 
-def row_of(event: resources.MeterEvent, times: dict[tuple[int, int], datetime] | None = None) -> dict[str, Any]:
-    """One event as the insert's JSON row. ``times`` caches Timestamp -> datetime over a
-    batch: the events of one publish share their ingest time (and mostly their time)."""
+def row_of(event: resources.MeterEvent, times: dict[tuple[int, int], datetime] | None = None, data_json: bytes = b"") -> dict[str, Any]:
+    """One event as the insert's JSON row; its data from ``data_json`` when the stream
+    message carried it so (embedded as is), else from the event's Struct. ``times`` caches
+    Timestamp -> datetime over a batch: the events of one publish share their ingest time
+    (and mostly their time)."""
     cache = times if times is not None else {}
     time_ts, ingest_ts = event.time, event.ingest_time
     time_key, ingest_key = (time_ts.seconds, time_ts.nanos), (ingest_ts.seconds, ingest_ts.nanos)
@@ -91,7 +93,7 @@ def row_of(event: resources.MeterEvent, times: dict[tuple[int, int], datetime] |
         "external_subject": event.external_subject if event.HasField("external_subject") else None,
         "external_id": event.external_id if event.HasField("external_id") else None,
         "time": when,
-        "data": struct_to_dict(event.data),
+        "data": orjson.Fragment(data_json) if data_json else struct_to_dict(event.data),
         "ingested_at": ingested,
     }
 
@@ -162,8 +164,25 @@ def split_events(message: ReceivedEvent) -> list[ReceivedEvent]:
             payload=resources.MeterEventBatch(events=[event]).SerializeToString(),
             headers=message.headers,
         )
-        for event in resources.MeterEventBatch.FromString(message.payload).events
+        for event in _events_with_data(resources.MeterEventBatch.FromString(message.payload))
     ]
+
+
+def _events_with_data(batch: resources.MeterEventBatch) -> list[resources.MeterEvent]:
+    """The batch's events each with its data in MeterEvent.data (a dead letter is a
+    self-contained one-event batch, whatever the stream message's layout was)."""
+    events = list(batch.events)
+    for event, data_json in zip(events, batch.data_json, strict=False):
+        if data_json:
+            event.data.update(orjson.loads(data_json))
+    return events
+
+
+def events_of(payload: bytes) -> list[tuple[resources.MeterEvent, bytes]]:
+    """A stream message's events, each with its data JSON (b"" when in the event)."""
+    batch = resources.MeterEventBatch.FromString(payload)
+    data = list(batch.data_json)
+    return [(event, data[index] if index < len(data) else b"") for index, event in enumerate(batch.events)]
 
 
 class Aggregator(BatchConsumer):
@@ -206,7 +225,7 @@ class Aggregator(BatchConsumer):
             )
             spans += [store_span, consumed]  # ended children first
         try:
-            await self._store([event for m in messages for event in resources.MeterEventBatch.FromString(m.payload).events])
+            await self._store([pair for m in messages for pair in events_of(m.payload)])
         except Exception as exc:
             for span in spans:
                 span.record_exception(exc)
@@ -234,9 +253,10 @@ class Aggregator(BatchConsumer):
         if info.num_pending == 0 and info.num_ack_pending == 0:
             await self._mark_drained(fetch_started)
 
-    async def _store(self, batch: list[resources.MeterEvent]) -> None:
+    async def _store(self, batch: Sequence[tuple[resources.MeterEvent, bytes] | resources.MeterEvent]) -> None:
+        """Store events, each with its data JSON (events_of) or with its data inside."""
         times: dict[tuple[int, int], datetime] = {}
-        rows = [row_of(e, times) for e in batch]
+        rows = [row_of(item[0], times, item[1]) if isinstance(item, tuple) else row_of(item, times) for item in batch]
         stored: set[StoredKey] = set()
         async with self._db.engine.begin() as conn:
             # externalSubject-only events: attributed at once if their customer is known

@@ -7,11 +7,13 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import grpc
+import orjson
 import sqlalchemy as sa
 from accrue.metering.v1 import metering_resources_pb2 as resources
 from accrue.metering.v1 import metering_service_pb2 as svc
@@ -48,6 +50,14 @@ MAX_USAGE_READINGS = 10000
 _KNOWN_KEYS = sa.text(
     "SELECT idempotency_key FROM meter_events WHERE merchant_id = :merchant_id AND idempotency_key = ANY(CAST(:keys AS text[]))"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Valid:
+    """An accepted event (its data left out) and its data as compact JSON."""
+
+    event: resources.MeterEvent
+    data_json: bytes
 
 
 def _decimal_text(value: Decimal | int | None) -> str:
@@ -94,10 +104,11 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         types: TypeCheck,
         now_ts: timestamp_pb2.Timestamp,
         clocks: MerchantClocks | None,
-    ) -> resources.MeterEvent:
+    ) -> Valid:
         """The same rules for single, batched and streamed events (every path is _ingest).
         An event of a customer on a test clock (``clocks``) is stamped and bounded in the
-        clock's time; ``ingest_time`` is always the server's."""
+        clock's time; ``ingest_time`` is always the server's. The event comes back without
+        its data, which is published beside it as JSON (MeterEventBatch.data_json)."""
         check_merchant(opt(request, "namespace") or "", merchant_id, field="namespace")
         event_type = rules.check_type(request.type)
         source = rules.check_source(request.source)
@@ -107,7 +118,8 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         if request.HasField("idempotency_key"):
             check_no_nul(request.idempotency_key, "idempotencyKey")
         rules.check_data_size(request.data)
-        rules.check_data(struct_to_dict(request.data))
+        data = struct_to_dict(request.data)
+        rules.check_data(data)
         clock = clocks.clock_of(subject, external_subject) if clocks is not None else None
         stamp = now_ts if clock is None else clock.timestamp  # the default timestamp
         if not request.HasField("timestamp"):
@@ -137,27 +149,26 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             subject=subject,
             time=stamp if when is None else to_timestamp(when),
             idempotency_key=key,
-            data=request.data,
             ingest_time=now_ts,
         )
         if external_subject is not None:
             event.external_subject = external_subject
         if external_id is not None:
             event.external_id = external_id
-        return event
+        return Valid(event, orjson.dumps(data))
 
     async def _known_keys(self, merchant_id: str, keys: list[str]) -> set[str]:
         async with self._db.engine.connect() as conn:
             rows = await conn.execute(_KNOWN_KEYS, {"merchant_id": merchant_id, "keys": keys})
             return {row.idempotency_key for row in rows}
 
-    async def _publish(self, partition: int, events: list[resources.MeterEvent]) -> None:
+    async def _publish(self, partition: int, events: list[Valid]) -> None:
         """One stream message per chunk that fits NATS's payload limit, with room for headers."""
         limit = max(64 * 1024, self._max_payload - 16 * 1024)
-        chunk: list[resources.MeterEvent] = []
+        chunk: list[Valid] = []
         size = 0
         for event in events:
-            event_size = event.ByteSize() + 8
+            event_size = event.event.ByteSize() + len(event.data_json) + 16
             if chunk and size + event_size > limit:
                 await self._publish_chunk(partition, chunk)
                 chunk, size = [], 0
@@ -166,8 +177,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         if chunk:
             await self._publish_chunk(partition, chunk)
 
-    async def _publish_chunk(self, partition: int, events: list[resources.MeterEvent]) -> None:
-        batch = resources.MeterEventBatch(events=events)
+    async def _publish_chunk(self, partition: int, valid: list[Valid]) -> None:
+        events = [v.event for v in valid]
+        batch = resources.MeterEventBatch(events=events, data_json=[v.data_json for v in valid])
         keys = "\n".join(rules.dedupe_id(e.merchant_id, e.idempotency_key) for e in events)
         message_id = hashlib.sha256(keys.encode()).hexdigest()  # a retried identical call is dropped by JetStream
         subject = partition_subject(partition)
@@ -194,7 +206,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         # None (the common case) when no customer of the merchant is on a test clock
         clocks = await self._clocks.current(merchant_id)
         now_ts = to_timestamp(now)
-        outcomes: list[resources.MeterEvent | DomainError] = []
+        outcomes: list[Valid | DomainError] = []
         time_refused = False
         for item in items:
             try:
@@ -204,7 +216,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
                 time_refused = time_refused or err.reason in rules.TIME_BOUND_REASONS
         if time_refused or clocks is not None:
             await self._judge_again_on_fresh_clocks(items, outcomes, merchant_id, now, types, now_ts, clocks)
-        valid: list[tuple[int, resources.MeterEvent]] = []
+        valid: list[tuple[int, Valid]] = []
         for index, outcome in enumerate(outcomes):
             if not isinstance(outcome, DomainError):
                 valid.append((index, outcome))
@@ -216,9 +228,10 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             if outcome.field:
                 receipt.field = outcome.field
         first_of_key: dict[str, int] = {}
-        fresh: list[tuple[int, resources.MeterEvent]] = []
-        known = await self._known_keys(merchant_id, [e.idempotency_key for _, e in valid]) if check_duplicates and valid else set()
-        for index, event in valid:
+        fresh: list[tuple[int, Valid]] = []
+        known = await self._known_keys(merchant_id, [v.event.idempotency_key for _, v in valid]) if check_duplicates and valid else set()
+        for index, accepted in valid:
+            event = accepted.event
             receipt = receipts[index]
             receipt.id = event.id
             if include_events:
@@ -228,22 +241,23 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
                 continue
             first_of_key[event.idempotency_key] = index
             receipt.status = "accepted"
-            fresh.append((index, event))
-        by_partition: dict[int, list[resources.MeterEvent]] = defaultdict(list)
+            fresh.append((index, accepted))
+        by_partition: dict[int, list[Valid]] = defaultdict(list)
         partition_of: dict[str, int] = {}  # a call's events mostly share a few subjects
-        for _, event in fresh:
+        for _, accepted in fresh:
+            event = accepted.event
             key = event.subject or (event.external_subject if event.HasField("external_subject") else "")
             partition = partition_of.get(key)
             if partition is None:
                 partition = partition_of[key] = rules.partition_of(merchant_id, key, self._partitions)
-            by_partition[partition].append(event)
+            by_partition[partition].append(accepted)
         await asyncio.gather(*(self._publish(partition, events) for partition, events in by_partition.items()))
         return receipts, errors
 
     async def _judge_again_on_fresh_clocks(
         self,
         items: Sequence[svc.IngestEventRequest],
-        outcomes: list[resources.MeterEvent | DomainError],
+        outcomes: list[Valid | DomainError],
         merchant_id: str,
         now: datetime,
         types: TypeCheck,
