@@ -99,7 +99,10 @@ def records_spans() -> bool:
     """Whether a tracer provider that records spans is installed (the SDK's, or a test's).
     When none is, the hot paths skip OpenTelemetry's no-op spans and only carry the
     caller's W3C context on (libs/infra/grpc_server.py, grpc_client.py, the gateway)."""
-    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    # the global the API's set_tracer_provider sets (get_tracer_provider would read the
+    # environment on every call while none is set: this runs once per request)
+    provider = getattr(trace, "_TRACER_PROVIDER", None) or trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
 def tracer(name: str) -> trace.Tracer:
