@@ -96,7 +96,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
 
     # --- ingestion --------------------------------------------------------------------
 
-    async def _validate(
+    def _validate(
         self,
         request: svc.IngestEventRequest,
         merchant_id: str,
@@ -210,7 +210,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         time_refused = False
         for item in items:
             try:
-                outcomes.append(await self._validate(item, merchant_id, now, types, now_ts, clocks))
+                outcomes.append(self._validate(item, merchant_id, now, types, now_ts, clocks))
             except DomainError as err:
                 outcomes.append(err)
                 time_refused = time_refused or err.reason in rules.TIME_BOUND_REASONS
@@ -280,7 +280,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         fresh = await self._clocks.reread(merchant_id, customers, externals)
         for index in again:
             try:
-                outcomes[index] = await self._validate(items[index], merchant_id, now, types, now_ts, fresh)
+                outcomes[index] = self._validate(items[index], merchant_id, now, types, now_ts, fresh)
             except DomainError as err:
                 outcomes[index] = err
 
