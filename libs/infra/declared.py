@@ -45,7 +45,8 @@ def is_map(field: Any) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
-_INTEGER_TYPE_BOUNDS = {
+# each protobuf integer type's range (also the gateway's fast JSON codecs, services/gateway/codecs.py)
+INTEGER_TYPE_BOUNDS = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
     FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
     FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
@@ -61,7 +62,7 @@ _INTEGER_TYPE_BOUNDS = {
 
 def integer_bounds(field: Any) -> tuple[int, int] | None:
     """The values an integer field takes: its type's range, narrowed by declared bounds."""
-    bounds = _INTEGER_TYPE_BOUNDS.get(field.type)
+    bounds = INTEGER_TYPE_BOUNDS.get(field.type)
     if bounds is None:
         return None
     low, high = bounds

@@ -26,24 +26,13 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from libs.infra.declared import is_map
+from libs.infra.declared import INTEGER_TYPE_BOUNDS, is_map
 
 _TS = "google.protobuf.Timestamp"
 _STRUCT = "google.protobuf.Struct"
 _HAS_OFFSET = re.compile(r"(Z|z|[+-]\d\d:?\d\d)$")
 _OFFSET = re.compile(r"[+-](\d\d):?(\d\d)$")
-_INT_RANGES = {
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
-    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
-}
+_INT_RANGES = INTEGER_TYPE_BOUNDS
 _INT64 = {
     FieldDescriptor.TYPE_INT64,
     FieldDescriptor.TYPE_SINT64,
