@@ -12,7 +12,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from libs.infra import grpc_server
+from libs.infra import grpc_server, telemetry
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
@@ -84,5 +84,6 @@ def test_the_full_interceptor_runs_only_when_a_provider_records_spans(monkeypatc
     from opentelemetry.sdk.trace import TracerProvider
 
     for provider, records in ((trace.ProxyTracerProvider(), False), (trace.NoOpTracerProvider(), False), (TracerProvider(), True)):
+        monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)  # records_spans reads the global first
         monkeypatch.setattr(trace, "get_tracer_provider", lambda provider=provider: provider)
-        assert grpc_server.records_spans() is records, type(provider).__name__
+        assert telemetry.records_spans() is records, type(provider).__name__
