@@ -65,24 +65,10 @@ async def _trivial_asgi(scope: dict[str, Any], receive: Callable[[], Awaitable[A
 def _serve_asgi() -> None:
     import uvicorn
     import uvloop
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    # services/gateway/host.py's settings: httptools (the gateway's subclass only changes
-    # the body of a 400 from the parser), no access log, no Server/Date headers, uvloop
-    # from the host (loop="none"), lifespan on, backlog 2048
-    config = uvicorn.Config(
-        _trivial_asgi,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        http=HttpToolsProtocol,
-        timeout_graceful_shutdown=2,
-        loop="none",
-        backlog=2048,
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-    )
+    from services.gateway.host import uvicorn_config
+
+    config = uvicorn_config(_trivial_asgi)  # the gateway's own settings, the app aside
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,11 +19,10 @@ from services.gateway.settings import GatewaySettings
 from services.registry import SERVICES
 
 
-def _http(runtime: Runtime) -> uvicorn.Config:
-    gateway = Gateway(runtime.settings_as(GatewaySettings), runtime.db.engine)
-    runtime.extras["gateway"] = gateway
+def uvicorn_config(app: Any) -> uvicorn.Config:
+    """The gateway's HTTP server settings (also what bench/ceilings.py's raw ASGI ceiling runs)."""
     return uvicorn.Config(
-        HttpMetrics(gateway),  # requests, statuses and latency per route (libs/infra/metrics.py)
+        app,
         log_config=None,
         access_log=False,
         lifespan="on",
@@ -36,6 +36,12 @@ def _http(runtime: Runtime) -> uvicorn.Config:
         server_header=False,
         date_header=False,
     )
+
+
+def _http(runtime: Runtime) -> uvicorn.Config:
+    gateway = Gateway(runtime.settings_as(GatewaySettings), runtime.db.engine)
+    runtime.extras["gateway"] = gateway
+    return uvicorn_config(HttpMetrics(gateway))  # requests, statuses and latency per route (libs/infra/metrics.py)
 
 
 DEFINITION = ServiceDefinition(
