@@ -163,9 +163,14 @@ class Router:
 
     def match(self, http_method: str, path: str) -> tuple[Route | None, dict[str, str], tuple[str, ...]]:
         """(route, path variables, the methods the path answers: for 405's Allow header)."""
+        return self.match_among(self._candidates_for(path), http_method, path)
+
+    @staticmethod
+    def match_among(routes: Iterable[Route], http_method: str, path: str) -> tuple[Route | None, dict[str, str], tuple[str, ...]]:
+        """match() over ``routes`` (in specificity order)."""
         allowed: list[str] = []
         template: str | None = None
-        for route in self._candidates_for(path):
+        for route in routes:
             if template is not None and route.template != template:
                 continue
             found = route.pattern.match(path)

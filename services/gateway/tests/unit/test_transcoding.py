@@ -76,20 +76,7 @@ def test_the_candidate_index_answers_as_a_scan_of_every_route() -> None:
     router = Router(build_routes())
 
     def scan(method: str, path: str) -> tuple[object, dict[str, str], tuple[str, ...]]:
-        allowed: list[str] = []
-        template = None
-        for route in router.routes:
-            if template is not None and route.template != template:
-                continue
-            found = route.pattern.match(path)
-            if found is None:
-                continue
-            template = route.template
-            if route.http_method != method:
-                allowed.append(route.http_method)
-                continue
-            return route, {k.replace("__", "."): v for k, v in found.groupdict().items()}, ()
-        return None, {}, tuple(sorted(set(allowed)))
+        return Router.match_among(router.routes, method, path)
 
     paths = set()
     for route in router.routes:
