@@ -151,38 +151,33 @@ PERMANENT_ERRORS = (DataError, IntegrityError, DecodeError, ValueError)
 BATCH_TYPE = resources.MeterEventBatch.DESCRIPTOR.full_name
 
 
-def split_events(message: ReceivedEvent) -> list[ReceivedEvent]:
-    """A stream message's events, each as a one-event MeterEventBatch: what fails alone is
-    dead-lettered alone (``event_id`` = its idempotency key) and replays through the same
-    handler. Raises DecodeError for bytes that are no batch (kept whole then)."""
-    return [
-        ReceivedEvent(
-            event_id=event.idempotency_key,
-            subject=message.subject,
-            event_type=BATCH_TYPE,
-            merchant_id=event.merchant_id,
-            payload=resources.MeterEventBatch(events=[event]).SerializeToString(),
-            headers=message.headers,
-        )
-        for event in _events_with_data(resources.MeterEventBatch.FromString(message.payload))
-    ]
-
-
-def _events_with_data(batch: resources.MeterEventBatch) -> list[resources.MeterEvent]:
-    """The batch's events each with its data in MeterEvent.data (a dead letter is a
-    self-contained one-event batch, whatever the stream message's layout was)."""
-    events = list(batch.events)
-    for event, data_json in zip(events, batch.data_json, strict=False):
-        if data_json:
-            event.data.update(orjson.loads(data_json))
-    return events
-
-
 def events_of(payload: bytes) -> list[tuple[resources.MeterEvent, bytes]]:
     """A stream message's events, each with its data JSON (b"" when in the event)."""
     batch = resources.MeterEventBatch.FromString(payload)
     data = list(batch.data_json)
     return [(event, data[index] if index < len(data) else b"") for index, event in enumerate(batch.events)]
+
+
+def split_events(message: ReceivedEvent) -> list[ReceivedEvent]:
+    """A stream message's events, each as a one-event MeterEventBatch with its data in the
+    event: what fails alone is dead-lettered alone (``event_id`` = its idempotency key),
+    self-contained, and replays through the same handler. Raises DecodeError for bytes
+    that are no batch (kept whole then)."""
+    split = []
+    for event, data_json in events_of(message.payload):
+        if data_json:
+            event.data.update(orjson.loads(data_json))
+        split.append(
+            ReceivedEvent(
+                event_id=event.idempotency_key,
+                subject=message.subject,
+                event_type=BATCH_TYPE,
+                merchant_id=event.merchant_id,
+                payload=resources.MeterEventBatch(events=[event]).SerializeToString(),
+                headers=message.headers,
+            )
+        )
+    return split
 
 
 class Aggregator(BatchConsumer):
@@ -253,10 +248,10 @@ class Aggregator(BatchConsumer):
         if info.num_pending == 0 and info.num_ack_pending == 0:
             await self._mark_drained(fetch_started)
 
-    async def _store(self, batch: Sequence[tuple[resources.MeterEvent, bytes] | resources.MeterEvent]) -> None:
-        """Store events, each with its data JSON (events_of) or with its data inside."""
+    async def _store(self, batch: Sequence[tuple[resources.MeterEvent, bytes]]) -> None:
+        """Store events, each with its data JSON (b"": its data is in the event), as events_of gives them."""
         times: dict[tuple[int, int], datetime] = {}
-        rows = [row_of(item[0], times, item[1]) if isinstance(item, tuple) else row_of(item, times) for item in batch]
+        rows = [row_of(event, times, data_json) for event, data_json in batch]
         stored: set[StoredKey] = set()
         async with self._db.engine.begin() as conn:
             # externalSubject-only events: attributed at once if their customer is known

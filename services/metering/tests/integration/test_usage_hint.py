@@ -177,6 +177,11 @@ async def test_an_ingested_event_is_announced_once_queryable_and_a_redelivered_d
 # --- the store path ------------------------------------------------------------------------
 
 
+def _with_data_inside(batch: list[resources.MeterEvent]) -> list[tuple[resources.MeterEvent, bytes]]:
+    """Events as the aggregator stores them (events_of), each carrying its data itself."""
+    return [(event, b"") for event in batch]
+
+
 def _meter_event(
     merchant_id: str, key: str, *, subject: str = "", event_type: str = EVENT_TYPE, external: str | None = None
 ) -> resources.MeterEvent:
@@ -204,15 +209,17 @@ async def test_one_commit_one_hint_of_its_inserted_rows_with_a_subject(db: Datab
     aggregator = Aggregator(db, nc.jetstream())
     try:
         await aggregator._store(
-            [
-                _meter_event(merchant_id, "a1", subject="cus_1"),
-                _meter_event(merchant_id, "a2", subject="cus_1", event_type="other.type"),
-                _meter_event(merchant_id, "a3", subject="cus_1"),
-                _meter_event(merchant_id, "a4", subject="cus_2"),
-                _meter_event(other, "a1", subject="cus_1"),
-                # externalSubject of no known customer: stored without a subject, not named
-                _meter_event(merchant_id, "a5", external="acct-unknown"),
-            ]
+            _with_data_inside(
+                [
+                    _meter_event(merchant_id, "a1", subject="cus_1"),
+                    _meter_event(merchant_id, "a2", subject="cus_1", event_type="other.type"),
+                    _meter_event(merchant_id, "a3", subject="cus_1"),
+                    _meter_event(merchant_id, "a4", subject="cus_2"),
+                    _meter_event(other, "a1", subject="cus_1"),
+                    # externalSubject of no known customer: stored without a subject, not named
+                    _meter_event(merchant_id, "a5", external="acct-unknown"),
+                ]
+            )
         )
         hint, _ = await hints.next_for(merchant_id)
         assert [(s.merchant_id, s.subject, list(s.event_types)) for s in hint.subjects] == sorted(
@@ -224,7 +231,9 @@ async def test_one_commit_one_hint_of_its_inserted_rows_with_a_subject(db: Datab
         )
 
         # stored again (a redelivered batch) and one new row: only the new one is named
-        await aggregator._store([_meter_event(merchant_id, "a1", subject="cus_1"), _meter_event(merchant_id, "a6", subject="cus_3")])
+        await aggregator._store(
+            _with_data_inside([_meter_event(merchant_id, "a1", subject="cus_1"), _meter_event(merchant_id, "a6", subject="cus_3")])
+        )
         hint, _ = await hints.next_for(merchant_id)
         assert _named(hint, merchant_id) == {"cus_3": [EVENT_TYPE]} and _named(hint, other) == {}
     finally:
@@ -237,6 +246,6 @@ async def test_a_failing_publish_never_fails_the_store(db: Database, infra_mesh:
     js = closed.jetstream()
     await closed.close()  # every publish on it raises
     aggregator = Aggregator(db, js, nats=closed)
-    await aggregator._store([_meter_event(merchant_id, "b1", subject="cus_1")])
+    await aggregator._store(_with_data_inside([_meter_event(merchant_id, "b1", subject="cus_1")]))
     assert await _stored_keys(db, merchant_id) == ["b1"]
     assert aggregator.stored == 1
