@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 
 from libs.infra.declared import INTEGER_TYPE_BOUNDS, is_map
 
-_TS = "google.protobuf.Timestamp"
+TIMESTAMP = _TS = "google.protobuf.Timestamp"
 _STRUCT = "google.protobuf.Struct"
 _HAS_OFFSET = re.compile(r"(Z|z|[+-]\d\d:?\d\d)$")
 _OFFSET = re.compile(r"[+-](\d\d):?(\d\d)$")
@@ -50,15 +50,23 @@ Setter = Callable[[Message, Any], None]
 Getter = Callable[[Message], Any]
 
 
-def _timestamp_text(value: Any) -> str:
-    if type(value) is not str:
-        raise Slow
-    if not _HAS_OFFSET.search(value):
-        return value + "Z"  # the SDK sends naive date-times: UTC (restjson.normalize_timestamps)
-    offset = _OFFSET.search(value)
+def utc_date_time(text: str) -> str | None:
+    """A date-time string as protobuf's parser should get it: without an offset it is UTC
+    (the SDK sends naive date-times bare: Z appended); None for an offset past RFC 3339's
+    ±23:59, which protobuf's parser would take (+25:00)."""
+    if not _HAS_OFFSET.search(text):
+        return text + "Z"
+    offset = _OFFSET.search(text)
     if offset is not None and (int(offset[1]) > 23 or int(offset[2]) > 59):
-        raise Slow  # json_format would take +25:00; the slow path refuses it by name
-    return value
+        return None
+    return text
+
+
+def _timestamp_text(value: Any) -> str:
+    fixed = utc_date_time(value) if type(value) is str else None
+    if fixed is None:
+        raise Slow  # json_format and restjson's checks give the answer, by name
+    return fixed
 
 
 def _scalar_setter(field: Any) -> Setter | None:

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from libs.core.errors import InvalidArgument
 from libs.core.json_limits import check_json
 from libs.infra.declared import integer_bounds, is_map
-from services.gateway.codecs import Codec, Slow
+from services.gateway.codecs import TIMESTAMP, Codec, Slow, utc_date_time
 
 # Descriptor parameters are typed Any: protobuf hands out either the pure-Python or the
 # upb descriptor classes, which the stubs model as unrelated types.
@@ -33,9 +33,7 @@ _OPAQUE = {
     "google.protobuf.FieldMask",
     "google.protobuf.Empty",
 }
-_HAS_OFFSET = re.compile(r"(Z|z|[+-]\d\d:?\d\d)$")
-_OFFSET = re.compile(r"[+-](\d\d):?(\d\d)$")
-_TS = "google.protobuf.Timestamp"
+_TS = TIMESTAMP
 
 
 def _fill_nulls(message: Message, out: dict[str, Any]) -> None:
@@ -99,12 +97,12 @@ def normalize_timestamps(descriptor: Any, value: Any, prefix: str = "") -> Any:
             continue
         name = field.message_type.full_name
         if name == _TS:
-            if isinstance(item, str) and not _HAS_OFFSET.search(item):
-                value[key] = item + "Z"
-            elif isinstance(item, str) and (offset := _OFFSET.search(item)) and (int(offset[1]) > 23 or int(offset[2]) > 59):
-                # RFC 3339 offsets end at ±23:59; protobuf's parser would take +25:00
-                path = f"{prefix}{field.json_name}"
-                raise InvalidArgument(path, f"{path} must be {_WELL_KNOWN_TEXT[_TS]}", reason="INVALID_FIELD")
+            if isinstance(item, str):
+                fixed = utc_date_time(item)
+                if fixed is None:
+                    path = f"{prefix}{field.json_name}"
+                    raise InvalidArgument(path, f"{path} must be {_WELL_KNOWN_TEXT[_TS]}", reason="INVALID_FIELD")
+                value[key] = fixed
         elif name not in _OPAQUE:
             if field.is_repeated and isinstance(item, list):
                 for element in item:
