@@ -24,8 +24,6 @@ import argparse
 import asyncio
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +37,7 @@ from accrue.catalog.v1 import catalog_service_pb2_grpc
 from bench.ceilings import raw_asgi, raw_grpc_unary, raw_pg_reads, run_grpc_load
 from bench.httpload import LoadResult, encode_request, run_load
 from bench.ingest import merchant_token
-from bench.profile_ingest import _summarize
+from bench.profile_ingest import report, spy_on
 from services.run import Mesh
 
 
@@ -74,27 +72,13 @@ def _catalog_direct(address: str, token: str, product_id: str, seconds: float, c
 
 
 def _profile(mesh: Mesh, url: str, request: bytes, seconds: float, concurrency: int) -> None:
-    spy = Path(sys.executable).parent / "py-spy"
     names = ("catalog", "gateway")
     outputs = {name: mesh.state_dir / f"profile-{name}.txt" for name in names}
-    pids = {name: mesh.processes[name].popen.pid for name in names}
-    spies = [
-        subprocess.Popen(
-            [str(spy), "record", "-d", str(int(seconds)), "-r", "100", "-f", "raw", "-o", str(outputs[name]), "-p", str(pid)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for name, pid in pids.items()
-    ]
+    spies = spy_on({name: mesh.processes[name].popen.pid for name in names}, outputs, seconds)
     time.sleep(0.5)
     result = asyncio.run(run_load(url, request, seconds=seconds, concurrency=concurrency))
     print(f"\nprofile (py-spy, 100 Hz) under the gateway load: {result.rate:,.0f} requests/s while sampled")
-    for process in spies:
-        process.wait()
-    for name in names:
-        print(f"\n[{name}]")
-        if outputs[name].exists():
-            _summarize(outputs[name], seconds, 22)
+    report(spies, outputs, seconds, 22)
 
 
 def main() -> None:

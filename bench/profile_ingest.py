@@ -22,7 +22,7 @@ import httpx
 from accrue.metering.v1 import metering_service_pb2 as svc
 
 from bench.httpload import encode_request, run_load
-from bench.ingest import grpc_stream
+from bench.ingest import grpc_stream, merchant_token
 from services.run import Mesh
 
 PROCESSES = ("gateway", "metering", "metering-aggregator")
@@ -49,13 +49,32 @@ def _summarize(path: Path, seconds: float, top: int) -> None:
             break
 
 
+def spy_on(pids: dict[str, int], outputs: dict[str, Path], seconds: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy recording each process (name -> pid) for ``seconds`` at 100 Hz into ``outputs``."""
+    spy = Path(sys.executable).parent / "py-spy"
+    command = [str(spy), "record", "-d", str(int(seconds)), "-r", "100", "-f", "raw"]
+    return [
+        subprocess.Popen([*command, "-o", str(outputs[name]), "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for name, pid in pids.items()
+    ]
+
+
+def report(spies: list[subprocess.Popen[bytes]], outputs: dict[str, Path], seconds: float, top: int) -> None:
+    """Wait for the spies, then print each process's summary."""
+    for process in spies:
+        process.wait()
+    for name, output in outputs.items():
+        print(f"\n[{name}]")
+        if output.exists():
+            _summarize(output, seconds, top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=["single", "stream"], default="single")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--top", type=int, default=18)
     args = parser.parse_args()
-    spy = Path(sys.executable).parent / "py-spy"
     with tempfile.TemporaryDirectory(prefix="accrue-profile-") as state:
         mesh = Mesh(Path(state), durable=True, gateway_port=0, log_level="WARNING")
         try:
@@ -71,27 +90,7 @@ def main() -> None:
             )
             single = {"type": event_type, "source": "bench", "subject": "cus_profile01", "data": {"tokens": 1, "model": "m1"}}
             outputs = {name: Path(state) / f"{name}.txt" for name in PROCESSES}
-            spies = [
-                subprocess.Popen(
-                    [
-                        str(spy),
-                        "record",
-                        "-d",
-                        str(int(args.seconds)),
-                        "-r",
-                        "100",
-                        "-f",
-                        "raw",
-                        "-o",
-                        str(outputs[name]),
-                        "-p",
-                        str(mesh.processes[name].popen.pid),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                for name in PROCESSES
-            ]
+            spies = spy_on({name: mesh.processes[name].popen.pid for name in PROCESSES}, outputs, args.seconds)
             time.sleep(0.5)
             if args.mode == "single":
                 url = f"{mesh.gateway_url}/v0/events"
@@ -105,14 +104,10 @@ def main() -> None:
                 )
                 for item in body.events:
                     item.data.update({"tokens": 1, "model": "m1"})
-                rate, _ = asyncio.run(grpc_stream(f"127.0.0.1:{mesh.processes['metering'].port}", mesh.merchant_id, body, args.seconds))
+                token = merchant_token(mesh.gateway_url, mesh.api_key)
+                rate, _ = asyncio.run(grpc_stream(f"127.0.0.1:{mesh.processes['metering'].port}", token, body, args.seconds))
                 print(f"gRPC stream: {rate:,.0f} events/s during the profile")
-            for process in spies:
-                process.wait()
-            for name in PROCESSES:
-                print(f"\n[{name}]")
-                if outputs[name].exists():
-                    _summarize(outputs[name], args.seconds, args.top)
+            report(spies, outputs, args.seconds, args.top)
         finally:
             mesh.stop()
 
