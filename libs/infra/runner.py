@@ -242,6 +242,8 @@ class Mesh:
     # with the gateway's port before anything starts (start()); "" until then
     public_url: str = ""
     _gateway_port: int | None = field(default=None, init=False, repr=False)
+    # the decided gateway port, bound until the gateway listens (_hold_port)
+    _port_hold: socket.socket | None = field(default=None, init=False, repr=False)
     # the edges started (start_edge), by name
     edges: dict[str, Edge] = field(default_factory=dict)
 
@@ -418,15 +420,39 @@ class Mesh:
             else:
                 self._gateway_port = self.gateway_port or free_port()
             self.public_url = self.public_url or os.environ.get("ACCRUE_PUBLIC_URL", "") or f"http://127.0.0.1:{self._gateway_port}"
+            self._hold_port(self._gateway_port)
         return self._gateway_port
+
+    def _hold_port(self, port: int) -> None:
+        """Keep the decided port bound (not listening) until the gateway listens on it:
+        between the decision and the gateway's start every service starts and connects, and
+        an outgoing connection's ephemeral port could otherwise take it. The gateway binds
+        with SO_REUSEPORT, as this hold does, so it binds beside it."""
+        hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            hold.bind(("127.0.0.1", port))
+        except OSError:  # taken meanwhile: the gateway's own bind says so
+            hold.close()
+            return
+        self._port_hold = hold
+
+    def _release_port(self) -> None:
+        if self._port_hold is not None:
+            self._port_hold.close()
+            self._port_hold = None
 
     def start_gateway(self) -> None:
         """The gateway: ``gateway_processes`` processes (default ACCRUE_GATEWAY_PROCESSES, else
         1) sharing one port with SO_REUSEPORT, the kernel spreading connections over them
         (the gateway is stateless). The first is ``gateway``, the others ``gateway-2`` ..."""
         count = self.gateway_processes or int(os.environ.get("ACCRUE_GATEWAY_PROCESSES", "1") or 1)
-        for index in range(1, max(1, count) + 1):
-            self.start_gateway_process(index)
+        try:
+            for index in range(1, max(1, count) + 1):
+                self.start_gateway_process(index)
+        finally:
+            self._release_port()
 
     def start_gateway_process(self, index: int) -> Process:
         """Gateway process number ``index`` (1: ``gateway``) on the gateway's port, which
@@ -582,6 +608,7 @@ class Mesh:
         return edge
 
     def stop(self) -> None:
+        self._release_port()
         for process in self.processes.values():
             if process.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
