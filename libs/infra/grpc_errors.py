@@ -50,7 +50,8 @@ _CLASS_OF_CODE: dict[ErrorCode, type[DomainError]] = {
 }
 
 
-def _cut(text: str) -> str:
+def cut_text(text: str) -> str:
+    """A text as a status carries it: at most MAX_TEXT characters."""
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
@@ -61,11 +62,11 @@ def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest | 
 
 
 def to_grpc_status(err: DomainError) -> grpc.Status:
-    message = _cut(err.message)
-    metadata = {_cut(k): _cut(v) for k, v in err.metadata.items()}
+    message = cut_text(err.message)
+    metadata = {cut_text(k): cut_text(v) for k, v in err.metadata.items()}
     details = [_pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=metadata))]
     if err.field is not None:
-        violation = error_details_pb2.BadRequest.FieldViolation(field=_cut(err.field), description=message)
+        violation = error_details_pb2.BadRequest.FieldViolation(field=cut_text(err.field), description=message)
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
     if err.retryable:
         details.append(_pack(error_details_pb2.RetryInfo()))

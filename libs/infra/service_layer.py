@@ -22,10 +22,11 @@ from accrue.type.v1 import pagination_pb2
 from google.protobuf.message import Message
 
 from libs.core.clock import Clock
-from libs.core.errors import InvalidArgument, NotFound
+from libs.core.errors import DomainError, InvalidArgument, NotFound, http_status
 from libs.core.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, page
 from libs.infra.context import current_idempotency_key, current_merchant_id
 from libs.infra.db import UnitOfWork
+from libs.infra.grpc_errors import cut_text
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -40,6 +41,7 @@ __all__ = [
     "page",
     "page_of",
     "pagination",
+    "reject",
 ]
 
 M = TypeVar("M", bound=Message)
@@ -98,6 +100,18 @@ def check_merchant(requested: str, merchant_id: str, *, field: str = "merchantId
     """A key acts for one merchant; naming another one reads as "no such merchant"."""
     if requested and requested != merchant_id:
         raise NotFound("merchant", requested, field=field)
+
+
+def reject(receipt: Any, err: DomainError) -> None:
+    """A batch receipt (accrue.api.v1.Coalesce) as the single call's error: status
+    "rejected", its reason, message, HTTP status and field, and its details when the
+    receipt has a ``details`` map. The gateway answers it as it answers that error."""
+    receipt.status, receipt.code, receipt.message = "rejected", err.reason, cut_text(err.message)
+    receipt.http_status = http_status(err.code, err.reason)
+    if err.field:
+        receipt.field = cut_text(err.field)
+    if "details" in receipt.DESCRIPTOR.fields_by_name:  # bounded as a status carries them
+        receipt.details.update({cut_text(k): cut_text(v) for k, v in err.metadata.items()})
 
 
 def opt(message: Message, name: str) -> Any:

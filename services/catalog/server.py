@@ -20,11 +20,11 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from libs.core.clock import Clock
-from libs.core.errors import InvalidArgument
+from libs.core.errors import InvalidArgument, NotFound
 from libs.infra.context import current_merchant_id
 from libs.infra.db import Database
 from libs.infra.proto_time import from_timestamp
-from libs.infra.service_layer import FieldMask, ServiceLayer, check_merchant, opt, page_of, pagination
+from libs.infra.service_layer import FieldMask, ServiceLayer, check_merchant, opt, page_of, pagination, reject
 from services.catalog import mapping, views
 from services.catalog.domain import commands, use_cases
 from services.catalog.domain.commands import FeatureAttachment, PriceTax
@@ -36,6 +36,8 @@ C = TypeVar("C")
 A = TypeVar("A", bound=CatalogAggregate)
 Uow: TypeAlias = SqlCatalogUnitOfWork
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+# BatchGetProducts' bound (the gateway's coalesce max_batch in catalog_service.proto)
+MAX_BATCH_GET = 100
 
 
 def _tax(tax: Any) -> PriceTax:
@@ -133,6 +135,26 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
 
     async def GetProduct(self, request: svc.GetProductRequest, context: Context) -> res.Product:
         return mapping.product(await self._rows.get(Product, current_merchant_id(), request.id))
+
+    async def BatchGetProducts(self, request: svc.BatchGetProductsRequest, context: Context) -> svc.BatchGetProductsResponse:
+        """GetProduct for each request, by position, in one statement (the gateway's
+        coalesced GETs): what GetProduct would answer, or its error as a rejected receipt."""
+        if not 1 <= len(request.requests) <= MAX_BATCH_GET:
+            raise InvalidArgument(
+                "requests", f"a batch holds 1 to {MAX_BATCH_GET} requests; got {len(request.requests)}", reason="BATCH_SIZE"
+            )
+        merchant_id = current_merchant_id()
+        found = await self._rows.get_many(Product, merchant_id, [item.id for item in request.requests])
+        response = svc.BatchGetProductsResponse()
+        for index, item in enumerate(request.requests):
+            receipt = response.receipts.add(index=index)
+            product = found.get(item.id)
+            if product is None:
+                reject(receipt, NotFound(str(Product.resource.value), item.id))
+                continue
+            receipt.status = "found"
+            receipt.product.CopyFrom(mapping.product(product))
+        return response
 
     async def ListProducts(self, request: svc.ListProductsRequest, context: Context) -> svc.ListProductsResponse:
         return await self._list(request, svc.ListProductsResponse, lambda uow: uow.products, {})

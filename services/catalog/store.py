@@ -429,6 +429,17 @@ class ReadConnections:
                         raise
             # it was a dead one from the idle list (now closed): again, on the next or a new one
 
+    async def fetch_all(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Every row of ``query`` (a read, retried once on a new connection as fetch_one)."""
+        while True:
+            async with self._connection() as (conn, reused):
+                try:
+                    cursor = await conn.execute(query, params, prepare=True)
+                    return await cursor.fetchall()
+                except psycopg.OperationalError:
+                    if not reused or not conn.broken:
+                        raise
+
     async def close(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, []
@@ -451,15 +462,25 @@ class LiveRows:
 
     def __init__(self, connections: ReadConnections) -> None:
         self._connections = connections
-        self._queries = {kind: self._query(table) for kind, table in self.KINDS.items()}
+        self._queries = {kind: self._query(table, "id = %s") for kind, table in self.KINDS.items()}
+        # one array parameter: the same prepared statement whatever the number of ids
+        self._many = {kind: self._query(table, "id = ANY(%s)") for kind, table in self.KINDS.items()}
 
     @staticmethod
-    def _query(table: sa.Table) -> tuple[str, tuple[str, ...]]:
+    def _query(table: sa.Table, which: str) -> tuple[str, tuple[str, ...]]:
         # rendered once from the table, so the columns and the scoping follow store.py's definition
         names = tuple(column.name for column in table.c)
         live = " AND delete_time IS NULL" if "delete_time" in table.c else ""
         columns = ", ".join(f'"{name}"' for name in names)
-        return f'SELECT {columns} FROM "{table.name}" WHERE id = %s AND merchant_id = %s{live}', names
+        return f'SELECT {columns} FROM "{table.name}" WHERE {which} AND merchant_id = %s{live}', names
+
+    async def get_many(self, kind: type[A], merchant_id: str, resource_ids: Sequence[str]) -> dict[str, A]:
+        """The merchant's live ones among ``resource_ids``, by id (one statement; ids not
+        found are absent)."""
+        query, names = self._many[kind]
+        rows = await self._connections.fetch_all(query, (list(dict.fromkeys(resource_ids)), merchant_id))
+        found = (kind(**dict(zip(names, row, strict=True))) for row in rows)
+        return {aggregate.id: aggregate for aggregate in found}
 
     async def get(self, kind: type[A], merchant_id: str, resource_id: str) -> A:
         query, names = self._queries[kind]

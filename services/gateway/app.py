@@ -358,7 +358,7 @@ class Gateway:
             if coalescer is not None:
                 outcome = await coalescer.submit(metadata, merchant_id, request)
                 if outcome.response is None:
-                    details = {"field": outcome.field} if outcome.field else None
+                    details = outcome.details if outcome.details is not None else ({"field": outcome.field} if outcome.field else None)
                     category = CATEGORY.get(outcome.http_status, "error")
                     return Reply(
                         outcome.http_status, to_json(error_body(outcome.http_status, outcome.message, category, outcome.code, details))

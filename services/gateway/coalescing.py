@@ -31,6 +31,9 @@ class Outcome:
     code: str = ""
     message: str = ""
     field: str | None = None
+    # the error's details as the single call's error would carry them (a receipt with a
+    # `details` map); None: only the field
+    details: dict[str, str] | None = None
 
 
 @dataclass
@@ -106,6 +109,7 @@ class Coalescer:
                     future.set_result(Outcome(http_status=500, code="INTERNAL", message=f"internal error: {type(exc).__name__}"))
             return
         receipts = getattr(response, self._options.receipt_field)
+        with_details = "details" in response.DESCRIPTOR.fields_by_name[self._options.receipt_field].message_type.fields_by_name
         for (_, future), receipt in zip(taken, receipts, strict=True):
             if future.done():
                 continue
@@ -116,6 +120,7 @@ class Coalescer:
                         code=receipt.code,
                         message=receipt.message,
                         field=receipt.field if receipt.HasField("field") else None,
+                        details=dict(receipt.details) if with_details else None,
                     )
                 )
             else:

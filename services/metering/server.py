@@ -24,14 +24,14 @@ from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
 
 from libs.core.clock import Clock
-from libs.core.errors import DomainError, InvalidArgument, Unavailable, Unprocessable, http_status
+from libs.core.errors import DomainError, InvalidArgument, Unavailable, Unprocessable
 from libs.core.json_limits import check_no_nul
 from libs.infra.context import current_merchant_id
 from libs.infra.db import Database
 from libs.infra.messaging import MSG_ID_HEADER
 from libs.infra.proto_struct import struct_to_dict
 from libs.infra.proto_time import from_timestamp, to_timestamp
-from libs.infra.service_layer import check_merchant, opt, page_of, pagination
+from libs.infra.service_layer import check_merchant, opt, page_of, pagination, reject
 from libs.infra.telemetry import inject_headers, tracer
 from services.metering import store, test_clocks
 from services.metering.domain import meter_events as rules
@@ -222,11 +222,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
                 valid.append((index, outcome))
                 continue
             errors[index] = outcome
-            receipt = receipts[index]
-            receipt.status, receipt.code, receipt.message = "rejected", outcome.reason, outcome.message
-            receipt.http_status = http_status(outcome.code, outcome.reason)
-            if outcome.field:
-                receipt.field = outcome.field
+            reject(receipts[index], outcome)
         first_of_key: dict[str, int] = {}
         fresh: list[tuple[int, Valid]] = []
         known = await self._known_keys(merchant_id, [v.event.idempotency_key for _, v in valid]) if check_duplicates and valid else set()

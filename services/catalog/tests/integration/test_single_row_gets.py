@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from libs.core.clock import SystemClock
+from libs.infra.grpc_errors import carried_error
 from libs.infra.service import Host
 from libs.testing.fixtures import StartHost
 from libs.testing.tokens import merchant_metadata
@@ -114,6 +115,38 @@ async def test_a_deleted_feature_or_fee_is_not_found(catalog: Catalog) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await catalog.call(method, _get_request(method, created.id))
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND, kind
+
+
+async def test_a_batch_get_answers_each_request_as_get_product_would(catalog: Catalog) -> None:
+    """BatchGetProducts (the gateway's coalesced GETs): by position, a found product as
+    GetProduct answers it, and for each other request the very error GetProduct fails with
+    (reason, message, field, details), whatever else the batch holds; repeats included."""
+    first = await catalog.call("CreateProduct", svc.CreateProductRequest(name="One", description="d", metadata={"k": "v"}))
+    second = await catalog.call("CreateProduct", svc.CreateProductRequest(name="Two", description="d"))
+    theirs = await catalog.call("CreateProduct", svc.CreateProductRequest(name="B's", description="d"), merchant=B)
+    ids = [first.id, "prod_nope", theirs.id, second.id, first.id, "x" * 600]
+    batch = await catalog.call("BatchGetProducts", svc.BatchGetProductsRequest(requests=[svc.GetProductRequest(id=i) for i in ids]))
+    assert [r.index for r in batch.receipts] == list(range(len(ids)))
+    assert [r.status for r in batch.receipts] == ["found", "rejected", "rejected", "found", "found", "rejected"]
+    assert [batch.receipts[i].product for i in (0, 3, 4)] == [first, second, first]
+    for index in (1, 2, 5):
+        receipt = batch.receipts[index]
+        with pytest.raises(grpc.aio.AioRpcError) as single:
+            await catalog.call("GetProduct", svc.GetProductRequest(id=ids[index]))
+        err = carried_error(single.value)
+        assert err is not None
+        assert (receipt.code, receipt.message, receipt.http_status) == (err.reason, err.message, 404)
+        assert not receipt.HasField("field") and not receipt.HasField("product")
+        assert dict(receipt.details) == err.metadata  # the 600-character id bounded as the status bounds it
+
+
+@pytest.mark.parametrize("size", [0, 101])
+async def test_a_batch_get_outside_its_bounds_is_refused_naming_the_field(catalog: Catalog, size: int) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await catalog.call("BatchGetProducts", svc.BatchGetProductsRequest(requests=[svc.GetProductRequest(id="prod_x")] * size))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    err = carried_error(refused.value)
+    assert err is not None and (err.reason, err.field) == ("BATCH_SIZE", "requests")
 
 
 async def test_a_callers_update_is_read_back_at_once(catalog: Catalog) -> None:
