@@ -12,8 +12,10 @@ A servicer method then reads::
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterable
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -26,7 +28,9 @@ from libs.core.errors import DomainError, InvalidArgument, NotFound, http_status
 from libs.core.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, page
 from libs.infra.context import current_idempotency_key, current_merchant_id
 from libs.infra.db import UnitOfWork
+from libs.infra.declared import check_declared
 from libs.infra.grpc_errors import cut_text
+from libs.infra.logging import get_logger
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -44,6 +48,7 @@ __all__ = [
     "reject",
 ]
 
+log = get_logger(__name__)
 M = TypeVar("M", bound=Message)
 
 
@@ -57,6 +62,8 @@ class IdempotentUnitOfWork(Protocol):
 
 U = TypeVar("U", bound=IdempotentUnitOfWork)
 R = TypeVar("R")
+Q = TypeVar("Q", bound=Message)
+T = TypeVar("T", bound=Message)
 
 
 class ServiceLayer(Generic[U, R]):
@@ -112,6 +119,37 @@ def reject(receipt: Any, err: DomainError) -> None:
         receipt.field = cut_text(err.field)
     if "details" in receipt.DESCRIPTOR.fields_by_name:  # bounded as a status carries them
         receipt.details.update({cut_text(k): cut_text(v) for k, v in err.metadata.items()})
+
+
+async def answer_each(
+    requests: Sequence[Q],
+    handle: Callable[[Q], Awaitable[Message]],
+    receipt_class: type[T],
+    response_field: str,
+    status: str,
+    *,
+    method: str,
+) -> list[T]:
+    """A batch method of single calls (accrue.api.v1.Coalesce): each request checked as
+    the interceptor checks a single call (its declared rules) and handled on its own,
+    concurrently; a receipt per request, in order, with its response or, rejected, the
+    error the single call would have failed with. An unexpected failure is logged and
+    answers that request alone as an internal error."""
+
+    async def one(index: int, request: Q) -> T:
+        receipt = receipt_class(index=index)
+        try:
+            check_declared(request)
+            getattr(receipt, response_field).CopyFrom(await handle(request))
+            receipt.status = status  # type: ignore[attr-defined]
+        except DomainError as err:
+            reject(receipt, err)
+        except Exception as exc:
+            log.error("unhandled_error", method=method, index=index, error=repr(exc), traceback=traceback.format_exc())
+            reject(receipt, DomainError("INTERNAL", "internal error"))
+        return receipt
+
+    return list(await asyncio.gather(*(one(index, request) for index, request in enumerate(requests))))
 
 
 def opt(message: Message, name: str) -> Any:

@@ -20,9 +20,10 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from libs.core.clock import Clock
-from libs.core.errors import InvalidArgument, NotFound
+from libs.core.errors import DomainError, InvalidArgument, NotFound
 from libs.infra.context import current_merchant_id
 from libs.infra.db import Database
+from libs.infra.declared import check_declared
 from libs.infra.proto_time import from_timestamp
 from libs.infra.service_layer import FieldMask, ServiceLayer, check_merchant, opt, page_of, pagination, reject
 from services.catalog import mapping, views
@@ -144,13 +145,20 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
                 "requests", f"a batch holds 1 to {MAX_BATCH_GET} requests; got {len(request.requests)}", reason="BATCH_SIZE"
             )
         merchant_id = current_merchant_id()
-        found = await self._rows.get_many(Product, merchant_id, [item.id for item in request.requests])
+        refused: dict[int, DomainError] = {}
+        for index, item in enumerate(request.requests):
+            try:
+                check_declared(item)  # what the interceptor checks of a single call
+            except DomainError as err:
+                refused[index] = err
+        wanted = [item.id for index, item in enumerate(request.requests) if index not in refused]
+        found = await self._rows.get_many(Product, merchant_id, wanted) if wanted else {}
         response = svc.BatchGetProductsResponse()
         for index, item in enumerate(request.requests):
             receipt = response.receipts.add(index=index)
-            product = found.get(item.id)
+            product = found.get(item.id) if index not in refused else None
             if product is None:
-                reject(receipt, NotFound(str(Product.resource.value), item.id))
+                reject(receipt, refused.get(index) or NotFound(str(Product.resource.value), item.id))
                 continue
             receipt.status = "found"
             receipt.product.CopyFrom(mapping.product(product))

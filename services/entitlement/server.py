@@ -33,7 +33,7 @@ from libs.infra.db import Database
 from libs.infra.logging import get_logger
 from libs.infra.proto_struct import struct_to_dict
 from libs.infra.proto_time import from_timestamp, to_timestamp
-from libs.infra.service_layer import ServiceLayer, check_merchant, opt, page_of, pagination
+from libs.infra.service_layer import ServiceLayer, answer_each, check_merchant, opt, page_of, pagination
 from services.entitlement import clients, store, views
 from services.entitlement.domain import commands, use_cases
 from services.entitlement.domain.model import Entitlement, Grant, text, units
@@ -46,6 +46,8 @@ log = get_logger(__name__)
 R = TypeVar("R")
 Uow: TypeAlias = SqlEntitlementUnitOfWork
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+# BatchListEntitlements' bound (the gateway's coalesce max_batch in entitlement_service.proto)
+MAX_BATCH_LIST = 100
 
 GRANT_PAGE_SIZE = 20  # Paygentic's default page of grants (paygentic-api.md 2.10)
 
@@ -163,6 +165,21 @@ class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceService
     # --- entitlements -----------------------------------------------------------------
 
     async def ListEntitlements(self, request: svc.ListEntitlementsRequest, context: Context) -> svc.ListEntitlementsResponse:
+        return await self._list_entitlements(request)
+
+    async def BatchListEntitlements(self, request: svc.BatchListEntitlementsRequest, context: Context) -> svc.BatchListEntitlementsResponse:
+        """ListEntitlements for each request, concurrently, by position (the gateway's
+        coalesced REST checks): its answer, or its error as a rejected receipt."""
+        if not 1 <= len(request.requests) <= MAX_BATCH_LIST:
+            raise InvalidArgument(
+                "requests", f"a batch holds 1 to {MAX_BATCH_LIST} requests; got {len(request.requests)}", reason="BATCH_SIZE"
+            )
+        receipts = await answer_each(
+            request.requests, self._list_entitlements, svc.EntitlementsReceipt, "response", "listed", method="BatchListEntitlements"
+        )
+        return svc.BatchListEntitlementsResponse(receipts=receipts)
+
+    async def _list_entitlements(self, request: svc.ListEntitlementsRequest) -> svc.ListEntitlementsResponse:
         merchant_id = current_merchant_id()
         check_merchant(request.merchant_id, merchant_id)
         page = page_of(request)

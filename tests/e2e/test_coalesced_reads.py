@@ -1,6 +1,7 @@
-"""GET /v0/products/{id} is coalesced by the gateway (concurrent GETs of a merchant become
-one BatchGetProducts call of the catalog): every answer must be exactly what the same GET
-answers alone, uncoalesced. A GET carrying an Idempotency-Key is never coalesced, so it is
+"""GET /v0/products/{id} and the REST entitlement check GET /v1/entitlements are coalesced
+by the gateway (concurrent GETs of a merchant become one BatchGetProducts call of the
+catalog, one BatchListEntitlements call of the entitlement service): every answer must be
+exactly what the same GET answers alone, uncoalesced. A GET carrying an Idempotency-Key is never coalesced, so it is
 the reference here; the coalesced answers come from many GETs in flight at once, mixing
 this merchant's products, unknown ids, another merchant's product and an id far past the
 status's text bound, so that one batch holds all of them."""
@@ -14,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from libs.testing.billing import at
+from libs.testing.entitlements import metered_subscription
 from libs.testing.fixtures import MerchantClient
 
 pytestmark = pytest.mark.e2e
@@ -62,3 +65,43 @@ async def test_a_lone_get_and_a_get_after_an_update_see_the_update(merchant_a: M
             assert updated.status_code == 200, updated.text
             reads = await asyncio.gather(*(http.get(f"/v0/products/{product['id']}") for _ in range(8)))
             assert {r.json()["name"] for r in reads} == {f"v{n}"}
+
+
+async def test_concurrent_entitlement_checks_answer_what_each_check_answers_alone(
+    merchant_a: MerchantClient, merchant_b: MerchantClient
+) -> None:
+    """The check form (customerId, productId, featureKey) of two customers, beside a
+    customer that does not exist, another merchant's customer, a limit out of its declared
+    range (refused alone, as the single call refuses it) and an unknown feature key: each
+    request answered on its own."""
+    template = {"usagePeriod": {"interval": "P1M"}, "issueAfterReset": 100, "isSoftLimit": True}
+    one = metered_subscription(merchant_a, f"Coalesced {uuid.uuid4().hex[:6]}", at("2027-02-01T00:00:00Z"), template)
+    two = metered_subscription(merchant_a, f"Coalesced {uuid.uuid4().hex[:6]}", at("2027-03-01T00:00:00Z"), template)
+    theirs = metered_subscription(merchant_b, f"Not A's {uuid.uuid4().hex[:6]}", at("2027-02-01T00:00:00Z"), template)
+
+    def check(s: Any, **extra: Any) -> dict[str, Any]:
+        return {"customerId": s.customer_id, "productId": s.catalog.product_id, "featureKey": s.feature.key, **extra}
+
+    queries = [
+        check(one),
+        check(two),
+        check(one, customerId="cus_nope"),
+        check(theirs),
+        check(one, limit=0),
+        check(two, featureKey="no-such-feature"),
+        {"customerId": one.customer_id},
+    ]
+    async with httpx.AsyncClient(base_url=merchant_a.base_url, headers=merchant_a.headers, timeout=30) as http:
+        alone = [_answer(await http.get("/v1/entitlements", params=q, headers={"Idempotency-Key": uuid.uuid4().hex})) for q in queries]
+        wanted = [n % len(queries) for n in range(10 * len(queries))]
+        together = await asyncio.gather(*(http.get("/v1/entitlements", params=queries[n]) for n in wanted))
+    for n, response in zip(wanted, together, strict=True):
+        assert _answer(response) == alone[n], queries[n]
+    # the reference itself: the two customers see their own entitlement, the rest are refused
+    assert [status for status, _ in alone[:2]] == [200, 200]
+    assert [body["data"][0]["id"] for _, body in alone[:2]] == [one.entitlement_id, two.entitlement_id]
+    # an unknown customer, another merchant's and an unknown feature key list nothing
+    assert [alone[n] for n in (2, 3, 5)] == [(200, alone[n][1]) for n in (2, 3, 5)]
+    assert [alone[n][1]["data"] for n in (2, 3, 5)] == [[], [], []]
+    assert alone[4][0] == 400 and alone[4][1]["details"] == {"field": "limit"}
+    assert alone[6][0] == 200 and [e["id"] for e in alone[6][1]["data"]] == [one.entitlement_id]

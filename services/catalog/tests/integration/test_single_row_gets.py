@@ -124,11 +124,14 @@ async def test_a_batch_get_answers_each_request_as_get_product_would(catalog: Ca
     first = await catalog.call("CreateProduct", svc.CreateProductRequest(name="One", description="d", metadata={"k": "v"}))
     second = await catalog.call("CreateProduct", svc.CreateProductRequest(name="Two", description="d"))
     theirs = await catalog.call("CreateProduct", svc.CreateProductRequest(name="B's", description="d"), merchant=B)
-    ids = [first.id, "prod_nope", theirs.id, second.id, first.id, "x" * 600]
+    ids = [first.id, "prod_nope", theirs.id, second.id, first.id, "x" * 600, ""]
     batch = await catalog.call("BatchGetProducts", svc.BatchGetProductsRequest(requests=[svc.GetProductRequest(id=i) for i in ids]))
     assert [r.index for r in batch.receipts] == list(range(len(ids)))
-    assert [r.status for r in batch.receipts] == ["found", "rejected", "rejected", "found", "found", "rejected"]
+    assert [r.status for r in batch.receipts] == ["found", "rejected", "rejected", "found", "found", "rejected", "rejected"]
     assert [batch.receipts[i].product for i in (0, 3, 4)] == [first, second, first]
+    # a request breaking a declared rule (id is required) is refused alone, as GetProduct refuses it
+    empty = batch.receipts[6]
+    assert (empty.code, empty.field, empty.http_status, dict(empty.details)) == ("REQUIRED", "id", 400, {"field": "id"})
     for index in (1, 2, 5):
         receipt = batch.receipts[index]
         with pytest.raises(grpc.aio.AioRpcError) as single:
