@@ -1,5 +1,7 @@
-"""Where the time goes on the ingest hot path: py-spy samples every process of the mesh
-under load and prints, per process, its CPU use and the heaviest frames.
+"""Where the time goes on the ingest hot path: the CPU per event of every process on the
+machine (bench/cpu.py, from /proc: PostgreSQL and NATS too), then py-spy's samples of the
+gateway, metering and the aggregator under the same load, per process, with the heaviest
+frames.
 
     .venv/bin/python -m bench.profile_ingest --mode single   # POST /v0/events, 64 connections
     .venv/bin/python -m bench.profile_ingest --mode stream   # gRPC StreamIngestEvents batches
@@ -21,11 +23,17 @@ from pathlib import Path
 import httpx
 from accrue.metering.v1 import metering_service_pb2 as svc
 
+from bench import cpu
 from bench.httpload import encode_request, run_load
 from bench.ingest import grpc_stream, merchant_token
 from services.run import Mesh
 
 PROCESSES = ("gateway", "metering", "metering-aggregator")
+
+
+# A thread parked in one of these (a C-level wait py-spy does not see as idle: the
+# metrics server's poll, an executor's queue, gRPC's poller) is not working.
+_PARKED = ("select (selectors.py", "_worker (concurrent/futures/thread.py", "Thread.run (threading.py")
 
 
 def _summarize(path: Path, seconds: float, top: int) -> None:
@@ -34,10 +42,12 @@ def _summarize(path: Path, seconds: float, top: int) -> None:
     for line in path.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
         frames = stack.split(";")
+        if frames[-1].startswith(_PARKED):
+            continue
         total += int(samples)
         for frame in set(frames):
             inclusive[frame] += int(samples)
-    print(f"  busy {total / (seconds * 100):.0%} of one core (py-spy samples at 100 Hz, idle excluded)")
+    print(f"  Python busy {total / (seconds * 100):.0%} of one core (py-spy samples at 100 Hz; idle and parked threads excluded)")
     skip = ("runpy", "asyncio/runners.py", "<module>", "main (", "_run_code", "Thread._bootstrap")
     shown = 0
     for frame, count in inclusive.most_common():
@@ -92,11 +102,13 @@ def main() -> None:
             outputs = {name: Path(state) / f"{name}.txt" for name in PROCESSES}
             spies = spy_on({name: mesh.processes[name].popen.pid for name in PROCESSES}, outputs, args.seconds)
             time.sleep(0.5)
+            before, started = cpu.snapshot(), time.perf_counter()
             if args.mode == "single":
                 url = f"{mesh.gateway_url}/v0/events"
                 result = asyncio.run(
                     run_load(url, encode_request("POST", url, headers, json.dumps(single).encode()), seconds=args.seconds, concurrency=64)
                 )
+                events = result.statuses.get(202, 0)
                 print(f"single events: {result.rate:,.0f} requests/s during the profile")
             else:
                 body = svc.BatchIngestEventsRequest(
@@ -105,8 +117,9 @@ def main() -> None:
                 for item in body.events:
                     item.data.update({"tokens": 1, "model": "m1"})
                 token = merchant_token(mesh.gateway_url, mesh.api_key)
-                rate, _ = asyncio.run(grpc_stream(f"127.0.0.1:{mesh.processes['metering'].port}", token, body, args.seconds))
+                rate, events = asyncio.run(grpc_stream(f"127.0.0.1:{mesh.processes['metering'].port}", token, body, args.seconds))
                 print(f"gRPC stream: {rate:,.0f} events/s during the profile")
+            cpu.report(before, cpu.snapshot(), events, time.perf_counter() - started)
             report(spies, outputs, args.seconds, args.top)
         finally:
             mesh.stop()

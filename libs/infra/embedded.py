@@ -134,7 +134,7 @@ class EmbeddedPostgres:
             f"-p {self.port}",
             "-h 127.0.0.1",
             "-c unix_socket_directories=''",
-            "-c max_connections=300",
+            "-c max_connections=600",
             "-c shared_buffers=256MB",
         ]
         if not self.durable:

@@ -31,7 +31,9 @@ class ServiceSettings(BaseSettings):
     migrate_on_start: bool = True
     # The relay publishes committed outbox rows; off only in fault-injection tests.
     outbox_relay_enabled: bool = True
-    db_pool_size: int = 10
+    # connections a service keeps open (libs/infra/db.create_engine; up to half as many
+    # again in a burst): a service at a few dozen concurrent requests keeps its own
+    db_pool_size: int = 24
     # OTLP/HTTP traces endpoint; traces are only exported when set.
     otel_exporter_otlp_endpoint: str | None = None
     shutdown_grace_seconds: float = 5.0

@@ -9,7 +9,7 @@ the same readings serve every check of a customer until then.
 
 Freshness: metering publishes ``UsageStored`` on core NATS after every aggregator commit
 (consumers.UsageHints); each (merchant, subject) it names is dropped here, so the next
-check reads again. The hint is lossy by design: a reading also ages out after
+check reads again. Concurrent misses of the same readings share one fetch. The hint is lossy by design: a reading also ages out after
 ``max_age`` seconds, so a lost hint converges. A fetch that raced a hint (started before
 it, answered after) is served but not kept. An answer built from cached readings says so
 (``cached_since``: the oldest reading's fetch time, Paygentic's ``stale.computedAt``).
@@ -17,6 +17,7 @@ it, answered after) is served but not kept. An answer built from cached readings
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from services.entitlement.domain.ports import UsageAnswer, UsageKey
 MAX_ENTRIES = 200_000
 # metering's limit of readings per GetUsages call (services/metering/server.py)
 MAX_READINGS_PER_CALL = 10_000
+# what a fetch answers: the readings and metering's watermark
+_Fetched = tuple[dict[UsageKey, Decimal], datetime | None]
 
 
 class MeterReads(Protocol):
@@ -58,6 +61,7 @@ class UsageCache:
         self._generations: dict[tuple[str, str], int] = {}
         self._size = 0
         self.fetches = 0  # GetUsages calls made (tests and metrics read it)
+        self._pending: dict[tuple[str, tuple[UsageKey, ...], tuple[int, ...]], asyncio.Future[_Fetched]] = {}
 
     def invalidate(self, merchant_id: str, subject: str) -> None:
         """The subject's usage changed (metering's hint): forget its readings."""
@@ -88,13 +92,34 @@ class UsageCache:
             else:
                 missing.append(key)
         if missing:
-            fetched, complete_until = await self._fetch(merchant_id, missing)
+            fetched, complete_until = await (self._fetch(merchant_id, missing) if fresh else self._fetch_shared(merchant_id, missing))
             values.update(fetched)
             if complete_until is not None:
                 watermarks.append(complete_until)
         return UsageAnswer(values=values, complete_until=min(watermarks) if watermarks else None, cached_at=cached_at)
 
-    async def _fetch(self, merchant_id: str, missing: list[UsageKey]) -> tuple[dict[UsageKey, Decimal], datetime | None]:
+    async def _fetch_shared(self, merchant_id: str, missing: list[UsageKey]) -> _Fetched:
+        """One fetch for concurrent misses of the same readings: when a reading ages out
+        under load, every check of that customer misses at once, and each asking metering
+        for itself made the slowest checks (p99) of the whole run. A fetch is shared only
+        while no hint has come for its subjects since it started (the generations are
+        part of its key): a check after a hint never joins a read that may predate it."""
+        key = (merchant_id, tuple(missing), tuple(self._generations.get((merchant_id, k.subject), 0) for k in missing))
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(merchant_id, missing))
+            self._pending[key] = pending
+
+            def done(task: asyncio.Future[_Fetched]) -> None:
+                self._pending.pop(key, None)
+                if not task.cancelled():
+                    task.exception()  # retrieved: every waiter may have gone
+
+            pending.add_done_callback(done)
+        # a waiter that is cancelled leaves the fetch to the others
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, merchant_id: str, missing: list[UsageKey]) -> _Fetched:
         if self._meter is None:
             from libs.core.errors import Unavailable
 
