@@ -21,22 +21,17 @@ this path about 0.1 ms and one round trip.)
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-import psycopg
 import sqlalchemy as sa
-from psycopg import pq
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.core.domain import EventCollector
 from libs.core.errors import NotFound
 from libs.core.paging import Page
-from libs.infra.db import add_infra_tables
+from libs.infra.db import ReadConnections, add_infra_tables
 from libs.infra.repository import RepositoryUnitOfWork, TableRepository, load_aggregate
 from services.catalog.domain.model import BillableMetric, CatalogAggregate, Feature, Fee, Plan, PlanVersion, Price, Product
 from services.catalog.domain.rules import PlanLine
@@ -384,67 +379,6 @@ class SqlCatalogUnitOfWork(RepositoryUnitOfWork):
         self.plans = Repository(conn, seen, plans, Plan)
         self.plan_versions = PlanVersionRepository(conn, seen)
         self.reads = CatalogReads(conn)
-
-
-class ReadConnections:
-    """At most ``size`` autocommit psycopg connections for the catalog's single-statement
-    reads, beside the engine's pool (which the units of work keep). Opened on first use;
-    one that failed, was cancelled mid-query or is not idle after a read is closed, never
-    reused. ``close`` (Database.dispose, through app.py) closes the idle ones."""
-
-    def __init__(self, database_url: str, size: int) -> None:
-        self._conninfo = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-        self._slots = asyncio.Semaphore(size)
-        self._idle: list[psycopg.AsyncConnection[tuple[Any, ...]]] = []
-        self._closed = False
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[tuple[psycopg.AsyncConnection[tuple[Any, ...]], bool]]:
-        """A connection and whether it was reused (a reused one may have been closed by the server since)."""
-        async with self._slots:
-            if self._closed:
-                raise RuntimeError("the catalog's read connections are closed")
-            reused = bool(self._idle)
-            conn = self._idle.pop() if reused else await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-            try:
-                yield conn, reused
-            except BaseException:
-                await conn.close()  # its state is unknown (a query may be in flight): never reuse it
-                raise
-            if self._closed or conn.closed or conn.info.transaction_status != pq.TransactionStatus.IDLE:
-                await conn.close()
-            else:
-                self._idle.append(conn)
-
-    async def fetch_one(self, query: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
-        """The first row of ``query`` (a read: on a reused connection that turns out to be
-        dead, it runs once more on a new one)."""
-        while True:
-            async with self._connection() as (conn, reused):
-                try:
-                    cursor = await conn.execute(query, params, prepare=True)
-                    return await cursor.fetchone()
-                except psycopg.OperationalError:
-                    if not reused or not conn.broken:
-                        raise
-            # it was a dead one from the idle list (now closed): again, on the next or a new one
-
-    async def fetch_all(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Every row of ``query`` (a read, retried once on a new connection as fetch_one)."""
-        while True:
-            async with self._connection() as (conn, reused):
-                try:
-                    cursor = await conn.execute(query, params, prepare=True)
-                    return await cursor.fetchall()
-                except psycopg.OperationalError:
-                    if not reused or not conn.broken:
-                        raise
-
-    async def close(self) -> None:
-        self._closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.close()
 
 
 class LiveRows:

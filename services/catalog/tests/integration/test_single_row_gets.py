@@ -23,12 +23,13 @@ from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from libs.core.clock import SystemClock
+from libs.infra.db import ReadConnections
 from libs.infra.grpc_errors import carried_error
 from libs.infra.service import Host
 from libs.testing.fixtures import StartHost
 from libs.testing.tokens import merchant_metadata
 from services.catalog import app, views
-from services.catalog.store import ReadConnections, SqlCatalogUnitOfWork
+from services.catalog.store import SqlCatalogUnitOfWork
 
 pytestmark = pytest.mark.integration
 
