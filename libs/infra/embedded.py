@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,8 +32,37 @@ from pathlib import Path
 
 import psycopg
 
+_LOWEST_PORT = 10000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int | None:
+    """The lowest port the kernel gives outgoing connections (Linux), or None."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
 
 def free_port() -> int:
+    """A port nothing listens on, for a process started a moment later. It is drawn below
+    the kernel's ephemeral range: a port from that range (what binding port 0 gives) can
+    be taken meanwhile as the local port of any outgoing connection, a database pool's
+    or a NATS client's, and the service then fails to bind (EADDRINUSE). One process never
+    hands out the same port twice."""
+    low = _ephemeral_low()
+    if low is not None and low > _LOWEST_PORT + 1000:
+        for _ in range(200):
+            port = random.randrange(_LOWEST_PORT, low)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
