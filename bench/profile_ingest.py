@@ -33,7 +33,7 @@ PROCESSES = ("gateway", "metering", "metering-aggregator")
 
 # A thread parked in one of these (a C-level wait py-spy does not see as idle: the
 # metrics server's poll, an executor's queue, gRPC's poller) is not working.
-_PARKED = ("select (selectors.py", "_worker (concurrent/futures/thread.py", "Thread.run (threading.py")
+_PARKED = (".select (selectors.py", "_worker (concurrent/futures/thread.py", "Thread.run (threading.py")
 
 
 def _summarize(path: Path, seconds: float, top: int) -> None:
@@ -42,7 +42,7 @@ def _summarize(path: Path, seconds: float, top: int) -> None:
     for line in path.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
         frames = stack.split(";")
-        if frames[-1].startswith(_PARKED):
+        if any(parked in frames[-1] for parked in _PARKED):
             continue
         total += int(samples)
         for frame in set(frames):
