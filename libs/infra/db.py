@@ -37,8 +37,8 @@ from psycopg import pq
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import QueuePool
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from libs.core.clock import Clock, SystemClock
 from libs.core.domain import DomainEvent, EventCollector

@@ -187,6 +187,42 @@ def evaluate(
     return _run(plan, terms, grants, at, active_from, active_until, usage)
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One evaluation's cut of time (what ``usage_windows`` and ``evaluate`` both work
+    out from the same arguments), made once: the readings it needs, and then its balance."""
+
+    terms: MeteredTerms
+    active_from: datetime
+    active_until: datetime | None
+    grants: Sequence[GrantTerms]
+    at: datetime
+    plan: _Plan
+
+    @property
+    def windows(self) -> list[Window]:
+        """As ``usage_windows``."""
+        return sorted({piece.reading for period in self.plan.periods for piece in period.pieces})
+
+    def evaluate(self, usage: Mapping[Window, Decimal]) -> Evaluation:
+        """As ``evaluate``."""
+        return _run(self.plan, self.terms, self.grants, self.at, self.active_from, self.active_until, usage)
+
+
+def prepare(
+    terms: MeteredTerms,
+    active_from: datetime,
+    active_until: datetime | None,
+    grants: Sequence[GrantTerms],
+    at: datetime,
+    *,
+    open_ended: bool = False,
+) -> Prepared:
+    """``usage_windows`` and ``evaluate`` of these arguments, with their plan made once."""
+    plan = _plan(terms, active_from, active_until, grants, at, open_ended=open_ended)
+    return Prepared(terms, active_from, active_until, grants, at, plan)
+
+
 def _burn_key(grant: GrantTerms) -> tuple[int, bool, datetime, datetime, str]:
     return (grant.priority, grant.expires_at is None, grant.expires_at or _EARLIEST, grant.created_at, grant.id)
 

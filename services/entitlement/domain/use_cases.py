@@ -467,13 +467,14 @@ async def evaluate(
     """Every item at ``at`` (None: now, in its customer's time), with all the usage they
     need read in one call."""
     open_ended = at is None
-    prepared: list[tuple[Entitlement, Sequence[Grant], datetime, list[Window]]] = []
+    prepared: list[tuple[Entitlement, Sequence[Grant], datetime, list[Window], balance.Prepared | None]] = []
     wanted: list[UsageKey] = []
     for entitlement, grants in items:
         when = at or await times.now_for(entitlement.test_clock_id)
         windows: list[Window] = []
+        cut: balance.Prepared | None = None
         if entitlement.metered:
-            windows = balance.usage_windows(
+            cut = balance.prepare(
                 entitlement.terms(),
                 entitlement.active_from,
                 entitlement.active_until,
@@ -481,29 +482,22 @@ async def evaluate(
                 when,
                 open_ended=open_ended,
             )
+            windows = cut.windows
             if entitlement.billable_metric_id is not None:
                 wanted.extend(UsageKey(entitlement.customer_id, entitlement.billable_metric_id, w) for w in windows)
-        prepared.append((entitlement, grants, when, windows))
+        prepared.append((entitlement, grants, when, windows, cut))
     answer = await usage.readings(merchant_id, wanted) if wanted else UsageAnswer({}, None)
     out: list[Evaluated] = []
-    for entitlement, grants, when, windows in prepared:
+    for entitlement, grants, when, windows, cut in prepared:
         status = entitlement.status_at(when)
         live = entitlement.live_at(when)
-        if not entitlement.metered:
+        if cut is None:  # not metered
             out.append(Evaluated(entitlement, grants, when, status, live))
             continue
         metric_id = entitlement.billable_metric_id
         keys = [UsageKey(entitlement.customer_id, metric_id, w) for w in windows] if metric_id is not None else []
         readings = {key.window: answer.values[key] for key in keys} if metric_id is not None else {w: Decimal(0) for w in windows}
-        evaluation = balance.evaluate(
-            entitlement.terms(),
-            entitlement.active_from,
-            entitlement.active_until,
-            [g.terms() for g in grants],
-            when,
-            readings,
-            open_ended=open_ended,
-        )
+        evaluation = cut.evaluate(readings)
         has_access = live and (entitlement.is_soft_limit or evaluation.balance > 0)
         counted = answer.complete_until if metric_id is not None and answer.complete_until is not None else times.real_now
         out.append(Evaluated(entitlement, grants, when, status, has_access, evaluation, counted, answer.cached_since(keys)))

@@ -27,6 +27,7 @@ from services.entitlement.domain.balance import (
     coverage,
     coverage_windows,
     evaluate,
+    prepare,
     usage_windows,
 )
 from services.entitlement.tests.unit.meter import Meter
@@ -196,7 +197,12 @@ def _period(case: Case, at: datetime) -> tuple[datetime | None, datetime | None]
 def _evaluate(case: Case, at: datetime, meter: Meter, *, open_ended: bool = False) -> Evaluation:
     windows = usage_windows(case.terms, case.active_from, case.active_until, case.grants, at, open_ended=open_ended)
     assert windows == sorted(set(windows))
-    return evaluate(case.terms, case.active_from, case.active_until, case.grants, at, meter.read(windows), open_ended=open_ended)
+    result = evaluate(case.terms, case.active_from, case.active_until, case.grants, at, meter.read(windows), open_ended=open_ended)
+    # the checks' path (use_cases.evaluate): the same cut made once answers the same
+    cut = prepare(case.terms, case.active_from, case.active_until, case.grants, at, open_ended=open_ended)
+    assert cut.windows == windows
+    assert cut.evaluate(meter.read(windows)) == result
+    return result
 
 
 def _diff(later: dict[str, Decimal], earlier: dict[str, Decimal]) -> dict[str, Decimal]:
