@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+R = TypeVar("R")
 
 
 class OutboxMessage(NamedTuple):
@@ -138,28 +139,29 @@ class ReadConnections:
         return reads
 
     async def fetch_one(self, query: str, params: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """The first row of ``query`` (a read: on a reused connection that turns out to be
-        dead, it runs once more on a new one)."""
+        """The first row of ``query``."""
+        return await self._read(query, params, lambda cursor: cursor.fetchone())
+
+    async def fetch_all(self, query: str, params: Sequence[Any] | Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row of ``query``."""
+        return await self._read(query, params, lambda cursor: cursor.fetchall())
+
+    async def _read(
+        self,
+        query: str,
+        params: Sequence[Any] | Mapping[str, Any],
+        take: Callable[[psycopg.AsyncCursor[tuple[Any, ...]]], Awaitable[R]],
+    ) -> R:
+        """``query``'s rows as ``take`` fetches them (a read: on a reused connection that
+        turns out to be dead, it runs once more on a new one)."""
         while True:
             async with self._connection() as (conn, reused):
                 try:
-                    cursor = await conn.execute(query, params, prepare=True)
-                    return await cursor.fetchone()
+                    return await take(await conn.execute(query, params, prepare=True))
                 except psycopg.OperationalError:
                     if not reused or not conn.broken:
                         raise
             # it was a dead one from the idle list (now closed): again, on the next or a new one
-
-    async def fetch_all(self, query: str, params: Sequence[Any] | Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """Every row of ``query`` (a read, retried once on a new connection as fetch_one)."""
-        while True:
-            async with self._connection() as (conn, reused):
-                try:
-                    cursor = await conn.execute(query, params, prepare=True)
-                    return await cursor.fetchall()
-                except psycopg.OperationalError:
-                    if not reused or not conn.broken:
-                        raise
 
     async def close(self) -> None:
         self._closed = True

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence, Sized
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -107,6 +107,12 @@ def check_merchant(requested: str, merchant_id: str, *, field: str = "merchantId
     """A key acts for one merchant; naming another one reads as "no such merchant"."""
     if requested and requested != merchant_id:
         raise NotFound("merchant", requested, field=field)
+
+
+def check_batch_size(items: Sized, maximum: int, field: str) -> None:
+    """A batch method's items: 1 to ``maximum`` of them, else BATCH_SIZE naming ``field``."""
+    if not 1 <= len(items) <= maximum:
+        raise InvalidArgument(field, f"a batch holds 1 to {maximum} {field}; got {len(items)}", reason="BATCH_SIZE")
 
 
 def reject(receipt: Any, err: DomainError) -> None:

@@ -25,7 +25,7 @@ from libs.infra.context import current_merchant_id
 from libs.infra.db import Database
 from libs.infra.declared import check_declared
 from libs.infra.proto_time import from_timestamp
-from libs.infra.service_layer import FieldMask, ServiceLayer, check_merchant, opt, page_of, pagination, reject
+from libs.infra.service_layer import FieldMask, ServiceLayer, check_batch_size, check_merchant, opt, page_of, pagination, reject
 from services.catalog import mapping, views
 from services.catalog.domain import commands, use_cases
 from services.catalog.domain.commands import FeatureAttachment, PriceTax
@@ -140,10 +140,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     async def BatchGetProducts(self, request: svc.BatchGetProductsRequest, context: Context) -> svc.BatchGetProductsResponse:
         """GetProduct for each request, by position, in one statement (the gateway's
         coalesced GETs): what GetProduct would answer, or its error as a rejected receipt."""
-        if not 1 <= len(request.requests) <= MAX_BATCH_GET:
-            raise InvalidArgument(
-                "requests", f"a batch holds 1 to {MAX_BATCH_GET} requests; got {len(request.requests)}", reason="BATCH_SIZE"
-            )
+        check_batch_size(request.requests, MAX_BATCH_GET, "requests")
         merchant_id = current_merchant_id()
         refused: dict[int, DomainError] = {}
         for index, item in enumerate(request.requests):

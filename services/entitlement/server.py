@@ -33,7 +33,7 @@ from libs.infra.db import Database
 from libs.infra.logging import get_logger
 from libs.infra.proto_struct import struct_to_dict
 from libs.infra.proto_time import from_timestamp, to_timestamp
-from libs.infra.service_layer import ServiceLayer, answer_each, check_merchant, opt, page_of, pagination
+from libs.infra.service_layer import ServiceLayer, answer_each, check_batch_size, check_merchant, opt, page_of, pagination
 from services.entitlement import clients, store, views
 from services.entitlement.domain import commands, use_cases
 from services.entitlement.domain.model import Entitlement, Grant, text, units
@@ -170,10 +170,7 @@ class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceService
     async def BatchListEntitlements(self, request: svc.BatchListEntitlementsRequest, context: Context) -> svc.BatchListEntitlementsResponse:
         """ListEntitlements for each request, concurrently, by position (the gateway's
         coalesced REST checks): its answer, or its error as a rejected receipt."""
-        if not 1 <= len(request.requests) <= MAX_BATCH_LIST:
-            raise InvalidArgument(
-                "requests", f"a batch holds 1 to {MAX_BATCH_LIST} requests; got {len(request.requests)}", reason="BATCH_SIZE"
-            )
+        check_batch_size(request.requests, MAX_BATCH_LIST, "requests")
         receipts = await answer_each(
             request.requests, self._list_entitlements, svc.EntitlementsReceipt, "response", "listed", method="BatchListEntitlements"
         )

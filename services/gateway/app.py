@@ -168,6 +168,7 @@ class Gateway:
                 self._coalescers[route.grpc_path] = Coalescer(
                     route.coalesce,
                     route.batch_request_class,
+                    route.batch_response_class,
                     batch_call,
                     timeout=self.settings.rpc_timeout_seconds,
                     max_in_flight=self.settings.coalesce_max_in_flight,

@@ -48,6 +48,7 @@ class Coalescer:
         self,
         options: accrue_annotations.Coalesce,
         batch_class: type[Message],
+        batch_response_class: type[Message],
         call: Callable[..., Any],
         *,
         timeout: float,
@@ -55,6 +56,9 @@ class Coalescer:
     ) -> None:
         self._options = options
         self._batch_class = batch_class
+        # receipts with a `details` map carry the error's details (accrue.api.v1.Coalesce)
+        receipt = batch_response_class.DESCRIPTOR.fields_by_name[options.receipt_field].message_type
+        self._with_details = receipt is not None and "details" in receipt.fields_by_name
         self._call = call
         self._timeout = timeout
         self._max_in_flight = max(1, max_in_flight)
@@ -109,7 +113,6 @@ class Coalescer:
                     future.set_result(Outcome(http_status=500, code="INTERNAL", message=f"internal error: {type(exc).__name__}"))
             return
         receipts = getattr(response, self._options.receipt_field)
-        with_details = "details" in response.DESCRIPTOR.fields_by_name[self._options.receipt_field].message_type.fields_by_name
         for (_, future), receipt in zip(taken, receipts, strict=True):
             if future.done():
                 continue
@@ -120,7 +123,7 @@ class Coalescer:
                         code=receipt.code,
                         message=receipt.message,
                         field=receipt.field if receipt.HasField("field") else None,
-                        details=dict(receipt.details) if with_details else None,
+                        details=dict(receipt.details) if self._with_details else None,
                     )
                 )
             else:

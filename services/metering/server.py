@@ -31,7 +31,7 @@ from libs.infra.db import Database
 from libs.infra.messaging import MSG_ID_HEADER
 from libs.infra.proto_struct import struct_to_dict
 from libs.infra.proto_time import from_timestamp, to_timestamp
-from libs.infra.service_layer import check_merchant, opt, page_of, pagination, reject
+from libs.infra.service_layer import check_batch_size, check_merchant, opt, page_of, pagination, reject
 from libs.infra.telemetry import inject_headers, tracer
 from services.metering import store, test_clocks
 from services.metering.domain import meter_events as rules
@@ -342,8 +342,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         return receipts[0].event
 
     async def _batch(self, request: svc.BatchIngestEventsRequest, merchant_id: str) -> svc.BatchIngestEventsResponse:
-        if not 1 <= len(request.events) <= MAX_BATCH:
-            raise InvalidArgument("events", f"a batch holds 1 to {MAX_BATCH} events; got {len(request.events)}", reason="BATCH_SIZE")
+        check_batch_size(request.events, MAX_BATCH, "events")
         receipts, _ = await self._ingest(
             request.events,
             merchant_id,

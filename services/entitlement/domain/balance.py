@@ -167,8 +167,7 @@ def usage_windows(
     instants inside it, its end, and ``at`` in the current one). ``open_ended``: the
     current period's last reading ends at ``valid_until`` (or FAR_FUTURE) instead of
     ``at``, for an evaluation of now (no usage lies beyond it yet)."""
-    plan = _plan(terms, active_from, active_until, grants, at, open_ended=open_ended)
-    return sorted({piece.reading for period in plan.periods for piece in period.pieces})
+    return prepare(terms, active_from, active_until, grants, at, open_ended=open_ended).windows
 
 
 def evaluate(
@@ -183,8 +182,7 @@ def evaluate(
 ) -> Evaluation:
     """The balance at ``at`` from the readings ``usage_windows`` asked for (same arguments).
     A missing reading is a KeyError: a caller bug, never a zero."""
-    plan = _plan(terms, active_from, active_until, grants, at, open_ended=open_ended)
-    return _run(plan, terms, grants, at, active_from, active_until, usage)
+    return prepare(terms, active_from, active_until, grants, at, open_ended=open_ended).evaluate(usage)
 
 
 @dataclass(frozen=True, slots=True)
