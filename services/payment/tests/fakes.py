@@ -260,7 +260,10 @@ class FakeInvoicing(invoicing_service_pb2_grpc.InvoicingServiceServicer):
         self.fail_reports = False
 
     def reported(self, invoice_id: str) -> list[tuple[str, str]]:
-        return [(r.attempt_key, r.status) for r in self.reports if r.invoice_id == invoice_id]
+        """What invoicing learnt of an invoice, in order: each (attempt key, status) once.
+        Reports are at least once (a request and the janitor's reconciliation may both
+        decide an attempt in flight, and both tell), and invoicing takes them by key."""
+        return list(dict.fromkeys((r.attempt_key, r.status) for r in self.reports if r.invoice_id == invoice_id))
 
     async def GetInvoice(self, request: inv.GetInvoiceRequest, context: Any) -> inv.Invoice:
         found = self.invoices.get(request.id)
