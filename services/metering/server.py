@@ -31,14 +31,14 @@ from libs.infra.db import Database
 from libs.infra.messaging import MSG_ID_HEADER
 from libs.infra.proto_struct import struct_to_dict
 from libs.infra.proto_time import from_timestamp, to_timestamp
-from libs.infra.service_layer import check_batch_size, check_merchant, opt, page_of, pagination, reject
+from libs.infra.service_layer import check_batch_size, check_merchant, page_of, pagination, reject
 from libs.infra.telemetry import inject_headers, tracer
 from services.metering import store, test_clocks
 from services.metering.domain import meter_events as rules
 from services.metering.domain.usage import window_unit
 from services.metering.events import partition_subject
 from services.metering.metrics import MetricIndex, TypeCheck
-from services.metering.test_clocks import ClockChange, ClockIndex, MerchantClocks
+from services.metering.test_clocks import ClockChange, ClockIndex, ClockState, MerchantClocks
 from services.metering.usage_query import Reading, UsageQuery, complete_until, query_totals, query_usage
 from services.metering.usage_query import conditions as usage_conditions
 
@@ -58,6 +58,16 @@ class Valid:
 
     event: resources.MeterEvent
     data_json: bytes
+    # the caller gave the idempotency key (a generated one cannot name a stored event)
+    key_supplied: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a call's events of one namespace, type, source and subjects share, checked."""
+
+    fields: resources.MeterEvent
+    clock: ClockState | None
 
 
 def _decimal_text(value: Decimal | int | None) -> str:
@@ -104,58 +114,75 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         types: TypeCheck,
         now_ts: timestamp_pb2.Timestamp,
         clocks: MerchantClocks | None,
+        shapes: dict[tuple[str, str, str, str, str | None], _Shape],
     ) -> Valid:
         """The same rules for single, batched and streamed events (every path is _ingest).
         An event of a customer on a test clock (``clocks``) is stamped and bounded in the
         clock's time; ``ingest_time`` is always the server's. The event comes back without
-        its data, which is published beside it as JSON (MeterEventBatch.data_json)."""
-        check_merchant(opt(request, "namespace") or "", merchant_id, field="namespace")
-        event_type = rules.check_type(request.type)
-        source = rules.check_source(request.source)
-        subject = request.subject if request.HasField("subject") else ""
+        its data, which is published beside it as JSON (MeterEventBatch.data_json).
+
+        ``shapes`` (one per call and ``clocks``) holds what the call's events with the same
+        namespace, type, source and subjects share once they passed: those checks, the
+        customer's clock and the event's fields, copied into each such event in C. A call's
+        events mostly share them, so each is checked once per call, not per event; an
+        event whose shape fails is checked in full, in the same order, every time."""
         external_subject = request.external_subject if request.HasField("external_subject") else None
-        rules.check_subjects(subject, external_subject)
-        if request.HasField("idempotency_key"):
+        subject = request.subject
+        shape_key = (request.namespace, request.type, request.source, subject, external_subject)
+        shape = shapes.get(shape_key)
+        if shape is None:
+            check_merchant(request.namespace, merchant_id, field="namespace")
+            rules.check_type(request.type)
+            rules.check_source(request.source)
+            rules.check_subjects(subject, external_subject)
+        supplied = request.HasField("idempotency_key")
+        if supplied:
             check_no_nul(request.idempotency_key, "idempotencyKey")
         rules.check_data_size(request.data)
         data = struct_to_dict(request.data)
         rules.check_data(data)
-        clock = clocks.clock_of(subject, external_subject) if clocks is not None else None
-        stamp = now_ts if clock is None else clock.timestamp  # the default timestamp
-        if not request.HasField("timestamp"):
-            when = None
-        elif clock is None:
-            when = rules.check_time(_event_time(request.timestamp), now, self._max_event_age_days)
-        else:
-            when = rules.check_time(_event_time(request.timestamp), clock.time, self._max_event_age_days, f"test clock {clock.id} time")
-        key = rules.idempotency_key(request.idempotency_key if request.HasField("idempotency_key") else None)
-        external_id = rules.external_id(request.external_id if request.HasField("external_id") else None)
+        clock = (clocks.clock_of(subject, external_subject) if clocks is not None else None) if shape is None else shape.clock
+        when = None
+        if request.HasField("timestamp"):
+            if clock is None:
+                when = rules.check_time(_event_time(request.timestamp), now, self._max_event_age_days)
+            else:
+                when = rules.check_time(_event_time(request.timestamp), clock.time, self._max_event_age_days, f"test clock {clock.id} time")
+        key = rules.idempotency_key(request.idempotency_key if supplied else None)
+        external_id = rules.external_id(request.external_id) if request.HasField("external_id") else None
         if not request.HasField("data"):
             raise InvalidArgument("data", "data is required (an object, possibly empty)", reason="REQUIRED")
-        if event_type in types.unconfirmed:
-            raise Unavailable(
-                "CATALOG_UNAVAILABLE", f"the event type {event_type!r} could not be checked against the catalog just now; retry"
+        if shape is None:
+            event_type = request.type
+            if event_type in types.unconfirmed:
+                raise Unavailable(
+                    "CATALOG_UNAVAILABLE", f"the event type {event_type!r} could not be checked against the catalog just now; retry"
+                )
+            if event_type not in types.known:
+                raise Unprocessable(
+                    "UNKNOWN_EVENT_TYPE", f"no billable metric of this merchant consumes events of type {event_type!r}", field="type"
+                )
+            fields = resources.MeterEvent(
+                object="meterEvent",
+                merchant_id=merchant_id,
+                type=event_type,
+                source=request.source,
+                subject=subject,
+                time=now_ts if clock is None else clock.timestamp,  # the default timestamp
+                ingest_time=now_ts,
             )
-        if event_type not in types.known:
-            raise Unprocessable(
-                "UNKNOWN_EVENT_TYPE", f"no billable metric of this merchant consumes events of type {event_type!r}", field="type"
-            )
-        event = resources.MeterEvent(
-            id=rules.event_id(merchant_id, key),
-            object="meterEvent",
-            merchant_id=merchant_id,
-            type=event_type,
-            source=source,
-            subject=subject,
-            time=stamp if when is None else to_timestamp(when),
-            idempotency_key=key,
-            ingest_time=now_ts,
-        )
-        if external_subject is not None:
-            event.external_subject = external_subject
+            if external_subject is not None:
+                fields.external_subject = external_subject
+            shape = shapes[shape_key] = _Shape(fields, clock)
+        event = resources.MeterEvent()
+        event.CopyFrom(shape.fields)
+        event.id = rules.event_id(merchant_id, key)
+        event.idempotency_key = key
+        if when is not None:
+            event.time.CopyFrom(to_timestamp(when))
         if external_id is not None:
             event.external_id = external_id
-        return Valid(event, orjson.dumps(data))
+        return Valid(event, orjson.dumps(data), supplied)
 
     async def _known_keys(self, merchant_id: str, keys: list[str]) -> set[str]:
         async with self._db.engine.connect() as conn:
@@ -208,9 +235,10 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         now_ts = to_timestamp(now)
         outcomes: list[Valid | DomainError] = []
         time_refused = False
+        shapes: dict[tuple[str, str, str, str, str | None], _Shape] = {}
         for item in items:
             try:
-                outcomes.append(self._validate(item, merchant_id, now, types, now_ts, clocks))
+                outcomes.append(self._validate(item, merchant_id, now, types, now_ts, clocks, shapes))
             except DomainError as err:
                 outcomes.append(err)
                 time_refused = time_refused or err.reason in rules.TIME_BOUND_REASONS
@@ -225,7 +253,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             reject(receipts[index], outcome)
         first_of_key: dict[str, int] = {}
         fresh: list[tuple[int, Valid]] = []
-        known = await self._known_keys(merchant_id, [v.event.idempotency_key for _, v in valid]) if check_duplicates and valid else set()
+        # a key metering made up (the caller sent none) cannot name a stored event
+        supplied = [v.event.idempotency_key for _, v in valid if v.key_supplied] if check_duplicates else []
+        known = await self._known_keys(merchant_id, supplied) if supplied else set()
         for index, accepted in valid:
             event = accepted.event
             receipt = receipts[index]
@@ -274,9 +304,10 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         customers = {items[i].subject for i in again if items[i].subject}
         externals = {items[i].external_subject for i in again if not items[i].subject and items[i].HasField("external_subject")}
         fresh = await self._clocks.reread(merchant_id, customers, externals)
+        shapes: dict[tuple[str, str, str, str, str | None], _Shape] = {}
         for index in again:
             try:
-                outcomes[index] = self._validate(items[index], merchant_id, now, types, now_ts, fresh)
+                outcomes[index] = self._validate(items[index], merchant_id, now, types, now_ts, fresh, shapes)
             except DomainError as err:
                 outcomes[index] = err
 

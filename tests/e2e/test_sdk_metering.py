@@ -146,6 +146,55 @@ def test_batch_ingest_returns_a_receipt_per_event(merchant_a: MerchantClient) ->
     assert eventually(lambda: merchant_a.sdk.billable_metrics.meter(id=metric.id, from_=start, to=end).total_value, 50) == 50
 
 
+def test_a_batch_checks_each_event_though_its_events_share_their_fields(merchant_a: MerchantClient) -> None:
+    """Metering checks a call's shared fields (namespace, type, source, subjects) once per
+    distinct combination: every event's own fields are still checked and kept, an event
+    whose shared fields fail is refused alone, and an event without a key is never taken
+    for a stored one while a keyed event of the same call still is."""
+    metric = _metric(merchant_a)
+    customer = f"cus_{uuid.uuid4().hex[:12]}"
+    url = f"{merchant_a.base_url}/accrue/v1/events:batchIngest"
+    first = httpx.post(url, json={"events": [{"type": metric.event_type, "source": "t", "subject": customer, "data": {"tokens": 1}, "idempotencyKey": "kept"}]}, headers=merchant_a.headers)  # fmt: skip
+    assert first.status_code == 202 and first.json()["accepted"] == 1
+    now = datetime.now(UTC)
+    base = {"type": metric.event_type, "source": "t", "subject": customer}
+    events = [
+        {**base, "data": {"tokens": 2}},
+        {**base, "data": {"tokens": 3}, "timestamp": (now - timedelta(days=400)).isoformat()},  # too old
+        {**base, "data": {"tokens": 4}, "externalId": "not valid!"},
+        {**base, "data": {"tokens": 5}, "timestamp": (now - timedelta(minutes=30)).isoformat(), "externalId": "ext-5"},
+        {**base, "source": "s" * 300, "data": {"tokens": 6}},  # too long a source, this event only
+        {**base, "type": "nobody.home", "data": {"tokens": 7}},
+        {**base, "data": {"tokens": 8}, "idempotencyKey": "kept"},  # stored by the first call
+        {**base, "data": {"tokens": 9}},
+    ]
+    response = httpx.post(url, json={"events": events}, headers=merchant_a.headers)
+    assert response.status_code == 202, response.text
+    receipts = response.json()["receipts"]
+    assert [r["status"] for r in receipts] == [
+        "accepted",
+        "rejected",
+        "rejected",
+        "accepted",
+        "rejected",
+        "rejected",
+        "duplicate",
+        "accepted",
+    ]
+    assert [r.get("code") for r in receipts if r["status"] == "rejected"] == [
+        "TIMESTAMP_TOO_OLD", "INVALID_EXTERNAL_ID", "TOO_LONG", "UNKNOWN_EVENT_TYPE",
+    ]  # fmt: skip
+    assert len({receipts[i]["id"] for i in (0, 3, 7)}) == 3
+    start, end = now - timedelta(hours=1), now + timedelta(hours=1)
+    meter = merchant_a.sdk.billable_metrics.meter
+    assert eventually(lambda: meter(id=metric.id, from_=start, to=end, subject=customer).total_value, 17) == 17  # 1 + 2 + 5 + 9
+    listed = merchant_a.sdk.billable_metrics.list_events(id=metric.id, from_=start, to=end, subject=customer, limit=10)
+    by_id = {e.id: e for e in listed.events}
+    fifth = by_id[receipts[3]["id"]]
+    assert fifth.external_id == "ext-5" and abs((fifth.time - (now - timedelta(minutes=30))).total_seconds()) < 1
+    assert by_id[receipts[0]["id"]].external_id is None and by_id[receipts[7]["id"]].external_id is None
+
+
 def test_aggregations_windows_and_groups(merchant_a: MerchantClient) -> None:
     sdk = merchant_a.sdk
     customer = f"cus_{uuid.uuid4().hex[:12]}"
