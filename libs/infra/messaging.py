@@ -232,7 +232,10 @@ class PullSpec:
     ``filter_subject``) and how: up to ``batch_size`` messages per fetch, a partial fetch
     returning after ``fetch_wait`` seconds, an unacked message coming back after
     ``ack_wait``, a failing event dead-lettered on its ``max_deliver``-th delivery, the
-    first retry after ``retry_delay`` (doubling up to MAX_RETRY_DELAY).
+    first retry after ``retry_delay`` (doubling up to MAX_RETRY_DELAY). Once a fetch
+    found nothing, the consumer waits with one pull of one message that the server
+    answers the moment one is published, and asks again after ``idle_wait`` seconds
+    (an idle consumer makes one request per ``idle_wait``, not one per ``fetch_wait``).
     The defaults suit one event per message (EventConsumer)."""
 
     stream: str
@@ -240,6 +243,7 @@ class PullSpec:
     filter_subject: str
     batch_size: int = 50
     fetch_wait: float = 0.05
+    idle_wait: float = 1.0
     ack_wait: float = 30.0
     max_deliver: int = DEFAULT_MAX_DELIVER
     retry_delay: float = DEFAULT_RETRY_DELAY
@@ -308,21 +312,44 @@ class _PullConsumer(Generic[H]):
             await self._sleep(METRICS_SAMPLE_SECONDS)
 
     async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        idle = False
         while not self._stopping.is_set():
             fetch_started = datetime.now(UTC)
             try:
                 try:
-                    # a partial batch returns only when the pull expires: keep it short,
-                    # it bounds the delay of every event at low load
-                    msgs = await sub.fetch(self._spec.batch_size, timeout=self._spec.fetch_wait)
+                    if idle:
+                        msgs = await self._wait_for_one(sub)
+                    else:
+                        # a partial batch returns only when the pull expires: keep it short,
+                        # it bounds the delay of every event at low load
+                        msgs = await sub.fetch(self._spec.batch_size, timeout=self._spec.fetch_wait)
                 except (NatsTimeoutError, TimeoutError):
                     msgs = []
+                idle = not msgs
                 if msgs:
                     await self._process(msgs)
                 await self._after_fetch(msgs, fetch_started)
             except Exception as exc:  # never die silently: what was not acked comes back
                 log.error("consumer_step_failed", consumer=self.durable, error=repr(exc))
                 await self._sleep(0.5)
+
+    async def _wait_for_one(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """After an empty fetch: one pull of one message, which the server answers as soon
+        as one is published (a pull of a batch waits for the batch or its expiry), for at
+        most ``idle_wait`` seconds; cut short when the consumer stops. The next fetch takes
+        whatever followed it, in a batch."""
+        fetch = asyncio.ensure_future(sub.fetch(1, timeout=self._spec.idle_wait))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not fetch.done():  # stopping: the subscription closes with the connection
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, NatsTimeoutError, TimeoutError):
+                await fetch
+            return []
+        return fetch.result()
 
     async def consumer_info(self) -> ConsumerInfo:
         if self._sub is None:

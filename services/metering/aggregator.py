@@ -194,6 +194,8 @@ class Aggregator(BatchConsumer):
                 filter_subject=events.STREAM_SUBJECTS[0],
                 batch_size=batch_size,
                 fetch_wait=FETCH_WAIT_SECONDS,
+                # an idle worker still advances the watermark this often (_after_fetch)
+                idle_wait=WATERMARK_EVERY_SECONDS,
                 ack_wait=ACK_WAIT_SECONDS,
             ),
             handler=self._store_messages,
