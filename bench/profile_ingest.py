@@ -4,6 +4,7 @@ gateway, metering and the aggregator under the same load, per process, with the 
 frames.
 
     .venv/bin/python -m bench.profile_ingest --mode single   # POST /v0/events, 64 connections
+    .venv/bin/python -m bench.profile_ingest --mode batch    # POST /accrue/v1/events:batchIngest, 1,000 a request
     .venv/bin/python -m bench.profile_ingest --mode stream   # gRPC StreamIngestEvents batches
 """
 
@@ -81,7 +82,7 @@ def report(spies: list[subprocess.Popen[bytes]], outputs: dict[str, Path], secon
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["single", "stream"], default="single")
+    parser.add_argument("--mode", choices=["single", "batch", "stream"], default="single")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--top", type=int, default=18)
     args = parser.parse_args()
@@ -110,6 +111,12 @@ def main() -> None:
                 )
                 events = result.statuses.get(202, 0)
                 print(f"single events: {result.rate:,.0f} requests/s during the profile")
+            elif args.mode == "batch":  # as bench-ingest sends them: 4 connections
+                url = f"{mesh.gateway_url}/accrue/v1/events:batchIngest"
+                batch = json.dumps({"events": [single] * 1000}).encode()
+                result = asyncio.run(run_load(url, encode_request("POST", url, headers, batch), seconds=args.seconds, concurrency=4))
+                events = result.statuses.get(202, 0) * 1000
+                print(f"REST batches: {result.rate * 1000:,.0f} events/s during the profile")
             else:
                 body = svc.BatchIngestEventsRequest(
                     events=[svc.IngestEventRequest(type=event_type, source="bench", subject="cus_profile01")] * 1000

@@ -39,10 +39,13 @@ from libs.infra.tls import channel_credentials
 DEFAULT_TIMEOUT_SECONDS = 5.0
 # a peer that restarted is reached again within a second: gRPC's reconnect backoff would
 # otherwise grow to minutes (its default cap is 120 s), answering UNAVAILABLE meanwhile
-RECONNECT_OPTIONS: Final = (
+CHANNEL_OPTIONS: Final = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # per call over every address the target names (several processes of a service, a
+    # headless Service's pods); one address: the same as gRPC's default, pick_first
+    ("grpc.lb_policy_name", "round_robin"),
 )
 _FORWARDED = ((MERCHANT_TOKEN_METADATA_KEY, merchant_token_var), (IDEMPOTENCY_METADATA_KEY, idempotency_key_var))
 
@@ -66,7 +69,7 @@ def channel(
     credentials = credentials if credentials is not None else _process_credentials()
     given = list(options or ())
     named = {name for name, _ in given}
-    merged = [*given, *(option for option in RECONNECT_OPTIONS if option[0] not in named)]
+    merged = [*given, *(option for option in CHANNEL_OPTIONS if option[0] not in named)]
     if credentials is not None:
         return grpc.aio.secure_channel(address, credentials, options=merged, interceptors=interceptors)
     return grpc.aio.insecure_channel(address, options=merged, interceptors=interceptors)

@@ -211,6 +211,9 @@ class Mesh:
     gateway_port: int | None = None
     # gateway processes sharing its port (0: ACCRUE_GATEWAY_PROCESSES, else 1)
     gateway_processes: int = 0
+    # processes of a gRPC service (name -> count; absent: ACCRUE_<NAME>_PROCESSES, else 1),
+    # each on its own port; who calls it is given all of them and balances per call
+    service_processes: dict[str, int] = field(default_factory=dict)
     # services' gRPC ports (name -> port, pinned_ports); the others take any free port
     grpc_ports: dict[str, int] = field(default_factory=dict)
     # every service's port once the first one starts (_decide_ports); pinned ones included
@@ -355,13 +358,38 @@ class Mesh:
         for key, value in definition.env.items():
             env.setdefault(key, value)
         for other in definition.talks_to:
-            if other in self.processes and self.processes[other].popen.poll() is None:
-                env[f"ACCRUE_{env_name(other)}_ADDR"] = f"127.0.0.1:{self.wait_port(self.processes[other])}"
-            elif other in self._decided_ports:
-                # not started yet (services may call each other both ways), or down (killed,
-                # restarting): its port is decided
-                env[f"ACCRUE_{env_name(other)}_ADDR"] = f"127.0.0.1:{self._decided_ports[other]}"
+            target = self.service_target(other)
+            if target:
+                env[f"ACCRUE_{env_name(other)}_ADDR"] = target
         return env
+
+    def process_count(self, name: str) -> int:
+        """How many processes run the gRPC service ``name`` (service_processes, else
+        ACCRUE_<NAME>_PROCESSES, else 1)."""
+        count = self.service_processes.get(name) or int(os.environ.get(f"ACCRUE_{env_name(name)}_PROCESSES", "1") or 1)
+        return max(1, count)
+
+    @staticmethod
+    def replica_name(name: str, index: int) -> str:
+        """Process ``index`` of service ``name``: the first is ``name``, then ``name-2`` ..."""
+        return name if index == 1 else f"{name}-{index}"
+
+    def service_target(self, name: str) -> str:
+        """The gRPC target of service ``name``: ``127.0.0.1:port`` of its one process, or
+        for several an ``ipv4:`` list of every one, which a channel balances per call
+        (libs/infra/grpc_client.py: round_robin). A process not started yet (services may
+        call each other both ways) or down (restarting) is there by its decided port.
+        "" when it neither runs nor has a port decided."""
+        ports = []
+        for index in range(1, self.process_count(name) + 1):
+            replica = self.replica_name(name, index)
+            if replica in self.processes and self.processes[replica].popen.poll() is None:
+                ports.append(self.wait_port(self.processes[replica]))
+            elif replica in self._decided_ports:
+                ports.append(self._decided_ports[replica])
+        if len(ports) <= 1:
+            return f"127.0.0.1:{ports[0]}" if ports else ""
+        return "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
 
     def _decide_ports(self) -> None:
         """Every service's gRPC port (pinned, else a free one), decided before the first one
@@ -370,14 +398,20 @@ class Mesh:
         for definition in self.plan.services:
             if definition.name not in self._decided_ports:
                 self._decided_ports[definition.name] = self.grpc_ports.get(definition.name) or free_port()
+            for index in range(2, self.process_count(definition.name) + 1):
+                self._decided_ports.setdefault(self.replica_name(definition.name, index), free_port())
 
-    def start_service(self, name: str) -> Process:
+    def start_service(self, name: str, index: int = 1) -> Process:
+        """Process ``index`` of the gRPC service ``name`` (replica_name), on its decided port."""
         definition = self.plan.definition(name)
         self._decide_ports()
-        env = self.definition_env(definition)
-        if name in self._decided_ports:
-            env["ACCRUE_GRPC_PORT"] = str(self._decided_ports[name])
-        return self.spawn(name, self.plan.entry, env, args=(name,))
+        process_name = self.replica_name(name, index)
+        env = self.definition_env(definition, process_name)  # its own port file and log
+        if definition.mints_tokens:  # service_env knows a replica by its name only
+            env.update(self.token_env)
+        if process_name in self._decided_ports:
+            env["ACCRUE_GRPC_PORT"] = str(self._decided_ports[process_name])
+        return self.spawn(process_name, self.plan.entry, env, args=(name,))
 
     def start_worker(self, kind: str, name: str | None = None) -> Process:
         """A worker process of ``kind`` (a definition in topology.workers); several may run
@@ -511,6 +545,12 @@ class Mesh:
             self.start_service(definition.name)
         for definition in self.plan.services:
             self.wait_healthy(definition.name)
+        # more processes of a service once its first has migrated its database
+        replicas = [(d.name, index) for d in self.plan.services for index in range(2, self.process_count(d.name) + 1)]
+        for name, index in replicas:
+            self.start_service(name, index)
+        for name, index in replicas:
+            self.wait_healthy(self.replica_name(name, index))
         for definition in self.plan.workers:
             self.start_worker(definition.name)
         self.start_gateway()
@@ -526,12 +566,8 @@ class Mesh:
         )
 
     def service_addresses(self) -> dict[str, str]:
-        """ACCRUE_<NAME>_ADDR -> host:port of every gRPC service (the gateway's settings, run.env)."""
-        return {
-            f"ACCRUE_{env_name(d.name)}_ADDR": f"127.0.0.1:{self.processes[d.name].port}"
-            for d in self.plan.services
-            if d.name in self.processes
-        }
+        """ACCRUE_<NAME>_ADDR -> the target of every gRPC service (the gateway's settings, run.env)."""
+        return {f"ACCRUE_{env_name(d.name)}_ADDR": self.service_target(d.name) for d in self.plan.services if d.name in self.processes}
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes[name]
