@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from libs.infra.runner import Edge, Mesh
 from libs.testing.fixtures import MerchantClient
+from libs.testing.meshes import whole_mesh
 from libs.testing.metering import ALL_TIME, create_metric
 from libs.testing.waiting import eventually
 from services.metering import events as meter_events
@@ -104,15 +105,7 @@ class CuttableProxy:
 def edge_mesh(infra_mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, Edge, CuttableProxy]]:
     """A mesh of its own (its hub NATS accepts leaf nodes; PostgreSQL is the session's) and
     one edge whose leaf node reaches the hub through a CuttableProxy."""
-    mesh = Mesh(
-        tmp_path_factory.mktemp("edge-mesh"),
-        durable=False,
-        gateway_port=0,
-        postgres_url=infra_mesh.postgres_url,
-        db_prefix=f"edge{uuid.uuid4().hex[:6]}",
-        log_level="WARNING",
-        topology=infra_mesh.topology,
-    )
+    mesh = whole_mesh(infra_mesh, tmp_path_factory.mktemp("edge-mesh"), "edge")
     proxy: CuttableProxy | None = None
     try:
         mesh.prepare_edges(["edge"])

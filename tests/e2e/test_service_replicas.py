@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from libs.infra.runner import Mesh
 from libs.testing.fixtures import MerchantClient
+from libs.testing.meshes import whole_mesh
 from libs.testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -23,16 +24,7 @@ ALL_TIME = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
 
 @pytest.fixture(scope="module")
 def replicated(infra_mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    mesh = Mesh(
-        tmp_path_factory.mktemp("replicas"),
-        durable=False,
-        gateway_port=0,
-        postgres_url=infra_mesh.postgres_url,
-        db_prefix=f"rep{uuid.uuid4().hex[:6]}",
-        log_level="WARNING",
-        topology=infra_mesh.topology,
-        service_processes={"metering": 2},
-    )
+    mesh = whole_mesh(infra_mesh, tmp_path_factory.mktemp("replicas"), "rep", service_processes={"metering": 2})
     try:
         mesh.start(merchant_name="Replicated merchant")
         yield mesh
