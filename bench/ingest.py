@@ -100,11 +100,15 @@ def merchant_token(base_url: str, api_key: str) -> str:
 async def grpc_stream(address: str, token: str, body: svc.BatchIngestEventsRequest, seconds: float, streams: int = 4) -> tuple[float, int]:
     accepted = 0
     deadline = time.perf_counter() + seconds
-    # round_robin: each stream on the next of the target's addresses (several metering processes)
-    async with grpc.aio.insecure_channel(address, options=[("grpc.lb_policy_name", "round_robin")]) as channel:
-        stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+    # an ipv4: list (several metering processes): one channel per address, the streams
+    # dealt over them in turn (a balancing channel would put streams opened before its
+    # connections are up all on the first one that is)
+    addresses = address.removeprefix("ipv4:").split(",")
+    channels = [grpc.aio.insecure_channel(one) for one in addresses]
+    try:
+        stubs = [metering_service_pb2_grpc.MeteringServiceStub(channel) for channel in channels]
 
-        async def one_stream() -> None:
+        async def one_stream(stub: metering_service_pb2_grpc.MeteringServiceStub) -> None:
             nonlocal accepted
             queue: asyncio.Queue[svc.StreamIngestEventsRequest | None] = asyncio.Queue(maxsize=2)
 
@@ -130,8 +134,11 @@ async def grpc_stream(address: str, token: str, body: svc.BatchIngestEventsReque
                     await queue.put(None)
 
         started = time.perf_counter()
-        await asyncio.gather(*(one_stream() for _ in range(streams)))
+        await asyncio.gather(*(one_stream(stubs[n % len(stubs)]) for n in range(streams)))
         elapsed = time.perf_counter() - started
+    finally:
+        for channel in channels:
+            await channel.close()
     return accepted / elapsed, accepted
 
 

@@ -68,6 +68,10 @@ def channel(
     interceptors = [*ours, *traced]
     credentials = credentials if credentials is not None else _process_credentials()
     given = list(options or ())
+    if credentials is not None and address.startswith("ipv4:") and "," in address:
+        # several addresses (a service's processes): gRPC would check the certificate
+        # against the whole list; every address of one list names the same host
+        given.append(("grpc.ssl_target_name_override", address.removeprefix("ipv4:").split(",")[0].rpartition(":")[0]))
     named = {name for name, _ in given}
     merged = [*given, *(option for option in CHANNEL_OPTIONS if option[0] not in named)]
     if credentials is not None:

@@ -319,6 +319,8 @@ class _PullConsumer(Generic[H]):
                 try:
                     if idle:
                         msgs = await self._wait_for_one(sub)
+                        if not msgs:  # nothing came while it waited: nothing was pending when it ended
+                            fetch_started = datetime.now(UTC)
                     else:
                         # a partial batch returns only when the pull expires: keep it short,
                         # it bounds the delay of every event at low load
@@ -344,10 +346,13 @@ class _PullConsumer(Generic[H]):
             await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
-        if not fetch.done():  # stopping: the subscription closes with the connection
-            fetch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, NatsTimeoutError, TimeoutError):
-                await fetch
+            if not fetch.done():
+                fetch.cancel()
+        if fetch.cancelled():
+            # stopping: withdraw the interest at once, so that the server's pending pull
+            # hands nothing to this process (another worker of the durable takes it)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
             return []
         return fetch.result()
 

@@ -825,7 +825,7 @@ def main(topology: Topology) -> None:
             name = external.definition.name
             print(f"  {name:<12} http://127.0.0.1:{mesh.processes[name].port}   (outside Accrue: a stand-in, see the README)")
         for definition in topology.services:
-            print(f"  {definition.name:<12} grpc 127.0.0.1:{mesh.processes[definition.name].port}")
+            print(f"  {definition.name:<12} grpc {mesh.service_target(definition.name)}")
         for worker in topology.workers:
             role = worker.name.removeprefix(f"{worker.database_name}-")
             print(f"  {role:<12} {worker.database_name}'s {role} worker (python -m {topology.entry} {worker.name})")

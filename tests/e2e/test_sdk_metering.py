@@ -157,6 +157,10 @@ def test_a_batch_checks_each_event_though_its_events_share_their_fields(merchant
     first = httpx.post(url, json={"events": [{"type": metric.event_type, "source": "t", "subject": customer, "data": {"tokens": 1}, "idempotencyKey": "kept"}]}, headers=merchant_a.headers)  # fmt: skip
     assert first.status_code == 202 and first.json()["accepted"] == 1
     now = datetime.now(UTC)
+    meter = merchant_a.sdk.billable_metrics.meter
+    start, end = now - timedelta(hours=1), now + timedelta(hours=1)
+    # a batch finds a key among the stored events: wait until "kept" is stored
+    assert eventually(lambda: meter(id=metric.id, from_=start, to=end, subject=customer).total_value, 1) == 1
     base = {"type": metric.event_type, "source": "t", "subject": customer}
     events = [
         {**base, "data": {"tokens": 2}},
@@ -185,8 +189,6 @@ def test_a_batch_checks_each_event_though_its_events_share_their_fields(merchant
         "TIMESTAMP_TOO_OLD", "INVALID_EXTERNAL_ID", "TOO_LONG", "UNKNOWN_EVENT_TYPE",
     ]  # fmt: skip
     assert len({receipts[i]["id"] for i in (0, 3, 7)}) == 3
-    start, end = now - timedelta(hours=1), now + timedelta(hours=1)
-    meter = merchant_a.sdk.billable_metrics.meter
     assert eventually(lambda: meter(id=metric.id, from_=start, to=end, subject=customer).total_value, 17) == 17  # 1 + 2 + 5 + 9
     listed = merchant_a.sdk.billable_metrics.list_events(id=metric.id, from_=start, to=end, subject=customer, limit=10)
     by_id = {e.id: e for e in listed.events}

@@ -54,3 +54,26 @@ async def test_plaintext_and_a_client_without_a_certificate_are_refused(tls_serv
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _check(plain)  # type: ignore[misc]
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_one_channel_to_several_tls_servers_checks_each_certificate_and_reaches_both(tmp_path: Path) -> None:
+    """Several processes of a service (libs/infra/runner.Mesh.service_target): one
+    ``ipv4:`` target of all of them, balanced per call, each verified by its certificate."""
+    ca = make_local_ca(tmp_path / "tls")
+    settings = ServiceSettings(tls_cert=str(ca.cert), tls_key=str(ca.key), tls_ca=str(ca.ca))
+    servers = [GrpcServer(["accrue.test.v1.Nothing"], "127.0.0.1", 0, settings=settings) for _ in range(2)]
+    for server in servers:
+        await server.start()
+    try:
+        target = "ipv4:" + ",".join(f"127.0.0.1:{server.port}" for server in servers)
+        async with grpc_client.channel(target, credentials=channel_credentials(settings)) as channel:
+            for _ in range(6):
+                answer = await _check(channel)  # type: ignore[misc]
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        await servers[0].stop(0)
+        async with grpc_client.channel(target, credentials=channel_credentials(settings)) as channel:
+            answer = await _check(channel)  # type: ignore[misc]  # the one still up
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for server in servers:
+            await server.stop(0)
