@@ -43,10 +43,12 @@ CHANNEL_OPTIONS: Final = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
-    # per call over every address the target names (several processes of a service, a
-    # headless Service's pods); one address: the same as gRPC's default, pick_first
-    ("grpc.lb_policy_name", "round_robin"),
 )
+# A target naming several addresses (an ipv4: list of a service's processes, or a dns:
+# name of a headless Service's pods) balances per call over them. Any other keeps gRPC's
+# pick_first: a peer restarted on its port is reached by the next call at once, where
+# round_robin fails calls until its background reconnect (backoff) has succeeded.
+BALANCED: Final = ("grpc.lb_policy_name", "round_robin")
 _FORWARDED = ((MERCHANT_TOKEN_METADATA_KEY, merchant_token_var), (IDEMPOTENCY_METADATA_KEY, idempotency_key_var))
 
 Continuation = Callable[[Any, Any], Awaitable[Any]]
@@ -68,7 +70,10 @@ def channel(
     interceptors = [*ours, *traced]
     credentials = credentials if credentials is not None else _process_credentials()
     given = list(options or ())
-    if credentials is not None and address.startswith("ipv4:") and "," in address:
+    several = address.startswith("ipv4:") and "," in address
+    if several or address.startswith("dns:"):
+        given.append(BALANCED)
+    if credentials is not None and several:
         # several addresses (a service's processes): gRPC would check the certificate
         # against the whole list; every address of one list names the same host
         given.append(("grpc.ssl_target_name_override", address.removeprefix("ipv4:").split(",")[0].rpartition(":")[0]))
