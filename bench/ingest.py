@@ -216,6 +216,14 @@ def _summary(figures: list[Figure]) -> None:
         print(f"  {f.what:<44} {f.value:>10,.0f} {f.unit:<10} {ratio:<34} {target}", flush=True)
 
 
+def _ingest_figures(what: str, accepted: float, raw: float, path: str, stored: float) -> list[Figure]:
+    """A batched path's two summary lines: events/s accepted, and stored meanwhile."""
+    return [
+        Figure(what, accepted, "events/s", raw, "raw JetStream", BATCH_TARGET, accepted >= 100_000),
+        Figure(f"  stored while ingesting ({path})", stored, "events/s", target=STORED_TARGET, met=stored >= 30_000),
+    ]
+
+
 def _add_metering_process(mesh: Mesh) -> None:
     """A second metering process on its own port, then the gateway started again with both
     addresses (its channel balances per call: libs/infra/grpc_client.py)."""
@@ -309,15 +317,7 @@ def run(mesh: Mesh, args: argparse.Namespace) -> None:
         print(f"(c) batches of 1,000 events, {processes} metering process(es)", flush=True)
         _line("REST batch, 4 connections: events/s accepted", f"{batch_rate:,.0f}  (p99 {batch.percentile_ms(0.99):.0f} ms/request)")
         _line("  stored by the aggregator meanwhile: events/s", f"{stored_during:,.0f}")
-        figures.append(
-            Figure(
-                f"REST batch events/s accepted, {processes} metering", batch_rate, "events/s", raw, "raw JetStream", BATCH_TARGET,
-                batch_rate >= 100_000,
-            )
-        )  # fmt: skip
-        figures.append(
-            Figure("  stored while ingesting (REST batch)", stored_during, "events/s", target=STORED_TARGET, met=stored_during >= 30_000)
-        )
+        figures += _ingest_figures(f"REST batch events/s accepted, {processes} metering", batch_rate, raw, "REST batch", stored_during)
         before, _ = _count_events(metering_db, mesh.merchant_id)
         started = time.perf_counter()
         stream_rate, streamed = asyncio.run(grpc_stream(mesh.service_target("metering"), token, grpc_body, args.seconds))
@@ -326,19 +326,10 @@ def run(mesh: Mesh, args: argparse.Namespace) -> None:
         expected += streamed
         _line("gRPC StreamIngestEvents, 4 streams x 2 batches in flight: events/s", f"{stream_rate:,.0f}")
         _line("  stored by the aggregator meanwhile: events/s", f"{stored_during:,.0f}")
-        figures.append(
-            Figure(
-                f"gRPC stream events/s accepted, {processes} metering", stream_rate, "events/s", raw, "raw JetStream", BATCH_TARGET,
-                stream_rate >= 100_000,
-            )
-        )  # fmt: skip
-        figures.append(
-            Figure("  stored while ingesting (gRPC stream)", stored_during, "events/s", target=STORED_TARGET, met=stored_during >= 30_000)
-        )
+        figures += _ingest_figures(f"gRPC stream events/s accepted, {processes} metering", stream_rate, raw, "gRPC stream", stored_during)
     for kind in ("batch", "stream"):
         _line(f"scaling, 2 metering processes / 1 ({kind})", f"{rates_c[(kind, 2)] / max(rates_c[(kind, 1)], 1e-9):.2f}x")
-    batch_rate, stream_rate = max(rates_c[("batch", 1)], rates_c[("batch", 2)]), max(rates_c[("stream", 1)], rates_c[("stream", 2)])
-    best = max(batch_rate, stream_rate)
+    best = max(rates_c.values())
     _line("ratio of (c) to raw JetStream (a)", f"{best / raw:.2f}")
 
     # drain, then count everything accepted so far -------------------------------------

@@ -70,6 +70,10 @@ class _Shape:
     clock: ClockState | None
 
 
+# one call's shapes, by (namespace, type, source, subject, external subject)
+_Shapes = dict[tuple[str, str, str, str, str | None], _Shape]
+
+
 def _decimal_text(value: Decimal | int | None) -> str:
     """Exact, without exponent or trailing zeros (not Decimal.normalize: it rounds to 28 digits)."""
     if value is None:
@@ -114,7 +118,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         types: TypeCheck,
         now_ts: timestamp_pb2.Timestamp,
         clocks: MerchantClocks | None,
-        shapes: dict[tuple[str, str, str, str, str | None], _Shape],
+        shapes: _Shapes,
     ) -> Valid:
         """The same rules for single, batched and streamed events (every path is _ingest).
         An event of a customer on a test clock (``clocks``) is stamped and bounded in the
@@ -235,7 +239,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         now_ts = to_timestamp(now)
         outcomes: list[Valid | DomainError] = []
         time_refused = False
-        shapes: dict[tuple[str, str, str, str, str | None], _Shape] = {}
+        shapes: _Shapes = {}
         for item in items:
             try:
                 outcomes.append(self._validate(item, merchant_id, now, types, now_ts, clocks, shapes))
@@ -304,7 +308,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         customers = {items[i].subject for i in again if items[i].subject}
         externals = {items[i].external_subject for i in again if not items[i].subject and items[i].HasField("external_subject")}
         fresh = await self._clocks.reread(merchant_id, customers, externals)
-        shapes: dict[tuple[str, str, str, str, str | None], _Shape] = {}
+        shapes: _Shapes = {}
         for index in again:
             try:
                 outcomes[index] = self._validate(items[index], merchant_id, now, types, now_ts, fresh, shapes)
