@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import socket
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -240,6 +241,24 @@ class Host:
         log.info("service_stopped")
 
 
+# The cyclic collector's young-generation threshold for a serving process (CPython's
+# default is 700). A batch of 1,000 meter events makes tens of thousands of short-lived
+# containers that reference counting frees anyway; at 700 the collector ran dozens of
+# times per batch. Measured (bench/profile_ingest.py, alternately): metering's CPU per
+# streamed event 31/28 -> 25/25 us, the aggregator's 9.7/8.7 -> 6.7/6.4 us.
+GC_THRESHOLD = (50_000, 20, 100)
+
+
+def tune_garbage_collector() -> None:
+    """Once a process is up: what it has loaded (modules, descriptors, pools, caches)
+    moves out of the collector's sight (``gc.freeze``), so no collection walks it again,
+    and the young generation is collected less often (``GC_THRESHOLD``). Cyclic garbage
+    is still collected, later."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 async def serve_until_signalled(host: Host) -> None:
     """Start, run until SIGINT/SIGTERM (or the HTTP server stops on one), stop."""
     stop = asyncio.Event()
@@ -247,6 +266,7 @@ async def serve_until_signalled(host: Host) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await host.start()
+    tune_garbage_collector()
     stopped = asyncio.create_task(stop.wait())
     exited = asyncio.create_task(host.wait())
     await asyncio.wait([stopped, exited], return_when=asyncio.FIRST_COMPLETED)
