@@ -15,7 +15,7 @@ def test_a_serving_process_freezes_what_it_loaded_and_collects_young_objects_les
     before = gc.get_threshold()
     assert before != GC_THRESHOLD
     gc.unfreeze()
-    loaded = [[] for _ in range(1000)]  # containers the collector tracks, alive after start
+    loaded: list[list[int]] = [[] for _ in range(1000)]  # containers the collector tracks, alive after start
     try:
         tune_garbage_collector()
         assert gc.get_threshold() == GC_THRESHOLD
